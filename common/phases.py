@@ -1,0 +1,56 @@
+"""The list of phases: id, package, what each reads, and which config keys change its output.
+
+`config_keys` decides staleness: a phase is stale when one of its keys differs from the value
+recorded in its manifest, or when an upstream manifest changed since it ran. Keys that only change
+speed (batch_size, exec_workers) are in no list, so changing them never forces a rerun.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from common.errors import PipelineError
+
+_GENERATION_KEYS = ("model_name", "prompt_style", "max_new_tokens", "max_prompt_tokens", "seed", "exec_timeout")
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    id: str
+    package: str
+    title: str
+    upstream: tuple[str, ...]
+    config_keys: tuple[str, ...]
+
+    @property
+    def folder(self) -> str:
+        """Data folder name: phase 0.1 writes to <data_dir>/phase0_1."""
+        return "phase" + self.id.replace(".", "_")
+
+    @property
+    def command(self) -> str:
+        return f"python run.py phase {self.id}"
+
+    def runner(self):
+        return importlib.import_module(f"{self.package}.runner")
+
+
+PHASES: tuple[PhaseSpec, ...] = (
+    PhaseSpec("0", "phase0", "problems and their difficulty", (),
+              ("dataset", "data_file", "mbpp_variant")),
+    PhaseSpec("0.1", "phase0_1", "sae / hyperparams / validation split", ("0",),
+              ("split_fractions", "seed")),
+    PhaseSpec("1", "phase1", "generation, execution and activations on the sae split", ("0.1",),
+              _GENERATION_KEYS + ("layers", "temperature", "samples_per_task")),
+)
+
+_BY_ID = {spec.id: spec for spec in PHASES}
+
+
+def get_phase(phase_id: str) -> PhaseSpec:
+    try:
+        return _BY_ID[str(phase_id).strip()]
+    except KeyError:
+        known = ", ".join(spec.id for spec in PHASES)
+        raise PipelineError(f"unknown phase '{phase_id}' (known phases: {known})") from None

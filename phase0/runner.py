@@ -1,0 +1,39 @@
+"""Phase 0: load the configured dataset into one table of problems, with each reference solution's
+cyclomatic complexity (radon) as the difficulty axis that phase 0.1 stratifies on."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from common.config import Config
+from common.datasets import load_problems
+from common.logging import get_logger
+from common.phases import get_phase
+from common.utils import atomic_path, phase_dir, save_json, upstream_inputs, write_manifest
+
+logger = get_logger("phase0")
+
+
+def run(config: Config) -> Path:
+    spec = get_phase("0")
+    if config.task_start or config.task_end is not None:
+        logger.warning("phase 0 always loads the whole dataset: --start/--end apply to generating phases")
+    problems = load_problems(config.dataset, config.data_file, config.mbpp_variant)
+    table = pd.DataFrame([p.to_row() for p in problems])
+    duplicates = table["task_id"].duplicated()
+    if duplicates.any():
+        logger.warning("dropping %d rows with repeated task_id", int(duplicates.sum()))
+        table = table[~duplicates].reset_index(drop=True)
+    out_dir = phase_dir(config, spec.id)
+    problems_path = out_dir / "problems.parquet"
+    with atomic_path(problems_path) as tmp:
+        table.to_parquet(tmp, index=False)
+    summary_path = out_dir / "phase_0_summary.json"
+    histogram = Counter(int(c) for c in table["cyclomatic_complexity"])
+    save_json({"dataset": config.dataset, "source": sorted(set(table["source"])), "n_problems": len(table),
+               "complexity_histogram": {str(k): histogram[k] for k in sorted(histogram)}}, summary_path)
+    logger.info("%d problems from %s; complexity %s", len(table), config.dataset, dict(sorted(histogram.items())))
+    return write_manifest(config, spec, upstream_inputs(config, spec), [problems_path, summary_path])

@@ -1,0 +1,116 @@
+"""Phase 1: generate solutions for the sae split, test them, and record the residual stream.
+
+For each task: one greedy sample plus `samples_per_task` samples at `temperature`. Each row of
+`dataset_sae.parquet` is one sample; row i of `activations/layer_{L}.safetensors` is the output of
+decoder layer L at the last prompt token of that row's prompt, captured in the generation's own
+prefill. `--start/--end` process a slice of the tasks into the checkpoint; the outputs are written
+once every task is done.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from common.activations import save_activations
+from common.checkpoint import BatchCheckpoint
+from common.config import Config
+from common.generation import HOOK_SITE, check_layers
+from common.generation_job import JobSettings, drop_long_prompts, make_items, run_items
+from common.logging import get_logger
+from common.phases import get_phase
+from common.prompt_utils import PromptBuilder, resolve_prompt_style
+from common.statistics import rate
+from common.utils import (atomic_path, discover_latest_phase_output, phase_dir, save_json, upstream_inputs,
+                          write_manifest)
+from common_simplified.model_loader import load_model_and_tokenizer
+
+logger = get_logger("phase1")
+
+THIN_CLASS_SAMPLES = 20
+
+
+def run(config: Config) -> Path | None:
+    spec = get_phase("1")
+    inputs = upstream_inputs(config, spec)
+    problems = pd.read_parquet(discover_latest_phase_output("0.1", config.data_dir).parent / "sae.parquet")
+    out_dir = phase_dir(config, spec.id)
+    identity = {"config": {k: getattr(config, k) for k in spec.config_keys},
+                "inputs": {k: v["sha256"] for k, v in inputs.items()}}
+    checkpoint = BatchCheckpoint(out_dir / "checkpoint", identity, discard=config.force)
+
+    model, tokenizer = load_model_and_tokenizer(config.model_name, config.device, config.dtype)
+    check_layers(model, config.layers)
+    builder = PromptBuilder(resolve_prompt_style(config.prompt_style, tokenizer), tokenizer)
+    records = [{**_plain(row), "_order": order} for order, row in enumerate(problems.to_dict("records"))]
+    items, too_long = drop_long_prompts(make_items(records, config.samples_per_task, config.temperature),
+                                        builder, tokenizer, config.max_prompt_tokens)
+    sliced_ids = {r["task_id"] for r in records[config.task_start:config.task_end]}
+    settings = JobSettings(config.max_new_tokens, config.batch_size, config.seed, config.exec_timeout,
+                           config.n_exec_workers, tuple(config.layers))
+    run_items(model, tokenizer, builder, [i for i in items if i.problem["task_id"] in sliced_ids], settings,
+              checkpoint, description="phase 1")
+
+    done = checkpoint.load()
+    missing = [item.key for item in items if item.key not in done]
+    if missing:
+        logger.warning("%d of %d samples are still to do: run `python run.py phase 1` without --start/--end "
+                       "(or the remaining slices) to finish and write the outputs", len(missing), len(items))
+        return None
+    rows = [done[item.key][0] for item in sorted(items, key=lambda i: (i.problem["_order"], i.sample_idx))]
+    ordered_keys = [f"{r['task_id']}#{r['sample_idx']}" for r in rows]
+    outputs = _write_outputs(config, out_dir, rows, {key: done[key][1] for key in ordered_keys}, ordered_keys)
+    summary_path = out_dir / "phase_1_summary.json"
+    save_json(_summary(config, builder.style, rows, too_long), summary_path)
+    manifest = write_manifest(config, spec, inputs, outputs + [summary_path], {"prompt_style": builder.style})
+    checkpoint.clear()
+    return manifest
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    """Parquet gives numpy arrays for list columns; prompts and the checkpoint want plain lists."""
+    return {k: (list(v) if hasattr(v, "tolist") and not isinstance(v, str) else v) for k, v in row.items()}
+
+
+def _write_outputs(config: Config, out_dir: Path, rows: list[dict[str, Any]],
+                   tensors: dict[str, dict[str, torch.Tensor]], ordered_keys: list[str]) -> list[Path]:
+    dataset_path = out_dir / "dataset_sae.parquet"
+    with atomic_path(dataset_path) as tmp:
+        pd.DataFrame(rows).to_parquet(tmp, index=False)
+    paths = [dataset_path]
+    for layer in config.layers:
+        stacked = torch.stack([tensors[key][f"layer_{layer}"] for key in ordered_keys])
+        path = out_dir / "activations" / f"layer_{layer}.safetensors"
+        save_activations(path, stacked, {"layer": layer, "site": HOOK_SITE, "position": "last prompt token",
+                                         "model_name": config.model_name, "rows": "dataset_sae.parquet"})
+        paths.append(path)
+    return paths
+
+
+def _summary(config: Config, prompt_style: str, rows: list[dict[str, Any]], too_long: list[str]) -> dict[str, Any]:
+    table = pd.DataFrame(rows)
+    n_passed = int(table["test_passed"].sum())
+    n_failed = len(table) - n_passed
+    warnings = [f"only {n} {name} samples (< {THIN_CLASS_SAMPLES}): rankings and classifiers built on them are "
+                "unreliable" for name, n in (("passing", n_passed), ("failing", n_failed)) if n < THIN_CLASS_SAMPLES]
+    for warning in warnings:
+        logger.warning(warning)
+    overall = rate(n_passed, len(table))
+    logger.info("pass rate %s over %d tasks", overall, table["task_id"].nunique())
+    by_complexity = {str(level): rate(int(group["test_passed"].sum()), len(group)).to_dict()
+                     for level, group in table.groupby(table["cyclomatic_complexity"].clip(upper=10))}
+    by_temperature = {f"{t:g}": rate(int(group["test_passed"].sum()), len(group)).to_dict()
+                      for t, group in table.groupby("temperature")}
+    return {
+        "model_name": config.model_name, "prompt_style": prompt_style, "dataset": config.dataset,
+        "layers": config.layers, "hook_site": HOOK_SITE, "n_tasks": int(table["task_id"].nunique()),
+        "n_samples": len(table), "n_passed": n_passed, "n_failed": n_failed, "pass_rate": overall.to_dict(),
+        "pass_rate_by_temperature": by_temperature, "pass_rate_by_complexity": by_complexity,
+        "error_types": dict(Counter(table["error_type"])), "tasks_left_out_prompt_too_long": too_long,
+        "mean_new_tokens": float(table["n_new_tokens"].mean()),
+        "generation_time_total_s": float(table["generation_time"].sum()), "warnings": warnings,
+    }

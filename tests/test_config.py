@@ -1,0 +1,55 @@
+from pathlib import Path
+
+import pytest
+
+from common.config import Config, load_config
+from common.errors import PipelineError
+
+
+def test_defaults_are_valid():
+    config = load_config()
+    assert config == Config().validate()
+    assert config.dataset in ("humaneval", "mbpp")
+
+
+def test_set_overrides_are_typed():
+    config = load_config(overrides=["layers=3,7", "temperature=1", "max_new_tokens=64", "data_file=null"])
+    assert config.layers == [3, 7]
+    assert config.temperature == 1.0 and isinstance(config.temperature, float)
+    assert config.max_new_tokens == 64
+    assert config.data_file is None
+    assert load_config(overrides=["layers=[4]"]).layers == [4]
+    assert load_config(overrides=["layers=4"]).layers == [4]
+
+
+def test_yaml_file_then_set_wins(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("batch_size: 4\nseed: 7\n")
+    config = load_config(str(path), ["seed=9"], data_dir="elsewhere")
+    assert (config.batch_size, config.seed, config.data_dir) == (4, 9, "elsewhere")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("no_such_key=1", "unknown config key 'no_such_key'"),
+    ("batch_size=many", "wrong type"),
+    ("batch_size=2.5", "wrong type"),
+    ("batch_size=0", "'batch_size' = 0 is invalid"),
+    ("temperature=-1", "'temperature'"),
+    ("dataset=imagenet", "'dataset'"),
+    ("layers=-1", "'layers'"),
+    ("split_fractions=0.5,0.5,0.5", "'split_fractions'"),
+    ("data_file=/no/such/file.json", "not a readable file"),
+    ("noequals", "key=value"),
+])
+def test_bad_values_are_rejected_with_the_key_named(override: str, message: str):
+    with pytest.raises(PipelineError, match=message):
+        load_config(overrides=[override])
+
+
+def test_bad_yaml_file(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(PipelineError, match="mapping"):
+        load_config(str(path))
+    with pytest.raises(PipelineError, match="cannot read"):
+        load_config(str(tmp_path / "missing.yaml"))

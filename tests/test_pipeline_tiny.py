@@ -1,0 +1,141 @@
+"""Phases 0 -> 0.1 -> 1 end to end on a tiny random model and our own task file, through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import run
+from common.activations import load_activations
+from common import generation_job
+
+TIMING_COLUMNS = ["generation_time", "exec_time"]  # wall-clock measurements differ from run to run
+
+
+@pytest.fixture
+def tiny_args(tiny_model_dir: Path, mbpp_full_file: Path) -> list[str]:
+    return ["--set", "dataset=mbpp", "--set", f"data_file={mbpp_full_file}", "--set", f"model_name={tiny_model_dir}",
+            "--set", "layers=1,3", "--set", "max_new_tokens=12", "--set", "batch_size=2",
+            "--set", "samples_per_task=1", "--set", "temperature=1.0", "--log-level", "WARNING"]
+
+
+def _run_upstream(data_dir: Path, args: list[str]) -> None:
+    for phase in ("0", "0.1"):
+        assert run.main(["phase", phase, "--data-dir", str(data_dir), *args]) == 0
+
+
+def _outputs(data_dir: Path) -> tuple[pd.DataFrame, dict[int, bytes]]:
+    folder = data_dir / "phase1"
+    table = pd.read_parquet(folder / "dataset_sae.parquet")
+    return table, {layer: (folder / "activations" / f"layer_{layer}.safetensors").read_bytes() for layer in (1, 3)}
+
+
+def test_phases_0_to_1_write_aligned_outputs(tmp_path: Path, tiny_args: list[str]):
+    assert run.main(["pipeline", "--data-dir", str(tmp_path), *tiny_args]) == 0
+    sae = pd.read_parquet(tmp_path / "phase0_1" / "sae.parquet")
+    table, _ = _outputs(tmp_path)
+    assert len(table) == 2 * len(sae)  # one greedy and one sampled row per task
+    assert list(table["task_id"]) == [t for t in sae["task_id"] for _ in range(2)]
+    assert list(table["sample_idx"]) == [0, 1] * len(sae)
+    assert set(table["temperature"]) == {0.0, 1.0}
+    for column in ["task_id", "sample_idx", "temperature", "prompt", "generated_code", "raw_output", "test_passed",
+                   "error_type", "error_message", "n_new_tokens", "generation_time"]:
+        assert column in table.columns
+    for layer in (1, 3):
+        tensor, info = load_activations(tmp_path / "phase1" / "activations" / f"layer_{layer}.safetensors")
+        assert tuple(tensor.shape) == (len(table), 64)
+        assert info["layer"] == layer and info["position"] == "last prompt token"
+    summary = json.loads((tmp_path / "phase1" / "phase_1_summary.json").read_text())
+    assert summary["n_samples"] == len(table)
+    assert summary["n_passed"] + summary["n_failed"] == len(table)
+    assert summary["prompt_style"] == "chat"
+    assert any("unreliable" in w for w in summary["warnings"])  # a random model passes nothing
+    manifest = json.loads((tmp_path / "phase1" / "phase_output.json").read_text())
+    assert manifest["phase"] == "1" and "0.1" in manifest["inputs"] and manifest["prompt_style"] == "chat"
+    assert "dataset_sae.parquet" in manifest["outputs"]
+    assert not (tmp_path / "phase1" / "checkpoint").exists()
+
+
+def test_resume_after_a_crash_and_after_a_slice_gives_identical_outputs(tmp_path: Path, tiny_args: list[str],
+                                                                        monkeypatch: pytest.MonkeyPatch):
+    straight, crashed, sliced = tmp_path / "straight", tmp_path / "crashed", tmp_path / "sliced"
+    for folder in (straight, crashed, sliced):
+        _run_upstream(folder, tiny_args)
+    assert run.main(["phase", "1", "--data-dir", str(straight), *tiny_args]) == 0
+
+    real_evaluate = generation_job.evaluate_many
+    calls = {"n": 0}
+
+    def crash_on_third_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C in the middle of the run
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(generation_job, "evaluate_many", crash_on_third_batch)
+    assert run.main(["phase", "1", "--data-dir", str(crashed), *tiny_args]) == 130
+    assert not (crashed / "phase1" / "phase_output.json").exists()
+    assert len(list((crashed / "phase1" / "checkpoint").glob("batch_*.pt"))) == 2
+    monkeypatch.setattr(generation_job, "evaluate_many", real_evaluate)
+    assert run.main(["phase", "1", "--data-dir", str(crashed), *tiny_args]) == 0
+
+    assert run.main(["phase", "1", "--data-dir", str(sliced), "--end", "2", *tiny_args]) == 0
+    assert not (sliced / "phase1" / "phase_output.json").exists()
+    assert run.main(["phase", "1", "--data-dir", str(sliced), *tiny_args]) == 0
+
+    reference_table, reference_tensors = _outputs(straight)
+    for folder in (crashed, sliced):
+        table, tensors = _outputs(folder)
+        pd.testing.assert_frame_equal(table.drop(columns=TIMING_COLUMNS), reference_table.drop(columns=TIMING_COLUMNS))
+        assert tensors == reference_tensors
+
+
+def test_pipeline_skips_current_phases_and_reruns_stale_ones(tmp_path: Path, tiny_args: list[str],
+                                                              capsys: pytest.CaptureFixture):
+    data = ["--data-dir", str(tmp_path)]
+    assert run.main(["pipeline", *data, *tiny_args]) == 0
+    manifests = {p: (tmp_path / p / "phase_output.json").read_text() for p in ("phase0", "phase0_1", "phase1")}
+    assert run.main(["pipeline", *data, *tiny_args]) == 0
+    assert {p: (tmp_path / p / "phase_output.json").read_text() for p in manifests} == manifests
+
+    capsys.readouterr()
+    assert run.main(["list", *data, *tiny_args]) == 0
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done", "done", "done"]
+    assert run.main(["list", *data, *tiny_args, "--set", "seed=5"]) == 0
+    states = [line.split()[1] for line in capsys.readouterr().out.splitlines()]
+    assert states == ["done", "stale", "stale"]
+    assert run.main(["list", *data, *tiny_args, "--set", "batch_size=7"]) == 0  # speed-only key
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done", "done", "done"]
+
+    assert run.main(["phase", "0.1", *data, *tiny_args, "--set", "seed=5"]) == 0
+    assert run.main(["list", *data, *tiny_args, "--set", "seed=5"]) == 0
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done", "done", "stale"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["phase", "9.9"], "unknown phase '9.9'"),
+    (["phase", "1", "--set", "bogus=1"], "unknown config key 'bogus'"),
+    (["phase", "1", "--set", "max_new_tokens=lots"], "wrong type"),
+    (["phase", "1", "--set", "batch_size=-3"], "'batch_size' = -3 is invalid"),
+    (["phase", "1"], "run `python run.py phase 0.1 --data-dir"),
+    (["phase", "0", "--set", "dataset=mbpp", "--set", "data_file=/nope.json"], "not a readable file"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                            argv: list[str], message: str):
+    data_dir = tmp_path / "out"
+    assert run.main([*argv, "--data-dir", str(data_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not data_dir.exists()
+
+
+def test_unreadable_data_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{ not json")
+    assert run.main(["phase", "0", "--set", "dataset=mbpp", "--set", f"data_file={bad}",
+                     "--data-dir", str(tmp_path / "out")]) == 2
+    assert "neither a JSON array nor JSONL" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "phase0" / "phase_output.json").exists()
