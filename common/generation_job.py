@@ -128,6 +128,7 @@ def _process_batch(model, tokenizer, builder: PromptBuilder, batch: list[WorkIte
             "error_type": result.error_type, "error_message": result.error_message,
             "n_new_tokens": out.n_new_tokens, "generation_time": out.generation_time_s,
             "exec_time": result.duration_s, "cyclomatic_complexity": int(item.problem["cyclomatic_complexity"]),
+            "difficulty": int(item.problem.get("difficulty", 0)), "family": str(item.problem.get("family", "")),
         })
     activations = {f"layer_{layer}": torch.stack([out.activations[layer] for out in outputs])
                    for layer in settings.capture_layers}

@@ -38,7 +38,7 @@ class PhaseSpec:
 
 PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec("0", "phase0", "problems and their difficulty", (),
-              ("dataset", "data_file", "mbpp_variant")),
+              ("dataset", "data_file", "mbpp_variant", "n_tasks", "synthetic_seed", "synthetic_level_weights")),
     PhaseSpec("0.1", "phase0_1", "sae / hyperparams / validation split", ("0",),
               ("split_fractions", "seed")),
     PhaseSpec("1", "phase1", "generation, execution and activations on the sae split", ("0.1",),

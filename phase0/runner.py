@@ -21,7 +21,8 @@ def run(config: Config) -> Path:
     spec = get_phase("0")
     if config.task_start or config.task_end is not None:
         logger.warning("phase 0 always loads the whole dataset: --start/--end apply to generating phases")
-    problems = load_problems(config.dataset, config.data_file, config.mbpp_variant)
+    problems = load_problems(config.dataset, config.data_file, config.mbpp_variant, config.n_tasks,
+                             config.synthetic_seed, config.synthetic_level_weights)
     table = pd.DataFrame([p.to_row() for p in problems])
     duplicates = table["task_id"].duplicated()
     if duplicates.any():
@@ -33,7 +34,12 @@ def run(config: Config) -> Path:
         table.to_parquet(tmp, index=False)
     summary_path = out_dir / "phase_0_summary.json"
     histogram = Counter(int(c) for c in table["cyclomatic_complexity"])
+    levels = Counter(int(d) for d in table["difficulty"])
     save_json({"dataset": config.dataset, "source": sorted(set(table["source"])), "n_problems": len(table),
-               "complexity_histogram": {str(k): histogram[k] for k in sorted(histogram)}}, summary_path)
+               "complexity_histogram": {str(k): histogram[k] for k in sorted(histogram)},
+               "difficulty_histogram": {str(k): levels[k] for k in sorted(levels)},
+               "mean_complexity_by_difficulty": {str(k): float(g.mean()) for k, g in
+                                                 table.groupby("difficulty")["cyclomatic_complexity"]},
+               "families": dict(Counter(table["family"]))}, summary_path)
     logger.info("%d problems from %s; complexity %s", len(table), config.dataset, dict(sorted(histogram.items())))
     return write_manifest(config, spec, upstream_inputs(config, spec), [problems_path, summary_path])

@@ -23,6 +23,7 @@ from common.generation import HOOK_SITE, check_layers
 from common.generation_job import JobSettings, drop_long_prompts, make_items, run_items
 from common.logging import get_logger
 from common.phases import get_phase
+from common.plotting import rate_bars
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
 from common.statistics import rate
 from common.utils import (atomic_path, discover_latest_phase_output, phase_dir, save_json, upstream_inputs,
@@ -65,7 +66,17 @@ def run(config: Config) -> Path | None:
     ordered_keys = [f"{r['task_id']}#{r['sample_idx']}" for r in rows]
     outputs = _write_outputs(config, out_dir, rows, {key: done[key][1] for key in ordered_keys}, ordered_keys)
     summary_path = out_dir / "phase_1_summary.json"
-    save_json(_summary(config, builder.style, rows, too_long), summary_path)
+    summary = _summary(config, builder.style, rows, too_long)
+    save_json(summary, summary_path)
+    title = f"Phase 1: {config.model_name} on the {config.dataset} sae split ({builder.style} prompt)"
+    plots = {"complexity": ("pass_rate_by_complexity.png", "cyclomatic complexity of the reference (10 = 10 or more)"),
+             "difficulty": ("pass_rate_by_difficulty.png", "difficulty level (primitives composed)")}
+    for key, (file_name, xlabel) in plots.items():
+        by_level = summary.get(f"pass_rate_by_{key}")
+        if by_level:
+            rate_bars({k: rate(r["successes"], r["trials"]) for k, r in by_level.items()}, out_dir / file_name, title,
+                      xlabel)
+            outputs.append(out_dir / file_name)
     manifest = write_manifest(config, spec, inputs, outputs + [summary_path], {"prompt_style": builder.style})
     checkpoint.clear()
     return manifest
@@ -105,11 +116,14 @@ def _summary(config: Config, prompt_style: str, rows: list[dict[str, Any]], too_
                      for level, group in table.groupby(table["cyclomatic_complexity"].clip(upper=10))}
     by_temperature = {f"{t:g}": rate(int(group["test_passed"].sum()), len(group)).to_dict()
                       for t, group in table.groupby("temperature")}
+    by_difficulty = {str(level): rate(int(group["test_passed"].sum()), len(group)).to_dict()
+                     for level, group in table.groupby("difficulty") if level > 0}
     return {
         "model_name": config.model_name, "prompt_style": prompt_style, "dataset": config.dataset,
         "layers": config.layers, "hook_site": HOOK_SITE, "n_tasks": int(table["task_id"].nunique()),
         "n_samples": len(table), "n_passed": n_passed, "n_failed": n_failed, "pass_rate": overall.to_dict(),
         "pass_rate_by_temperature": by_temperature, "pass_rate_by_complexity": by_complexity,
+        "pass_rate_by_difficulty": by_difficulty,
         "error_types": dict(Counter(table["error_type"])), "tasks_left_out_prompt_too_long": too_long,
         "mean_new_tokens": float(table["n_new_tokens"].mean()),
         "generation_time_total_s": float(table["generation_time"].sum()), "warnings": warnings,

@@ -9,7 +9,7 @@ from common.errors import PipelineError
 def test_defaults_are_valid():
     config = load_config()
     assert config == Config().validate()
-    assert config.dataset in ("humaneval", "mbpp")
+    assert config.dataset == "synthetic"
 
 
 def test_set_overrides_are_typed():

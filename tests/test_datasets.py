@@ -111,3 +111,24 @@ def test_hub_failure_is_one_clear_error(monkeypatch: pytest.MonkeyPatch):
 def test_complexity_of_unparseable_code_is_one():
     assert cyclomatic_complexity("def f(:\n") == 1
     assert cyclomatic_complexity("x = 1\n") == 1
+
+
+def test_phase_0_loads_a_427_task_sanitized_json_array(tmp_path: Path):
+    """Same size and layout as sanitized MBPP (a JSON array with `prompt`), built from our own tasks."""
+    import run
+
+    base = mbpp_full_records()
+    records = [{"source_file": "own.py", "task_id": 2 + i, "prompt": f"{base[i % len(base)]['text']} (variant {i})",
+                "code": base[i % len(base)]["code"], "test_imports": [], "test_list": base[i % len(base)]["test_list"]}
+               for i in range(427)]
+    path = tmp_path / "sanitized-mbpp.json"
+    path.write_text(json.dumps(records))
+    data = tmp_path / "data"
+    assert run.main(["phase", "0", "--set", "dataset=mbpp", "--set", f"data_file={path}", "--data-dir", str(data),
+                     "--log-level", "WARNING"]) == 0
+    import pandas as pd
+
+    table = pd.read_parquet(data / "phase0" / "problems.parquet")
+    assert len(table) == 427 and table["task_id"].is_unique
+    assert list(table.columns) == ["task_id", "text", "prompt_stub", "tests", "entry_point", "reference_code",
+                                   "source", "test_list", "test_imports", "cyclomatic_complexity"]

@@ -57,6 +57,7 @@ def test_phases_0_to_1_write_aligned_outputs(tmp_path: Path, tiny_args: list[str
     assert manifest["phase"] == "1" and "0.1" in manifest["inputs"] and manifest["prompt_style"] == "chat"
     assert "dataset_sae.parquet" in manifest["outputs"]
     assert not (tmp_path / "phase1" / "checkpoint").exists()
+    assert (tmp_path / "phase1" / "pass_rate_by_complexity.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_resume_after_a_crash_and_after_a_slice_gives_identical_outputs(tmp_path: Path, tiny_args: list[str],
