@@ -46,7 +46,7 @@ class Config:
     mbpp_variant: str = "full"  # hub config when data_file is None
     n_tasks: int = 500  # size of the synthetic task set
     synthetic_seed: int = 1234
-    synthetic_level_weights: list[float] = field(default_factory=lambda: [0.4, 0.3, 0.2, 0.1])  # difficulty 1..4
+    synthetic_level_weights: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.1, 0.05])  # difficulty 1..4
     split_fractions: list[float] = field(default_factory=lambda: [0.5, 0.1, 0.4])  # sae/hyperparams/validation
 
     # --- generation (phase 1 and every later generating phase)

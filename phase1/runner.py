@@ -62,9 +62,9 @@ def run(config: Config) -> Path | None:
         logger.warning("%d of %d samples are still to do: run `python run.py phase 1` without --start/--end "
                        "(or the remaining slices) to finish and write the outputs", len(missing), len(items))
         return None
-    rows = [done[item.key][0] for item in sorted(items, key=lambda i: (i.problem["_order"], i.sample_idx))]
-    ordered_keys = [f"{r['task_id']}#{r['sample_idx']}" for r in rows]
-    outputs = _write_outputs(config, out_dir, rows, {key: done[key][1] for key in ordered_keys}, ordered_keys)
+    ordered = sorted(items, key=lambda i: (i.problem["_order"], i.sample_idx))  # each task's samples together
+    rows = [done[item.key][0] for item in ordered]
+    outputs = _write_outputs(config, out_dir, rows, [done[item.key][1] for item in ordered])
     summary_path = out_dir / "phase_1_summary.json"
     summary = _summary(config, builder.style, rows, too_long)
     save_json(summary, summary_path)
@@ -88,13 +88,14 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_outputs(config: Config, out_dir: Path, rows: list[dict[str, Any]],
-                   tensors: dict[str, dict[str, torch.Tensor]], ordered_keys: list[str]) -> list[Path]:
+                   tensors: list[dict[str, torch.Tensor]]) -> list[Path]:
+    """The sample table and one activation file per layer, row i of each file belonging to rows[i]."""
     dataset_path = out_dir / "dataset_sae.parquet"
     with atomic_path(dataset_path) as tmp:
         pd.DataFrame(rows).to_parquet(tmp, index=False)
     paths = [dataset_path]
     for layer in config.layers:
-        stacked = torch.stack([tensors[key][f"layer_{layer}"] for key in ordered_keys])
+        stacked = torch.stack([row_tensors[f"layer_{layer}"] for row_tensors in tensors])
         path = out_dir / "activations" / f"layer_{layer}.safetensors"
         save_activations(path, stacked, {"layer": layer, "site": HOOK_SITE, "position": "last prompt token",
                                          "model_name": config.model_name, "rows": "dataset_sae.parquet"})

@@ -1,9 +1,9 @@
 """A graded set of Python function-writing tasks that the project generates itself.
 
 Why: the embedded default model passes ~5% of HumanEval, which leaves a handful of passing samples;
-on short graded tasks it passes about half, so both classes come in useful numbers. Tasks cycle
-through the families; each family's levels follow `level_weights` (largest-deficit allocation), and
-a statement seen before is redrawn. The same (n_tasks, seed, weights) always gives the same tasks.
+on short easy tasks it passes far more, so both classes come in useful numbers. Tasks cycle through
+the families; each family's levels follow `level_weights` (largest-deficit allocation), and a
+statement seen before is redrawn. The same (n_tasks, seed, weights) always gives the same tasks.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ logger = get_logger("synthetic")
 
 ALL_FAMILIES = tuple((f.name, f.draft) for f in pipelines.FAMILIES) + tuple((f.__name__, f) for f in families.FAMILIES)
 FAMILY_NAMES = tuple(name for name, _ in ALL_FAMILIES)
-DEFAULT_LEVEL_WEIGHTS = (0.4, 0.3, 0.2, 0.1)
+DEFAULT_LEVEL_WEIGHTS = (0.7, 0.15, 0.1, 0.05)
 _ATTEMPTS = 30
 
 
@@ -34,10 +34,14 @@ def generate_tasks(n_tasks: int, seed: int = 1234, level_weights: Sequence[float
     assigned = {name: [0] * len(weights) for name in FAMILY_NAMES}
     statements: set[str] = set()
     tasks: list[SyntheticTask] = []
+    n_pipelines = len(pipelines.FAMILIES)
     for index in range(n_tasks):
-        # The family whose turn it is, or the next one if it has run out of distinct statements.
-        for offset in range(len(ALL_FAMILIES)):
-            name, build = ALL_FAMILIES[(index + offset) % len(ALL_FAMILIES)]
+        # The family whose turn it is; if it has run out of distinct statements, a compositional family
+        # (they have by far the most), then any other.
+        turn = index % len(ALL_FAMILIES)
+        order = [turn] + [(index + i) % n_pipelines for i in range(n_pipelines)] + list(range(len(ALL_FAMILIES)))
+        for position in dict.fromkeys(order):
+            name, build = ALL_FAMILIES[position]
             counts = assigned[name]
             level = 1 + max(range(len(weights)), key=lambda i: weights[i] * (sum(counts) + 1) - counts[i])
             task = _new_task(build, level, statements, rng, f"synthetic/{index:04d}")

@@ -26,35 +26,40 @@ def _ints(rng: random.Random, low: int = -9, high: int = 20, n: tuple[int, int] 
 
 def word_frequency(rng: random.Random, level: int) -> Draft:
     m = rng.randint(2, 3)
-    name = rng.choice(["word_counts", "count_words", "tally_words"]) + ("" if level < 3 else f"_min{m}")
-    lower = "word.lower()" if level >= 2 else "word"
-    clean = "''.join(ch for ch in word if ch.isalpha()).lower()" if level == 4 else lower
-    body = f"    counts = {{}}\n    for word in sentence.split():\n        key = {clean}\n"
-    if level == 4:
-        body += "        if not key:\n            continue\n"
-    body += "        counts[key] = counts.get(key, 0) + 1\n"
-    body += "    return counts\n" if level < 3 else f"    return sorted(k for k, n in counts.items() if n >= {m})\n"
-    what = {1: "returns a dictionary mapping each word to the number of times it occurs",
-            2: "returns a dictionary mapping each word, in lower case, to the number of times it occurs ignoring case",
-            3: f"returns the sorted list of words (in lower case) that occur at least {m} times, ignoring case",
-            4: f"removes every non-letter character from each word, drops words left empty, and returns the sorted "
-               f"list of words (in lower case) that occur at least {m} times, ignoring case"}[level]
+    name = {1: rng.choice(["distinct_words", "unique_word_count"]), 2: rng.choice(["word_counts", "tally_words"]),
+            3: rng.choice(["word_counts_nocase", "tally_words_nocase"]), 4: f"frequent_words_{m}"}[level]
+    if level == 1:
+        body = "    return len(set(sentence.split()))\n"
+    else:
+        key = "word" if level == 2 else "word.lower()"
+        body = f"    counts = {{}}\n    for word in sentence.split():\n        key = {key}\n"
+        body += "        counts[key] = counts.get(key, 0) + 1\n"
+        body += "    return counts\n" if level < 4 else f"    return sorted(k for k, n in counts.items() if n >= {m})\n"
+    what = {1: "returns how many different words it contains (case matters)",
+            2: "returns a dictionary mapping each word to the number of times it occurs",
+            3: "returns a dictionary mapping each word, in lower case, to the number of times it occurs ignoring case",
+            4: f"returns the sorted list of words (in lower case) that occur at least {m} times, ignoring case"}[level]
     def sentence(r: random.Random) -> tuple:
-        words = [r.choice(_WORDS) + (r.choice(["", "", ",", "!"]) if level == 4 else "") for _ in range(r.randint(3, 9))]
-        return (" ".join(words),)
+        return (" ".join(r.choice(_WORDS) for _ in range(r.randint(3, 9))),)
     return Draft("word_frequency", "dicts", level, name, f"{_open(rng)} a sentence and {what}.",
-                 f"def {name}(sentence):\n{body}", [("",), ("sky",), ("sea Sea sea, oak",)] + [sentence(rng) for _ in range(10)])
-
+                 f"def {name}(sentence):\n{body}", [("",), ("sky",), ("sea Sea sea oak",)] + [sentence(rng) for _ in range(10)])
 
 def group_by_remainder(rng: random.Random, level: int) -> Draft:
     k = rng.randint(2, 5)
-    name = f"group_mod{k}" if level == 1 else f"{'sum' if level < 4 else 'best'}_by_mod{k}"
+    if level == 1:
+        r = rng.randint(0, k - 1)
+        name = f"count_mod{k}_is{r}"
+        return Draft("group_by_remainder", "dicts", level, name,
+                     f"{_open(rng)} a list of integers and returns how many of them leave remainder {r} when divided "
+                     f"by {k}.", f"def {name}(numbers):\n    return sum(1 for x in numbers if x % {k} == {r})\n",
+                     [([],), ([r],), ([r, r + k, 1, -3],)] + [(_ints(rng),) for _ in range(10)])
+    name = f"group_mod{k}" if level == 2 else f"{'sum' if level < 4 else 'best'}_by_mod{k}"
     lines = ["    groups = {}", "    for x in numbers:"]
     indent = "        "
     if level >= 3:
         lines.append("        if x >= 0:")
         indent += "    "
-    if level == 1:
+    if level == 2:
         lines.append(f"{indent}groups.setdefault(x % {k}, []).append(x)")
     else:
         lines.append(f"{indent}groups[x % {k}] = groups.get(x % {k}, 0) + x")
@@ -63,9 +68,8 @@ def group_by_remainder(rng: random.Random, level: int) -> Draft:
                   "        if best is None or groups[key] > groups[best]:", "            best = key", "    return best"]
     else:
         lines.append("    return groups")
-    what = {1: f"returns a dictionary mapping each remainder modulo {k} to the list of numbers with that remainder, "
+    what = {2: f"returns a dictionary mapping each remainder modulo {k} to the list of numbers with that remainder, "
                "in their original order",
-            2: f"returns a dictionary mapping each remainder modulo {k} to the sum of the numbers with that remainder",
             3: f"ignores negative numbers and returns a dictionary mapping each remainder modulo {k} to the sum of the "
                "numbers with that remainder",
             4: f"ignores negative numbers, sums the numbers by their remainder modulo {k}, and returns the remainder "
@@ -77,16 +81,16 @@ def group_by_remainder(rng: random.Random, level: int) -> Draft:
 
 def score_table(rng: random.Random, level: int) -> Draft:
     k = rng.randint(40, 80)
-    name = {1: f"passing_names_{k}", 2: f"total_above_{k}", 3: f"vowel_names_above_{k}", 4: f"top_name_above_{k}"}[level]
-    body = {1: f"    return sorted(name for name, score in scores.items() if score >= {k})\n",
-            2: f"    total = 0\n    for score in scores.values():\n        if score >= {k}:\n            total += score\n"
-               "    return total\n",
+    name = {1: rng.choice(["total_score", "score_sum"]), 2: f"passing_names_{k}", 3: f"vowel_names_above_{k}",
+            4: f"top_name_above_{k}"}[level]
+    body = {1: "    return sum(scores.values())\n",
+            2: f"    return sorted(name for name, score in scores.items() if score >= {k})\n",
             3: f"    result = []\n    for name, score in scores.items():\n        if score >= {k} and name[0].lower() in 'aeiou':\n"
                "            result.append(name)\n    return sorted(result)\n",
             4: f"    best = None\n    for name in sorted(scores):\n        if scores[name] >= {k} and "
                "(best is None or scores[name] > scores[best]):\n            best = name\n    return best\n"}[level]
-    what = {1: f"returns the alphabetically sorted list of names whose score is at least {k}",
-            2: f"returns the sum of the scores that are at least {k}",
+    what = {1: "returns the sum of all the scores (0 for an empty dictionary)",
+            2: f"returns the alphabetically sorted list of names whose score is at least {k}",
             3: f"returns the alphabetically sorted list of names that start with a vowel and whose score is at least {k}",
             4: f"returns the name with the highest score among those scoring at least {k} (the alphabetically first "
                "on ties), or None if there is none"}[level]
@@ -325,23 +329,22 @@ def format_numbers(rng: random.Random, level: int) -> Draft:
 
 
 def clock_times(rng: random.Random, level: int) -> Draft:
-    name = {1: "to_minutes", 2: "minutes_between", 3: "minutes_until", 4: "duration_text"}[level]
+    name = {1: "hour_of", 2: "to_minutes", 3: "minutes_between", 4: "duration_text"}[level]
     parse = "int(t[:2]) * 60 + int(t[3:])"
-    body = {1: f"    return {parse.replace('t[', 'time[')}\n",
-            2: "    def minutes(t):\n        return " + parse + "\n    return minutes(end) - minutes(start)\n",
-            3: "    def minutes(t):\n        return " + parse + "\n    return (minutes(end) - minutes(start)) % 1440\n",
+    body = {1: "    return int(time[:2])\n",
+            2: f"    return {parse.replace('t[', 'time[')}\n",
+            3: "    def minutes(t):\n        return " + parse + "\n    return minutes(end) - minutes(start)\n",
             4: "    def minutes(t):\n        return " + parse + "\n    total = (minutes(end) - minutes(start)) % 1440\n"
                "    return f'{total // 60}h {total % 60}m'\n"}[level]
-    args = "time" if level == 1 else "start, end"
-    what = {1: "a time 'HH:MM' and returns the number of minutes since midnight",
-            2: "two times 'HH:MM' (start and end) and returns end minus start in minutes (negative if end is earlier)",
-            3: "two times 'HH:MM' (start and end) and returns how many minutes pass from start to the next time the "
-               "clock shows end (0 if they are equal)",
+    args = "time" if level <= 2 else "start, end"
+    what = {1: "a time 'HH:MM' and returns the hour as an integer",
+            2: "a time 'HH:MM' and returns the number of minutes since midnight",
+            3: "two times 'HH:MM' (start and end) and returns end minus start in minutes (negative if end is earlier)",
             4: "two times 'HH:MM' (start and end) and returns the time from start to the next time the clock shows end, "
                "written as '<hours>h <minutes>m' (for example '2h 5m')"}[level]
     def clock(r: random.Random) -> str:
         return f"{r.randint(0, 23):02d}:{r.randint(0, 59):02d}"
-    if level == 1:
+    if level <= 2:
         inputs = [("00:00",), ("23:59",), ("01:05",)] + [(clock(rng),) for _ in range(10)]
     else:
         inputs = [("00:00", "00:00"), ("10:30", "09:15"), ("23:50", "00:10")] + [(clock(rng), clock(rng)) for _ in range(10)]
@@ -373,16 +376,19 @@ def run_length(rng: random.Random, level: int) -> Draft:
 
 def caesar_shift(rng: random.Random, level: int) -> Draft:
     k = rng.randint(1, 25)
-    name = {1: f"shift_lower_{k}", 2: f"caesar_{k}", 3: f"caesar_reversed_{k}", 4: f"alternating_shift_{k}"}[level]
-    upper = ("        elif ch.isupper():\n            out.append(chr((ord(ch) - 65 + shift) % 26 + 65))\n"
-             if level >= 2 else "")
+    if level == 1:
+        name = f"letter_after_{k}"
+        return Draft("caesar_shift", "strings", level, name,
+                     f"{_open(rng)} a lower-case letter and returns the letter {k} places after it in the alphabet, "
+                     "wrapping around from 'z' to 'a'.", f"def {name}(letter):\n    return chr((ord(letter) - 97 + {k}) % 26 + 97)\n",
+                     [("a",), ("z",), ("m",)] + [(rng.choice(string.ascii_lowercase),) for _ in range(10)])
+    name = {2: f"caesar_{k}", 3: f"caesar_reversed_{k}", 4: f"alternating_shift_{k}"}[level]
+    upper = "        elif ch.isupper():\n            out.append(chr((ord(ch) - 65 + shift) % 26 + 65))\n"
     shift = f"{k} if i % 2 == 0 else -{k}" if level == 4 else f"{k}"
     body = (f"    out = []\n    for i, ch in enumerate(text):\n        shift = {shift}\n        if ch.islower():\n"
             "            out.append(chr((ord(ch) - 97 + shift) % 26 + 97))\n" + upper
             + "        else:\n            out.append(ch)\n" + ("    return ''.join(out)[::-1]\n" if level == 3 else "    return ''.join(out)\n"))
-    what = {1: f"shifts every lower-case letter {k} places forward in the alphabet (wrapping from z to a), leaving "
-               "every other character unchanged",
-            2: f"shifts every letter {k} places forward in the alphabet, wrapping around and keeping its case, leaving "
+    what = {2: f"shifts every letter {k} places forward in the alphabet, wrapping around and keeping its case, leaving "
                "every other character unchanged",
             3: f"shifts every letter {k} places forward in the alphabet, wrapping around and keeping its case, leaving "
                "every other character unchanged, and returns the result reversed",
@@ -395,30 +401,31 @@ def caesar_shift(rng: random.Random, level: int) -> Draft:
 
 
 def brackets(rng: random.Random, level: int) -> Draft:
-    name = {1: "balanced", 2: "max_depth", 3: "balanced_two", 4: "first_error"}[level]
-    if level <= 2:
+    name = {1: "open_minus_close", 2: "balanced", 3: "max_depth", 4: "balanced_two"}[level]
+    if level == 1:
+        body = "    return text.count('(') - text.count(')')\n"
+    elif level <= 3:
         body = ("    depth = 0\n    deepest = 0\n    for ch in text:\n        if ch == '(':\n            depth += 1\n"
                 "            deepest = max(deepest, depth)\n        elif ch == ')':\n            depth -= 1\n"
-                "            if depth < 0:\n                return " + ("False" if level == 1 else "-1") + "\n"
-                "    return " + ("depth == 0" if level == 1 else "deepest if depth == 0 else -1") + "\n")
+                "            if depth < 0:\n                return " + ("False" if level == 2 else "-1") + "\n"
+                "    return " + ("depth == 0" if level == 2 else "deepest if depth == 0 else -1") + "\n")
     else:
-        pairs = "{')': '(', ']': '['}" if level == 3 else "{')': '(', ']': '[', '}': '{'}"
-        fail, ok = ("False", "not stack") if level == 3 else ("i", "-1 if not stack else len(text)")
+        pairs = "{')': '(', ']': '['}"
+        fail, ok = "False", "not stack"
         body = (f"    pairs = {pairs}\n    stack = []\n    for i, ch in enumerate(text):\n"
                 "        if ch in pairs.values():\n            stack.append(ch)\n        elif ch in pairs:\n"
                 f"            if not stack or stack.pop() != pairs[ch]:\n                return {fail}\n    return {ok}\n")
-    what = {1: "returns True if its parentheses '(' and ')' are balanced (other characters are ignored)",
-            2: "returns the maximum nesting depth of its parentheses, or -1 if they are not balanced (other characters "
+    what = {1: "returns the number of '(' characters minus the number of ')' characters",
+            2: "returns True if its parentheses '(' and ')' are balanced (other characters are ignored)",
+            3: "returns the maximum nesting depth of its parentheses, or -1 if they are not balanced (other characters "
                "are ignored)",
-            3: "returns True if its brackets '()' and '[]' are balanced and properly nested (other characters are ignored)",
-            4: "checks its brackets '()', '[]' and '{}' (other characters are ignored) and returns the index of the first "
-               "closing bracket that does not match, the length of the string if some bracket is never closed, or -1 "
-               "if all are balanced"}[level]
-    alphabet = "()x" if level <= 2 else ("()[]x" if level == 3 else "()[]{}x")
+            4: "returns True if its brackets '()' and '[]' are balanced and properly nested (other characters are ignored)"
+            }[level]
+    alphabet = "()x" if level <= 3 else "()[]x"
     def text(r: random.Random) -> tuple:
         return ("".join(r.choice(alphabet) for _ in range(r.randint(0, 10))),)
     return Draft("brackets", "control flow", level, name, f"{_open(rng)} a string and {what}.", f"def {name}(text):\n{body}",
-                 [("",), (")(",), ("(a[b]{c})" if level == 4 else "(x(y))",)] + [text(rng) for _ in range(12)])
+                 [("",), (")(",), ("(a[b](c))" if level == 4 else "(x(y))",)] + [text(rng) for _ in range(12)])
 
 
 def matrix_sums(rng: random.Random, level: int) -> Draft:

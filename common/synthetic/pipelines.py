@@ -23,6 +23,7 @@ class Prim:
     phrase: str
     code: str  # template over {v}: a condition (filter) or an expression (map)
     group: str = ""  # filters of one group are never combined (even AND odd would keep nothing)
+    numeric: bool = False  # a map whose results are numbers
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Terminal:
     result: str  # over {acc}: the accumulator variable
     acc: str
     uses_value: bool = True
+    needs_number: bool = False  # sum, product, largest, smallest: only over numbers
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class Source:
     convert: str | None  # expression over {raw} giving the element, e.g. "int({raw})"
     random_input: Callable[[random.Random], tuple]
     edge_inputs: tuple[tuple, ...]
+    numeric: bool = True  # elements are numbers
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,9 @@ class PipelineFamily:
         stages = self.levels[level]
         filters = _distinct([f(rng) for f in rng.sample(self.filters, k=len(self.filters))], stages.count("F"))
         mapping = rng.choice(self.maps)(rng) if "M" in stages else None
-        terminal = rng.choice([t for t in self.terminals if t.uses_value or mapping is None])
+        numbers = mapping.numeric if mapping else self.source.numeric
+        terminal = rng.choice([t for t in self.terminals
+                               if (t.uses_value or mapping is None) and (numbers or not t.needs_number)])
         order = rng.choice(self.orders) if "O" in stages else None
         param = rng.choice(self.source.params)
         name = "_".join([terminal.key] + ([mapping.key] if mapping else []) + [f.key for f in filters]
@@ -140,23 +145,24 @@ INT_FILTERS = (
     lambda r: (lambda k: Prim(f"notdiv{k}", f"not divisible by {k}", f"{{v}} % {k} != 0", "divisor"))(_k(r, 3, 7)),
 )
 INT_MAPS = (
-    lambda r: Prim("squared", "squares {each}", "{v} * {v}"),
-    lambda r: Prim("doubled", "doubles {each}", "2 * {v}"),
-    lambda r: Prim("abs", "replaces {each} by its absolute value", "abs({v})"),
-    lambda r: (lambda k: Prim(f"plus{k}", "adds %d to {each}" % k, f"{{v}} + {k}"))(_k(r)),
-    lambda r: (lambda k: Prim(f"minus{k}", "subtracts %d from {each}" % k, f"{{v}} - {k}"))(_k(r)),
-    lambda r: Prim("lastdigit", "replaces {each} by its last digit (of the absolute value)", "abs({v}) % 10"),
+    lambda r: Prim("squared", "squares {each}", "{v} * {v}", numeric=True),
+    lambda r: Prim("doubled", "doubles {each}", "2 * {v}", numeric=True),
+    lambda r: Prim("abs", "replaces {each} by its absolute value", "abs({v})", numeric=True),
+    lambda r: (lambda k: Prim(f"plus{k}", "adds %d to {each}" % k, f"{{v}} + {k}", numeric=True))(_k(r)),
+    lambda r: (lambda k: Prim(f"minus{k}", "subtracts %d from {each}" % k, f"{{v}} - {k}", numeric=True))(_k(r)),
+    lambda r: Prim("lastdigit", "replaces {each} by its last digit (of the absolute value)", "abs({v}) % 10",
+                   numeric=True),
 )
 NUMBER_TERMINALS = (
-    Terminal("sum", "returns the sum of {items}", "total = 0", "total += {v}", "{acc}", "total"),
+    Terminal("sum", "returns the sum of {items}", "total = 0", "total += {v}", "{acc}", "total", needs_number=True),
     Terminal("product", "returns the product of {items} (1 if there are none)", "product = 1", "product *= {v}",
-             "{acc}", "product"),
+             "{acc}", "product", needs_number=True),
     Terminal("count", "returns how many of {items} there are", "count = 0", "count += 1", "{acc}", "count",
              uses_value=False),
     Terminal("largest", "returns the largest of {items}, or None if there are none", "best = None",
-             "if best is None or {v} > best:\n    best = {v}", "{acc}", "best"),
+             "if best is None or {v} > best:\n    best = {v}", "{acc}", "best", needs_number=True),
     Terminal("smallest", "returns the smallest of {items}, or None if there are none", "best = None",
-             "if best is None or {v} < best:\n    best = {v}", "{acc}", "best"),
+             "if best is None or {v} < best:\n    best = {v}", "{acc}", "best", needs_number=True),
 )
 LIST_TERMINAL = (Terminal("keep", "returns {items} as a list", "result = []",
                           "result.append({v})", "{acc}", "result"),)
@@ -208,7 +214,7 @@ WORD_JOINS = tuple(Terminal(key, f"returns {{items}} joined {how}", "parts = []"
                    for key, sep, how in [("spaced", " ", "with single spaces"), ("dashed", "-", "with '-'"),
                                          ("comma", ",", "with ','"), ("joined", "", "with nothing between them")])
 WORD_ORDERS = (Prim("sorted", "taken in the order Python's sorted() gives", "sorted({acc})"),)
-LENGTH_MAP = (lambda r: Prim("lengths", "replaces {each} by its length", "len({v})"),)
+LENGTH_MAP = (lambda r: Prim("lengths", "replaces {each} by its length", "len({v})", numeric=True),)
 
 
 # ---- input generators -----------------------------------------------------------------------
@@ -244,18 +250,18 @@ FAMILIES = (
     PipelineFamily(
         "char_filter", "strings",
         Source("chars", "a string", "characters", ("text", "s", "word"), "{p}", "ch", None, _text,
-               (("",), ("a",), ("Hello World 42",))),
+               (("",), ("a",), ("Hello World 42",)), numeric=False),
         CHAR_FILTERS, CHAR_MAPS, CHAR_TERMINALS, {1: "FT", 2: "FMT", 3: "FFMT", 4: "FFMTO"}, STRING_ORDERS),
     PipelineFamily(
         "word_transform", "strings",
         Source("words", "a sentence of words separated by spaces", "words", ("sentence", "text", "line"), "{p}.split()",
-               "word", None, _sentence, (("",), ("Apple",), ("the Owl ate eight ripe olives",))),
+               "word", None, _sentence, (("",), ("Apple",), ("the Owl ate eight ripe olives",)), numeric=False),
         WORD_FILTERS, WORD_MAPS, WORD_JOINS, {1: "MT", 2: "FMT", 3: "FFMT", 4: "FFMTO"}, WORD_ORDERS),
     PipelineFamily(
         "word_measure", "strings",
         Source("words", "a sentence of words separated by spaces", "words", ("sentence", "text", "phrase"),
                "{p}.split()",
-               "word", None, _sentence, (("",), ("Apple",), ("an Owl ate eight ripe olives",))),
+               "word", None, _sentence, (("",), ("Apple",), ("an Owl ate eight ripe olives",)), numeric=False),
         WORD_FILTERS, LENGTH_MAP, NUMBER_TERMINALS[:1] + NUMBER_TERMINALS[2:4], {1: "T", 2: "FT", 3: "FMT", 4: "FFMT"}),
     PipelineFamily(
         "digit_reduce", "arithmetic",
