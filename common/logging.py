@@ -22,7 +22,7 @@ def configure_console(level: str = "INFO") -> None:
         handler.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
         handler._pva_console = True  # type: ignore[attr-defined]
         root.addHandler(handler)
-    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub"):
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
