@@ -64,7 +64,9 @@ class Program:
 def sandbox_mode() -> str:
     """"bwrap" when bubblewrap is installed and can start a sandbox here, else "subprocess"."""
     if shutil.which("bwrap"):
-        probe = subprocess.run(_bwrap_prefix() + ["/bin/true"], capture_output=True, timeout=30)
+        # The real interpreter and harness, so a sandbox that cannot see them is never chosen.
+        check = f"open({str(HARNESS)!r}).close()"
+        probe = subprocess.run(_bwrap_prefix() + [sys.executable, "-I", "-c", check], capture_output=True, timeout=30)
         if probe.returncode == 0:
             return "bwrap"
         logger.warning("bwrap is installed but cannot start a sandbox here (%s): falling back to plain "
@@ -76,11 +78,21 @@ def sandbox_mode() -> str:
 
 
 def _bwrap_prefix() -> list[str]:
-    return ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-            "--size", str(FILE_SIZE_LIMIT_BYTES), "--tmpfs", "/tmp",
-            "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
-            "--chdir", "/tmp"]
+    return (["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+             "--size", str(FILE_SIZE_LIMIT_BYTES), "--tmpfs", "/tmp"]
+            + [arg for path in _needed_under_tmp() for arg in ("--ro-bind", path, path)]
+            + ["--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+               "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--chdir", "/tmp"])
+
+
+def _needed_under_tmp() -> list[str]:
+    """The interpreter, its environment and the harness, where they live under /tmp (a virtual
+    environment or a checkout there): the private /tmp would hide them, so they are bound back read-only."""
+    tmp = Path("/tmp").resolve()
+    candidates = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    candidates |= {Path(sys.executable).resolve().parent, HARNESS.resolve().parent}
+    inside = sorted(str(p) for p in candidates if tmp in p.parents)
+    return [p for p in inside if not any(p.startswith(other + "/") for other in inside)]  # outermost only
 
 
 def _limits(timeout_s: float) -> dict[str, int]:

@@ -131,4 +131,5 @@ def test_phase_0_loads_a_427_task_sanitized_json_array(tmp_path: Path):
     table = pd.read_parquet(data / "phase0" / "problems.parquet")
     assert len(table) == 427 and table["task_id"].is_unique
     assert list(table.columns) == ["task_id", "text", "prompt_stub", "tests", "entry_point", "reference_code",
-                                   "source", "test_list", "test_imports", "cyclomatic_complexity"]
+                                   "source", "test_list", "test_imports", "cyclomatic_complexity", "difficulty",
+                                   "family"]
