@@ -8,10 +8,9 @@ the same batches and gives byte-identical outputs.
 
 from __future__ import annotations
 
-import contextlib
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Sequence
+from typing import Any, Sequence
 
 import torch
 from tqdm import tqdm
@@ -86,8 +85,7 @@ def _batches(items: list[WorkItem], batch_size: int) -> list[list[WorkItem]]:
 
 
 def run_items(model, tokenizer, builder: PromptBuilder, items: list[WorkItem], settings: JobSettings,
-              checkpoint: BatchCheckpoint, description: str = "generating",
-              generation_context: Callable[[], ContextManager[Any]] | None = None) -> None:
+              checkpoint: BatchCheckpoint, description: str = "generating") -> None:
     """Process every item of `items` that the checkpoint does not hold yet."""
     done = checkpoint.done_keys()
     pending = [item for item in items if item.key not in done]
@@ -96,7 +94,7 @@ def run_items(model, tokenizer, builder: PromptBuilder, items: list[WorkItem], s
     passed = failed = 0
     with tqdm(total=len(pending), desc=description, unit="sample") as bar:
         for batch in _batches(pending, settings.batch_size):
-            records, activations = _process_batch(model, tokenizer, builder, batch, settings, generation_context)
+            records, activations = _process_batch(model, tokenizer, builder, batch, settings)
             checkpoint.save(batch[0].key.replace("/", "_").replace("#", "_s"), [i.key for i in batch], records,
                             activations)
             passed += sum(r["test_passed"] for r in records)
@@ -105,17 +103,14 @@ def run_items(model, tokenizer, builder: PromptBuilder, items: list[WorkItem], s
             bar.set_postfix(passed=passed, failed=failed)
 
 
-def _process_batch(model, tokenizer, builder: PromptBuilder, batch: list[WorkItem], settings: JobSettings,
-                   generation_context: Callable[[], ContextManager[Any]] | None
+def _process_batch(model, tokenizer, builder: PromptBuilder, batch: list[WorkItem], settings: JobSettings
                    ) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
     prompts = [builder.build(item.problem) for item in batch]
     seed = zlib.crc32(f"{settings.seed}:{batch[0].key}".encode())
-    with generation_context() if generation_context else contextlib.nullcontext():
-        outputs = generate_batch(model, tokenizer, prompts, max_new_tokens=settings.max_new_tokens,
-                                 temperature=batch[0].temperature, seed=seed,
-                                 stoppers=[builder.stopper(item.problem) for item in batch],
-                                 capture_layers=settings.capture_layers,
-                                 add_special_tokens=builder.adds_special_tokens)
+    outputs = generate_batch(model, tokenizer, prompts, max_new_tokens=settings.max_new_tokens,
+                             temperature=batch[0].temperature, seed=seed,
+                             stoppers=[builder.stopper(item.problem) for item in batch],
+                             capture_layers=settings.capture_layers, add_special_tokens=builder.adds_special_tokens)
     codes = [extract_code(out.text, item.problem["entry_point"], builder.code_prefix(item.problem))
              for out, item in zip(outputs, batch)]
     results = evaluate_many([Program(code, item.problem["tests"]) for code, item in zip(codes, batch)],

@@ -186,10 +186,14 @@ CHAR_MAPS = (
     lambda r: Prim("swap", "swaps the case of {each}", "{v}.swapcase()"),
     lambda r: Prim("twice", "writes {each} twice", "{v} * 2"),
 )
-CHAR_TERMINALS = tuple(Terminal(key, f"returns {{items}} joined {how}", "parts = []", "parts.append({v})",
-                                f"'{sep}'.join({{acc}})", "parts")
-                       for key, sep, how in [("joined", "", "into one string"), ("dashed", "-", "with '-' between them"),
-                                             ("dotted", ".", "with '.' between them")])
+def _joins(*specs: tuple[str, str, str]) -> tuple[Terminal, ...]:
+    """Terminals that collect the items and join them with a separator: (key, separator, wording)."""
+    return tuple(Terminal(key, f"returns {{items}} joined {how}", "parts = []", "parts.append({v})",
+                          f"'{sep}'.join({{acc}})", "parts") for key, sep, how in specs)
+
+
+CHAR_TERMINALS = _joins(("joined", "", "into one string"), ("dashed", "-", "with '-' between them"),
+                        ("dotted", ".", "with '.' between them"))
 STRING_ORDERS = (Prim("rev", "taken in reverse order", "{acc}[::-1]"),)
 
 WORD_FILTERS = (
@@ -209,10 +213,8 @@ WORD_MAPS = (
     lambda r: Prim("title", "capitalises {each} (first letter upper, rest lower)", "{v}.capitalize()"),
     lambda r: Prim("lower", "lower-cases {each}", "{v}.lower()"),
 )
-WORD_JOINS = tuple(Terminal(key, f"returns {{items}} joined {how}", "parts = []", "parts.append({v})",
-                            f"'{sep}'.join({{acc}})", "parts")
-                   for key, sep, how in [("spaced", " ", "with single spaces"), ("dashed", "-", "with '-'"),
-                                         ("comma", ",", "with ','"), ("joined", "", "with nothing between them")])
+WORD_JOINS = _joins(("spaced", " ", "with single spaces"), ("dashed", "-", "with '-'"), ("comma", ",", "with ','"),
+                    ("joined", "", "with nothing between them"))
 WORD_ORDERS = (Prim("sorted", "taken in the order Python's sorted() gives", "sorted({acc})"),)
 LENGTH_MAP = (lambda r: Prim("lengths", "replaces {each} by its length", "len({v})", numeric=True),)
 
