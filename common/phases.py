@@ -43,6 +43,7 @@ PHASES: tuple[PhaseSpec, ...] = (
               ("split_fractions", "seed")),
     PhaseSpec("1", "phase1", "generation, execution and activations on the sae split", ("0.1",),
               _GENERATION_KEYS + ("layers", "temperature", "samples_per_task")),
+    PhaseSpec("2.6", "phase2_6", "mean-difference directions (baseline)", ("1",), ()),
 )
 
 _BY_ID = {spec.id: spec for spec in PHASES}

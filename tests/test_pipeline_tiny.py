@@ -98,22 +98,23 @@ def test_pipeline_skips_current_phases_and_reruns_stale_ones(tmp_path: Path, tin
                                                               capsys: pytest.CaptureFixture):
     data = ["--data-dir", str(tmp_path)]
     assert run.main(["pipeline", *data, *tiny_args]) == 0
-    manifests = {p: (tmp_path / p / "phase_output.json").read_text() for p in ("phase0", "phase0_1", "phase1")}
+    manifests = {p: (tmp_path / p / "phase_output.json").read_text()
+                 for p in ("phase0", "phase0_1", "phase1", "phase2_6")}
     assert run.main(["pipeline", *data, *tiny_args]) == 0
     assert {p: (tmp_path / p / "phase_output.json").read_text() for p in manifests} == manifests
 
     capsys.readouterr()
     assert run.main(["list", *data, *tiny_args]) == 0
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done", "done", "done"]
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 4
     assert run.main(["list", *data, *tiny_args, "--set", "seed=5"]) == 0
     states = [line.split()[1] for line in capsys.readouterr().out.splitlines()]
-    assert states == ["done", "stale", "stale"]
+    assert states == ["done", "stale", "stale", "stale"]
     assert run.main(["list", *data, *tiny_args, "--set", "batch_size=7"]) == 0  # speed-only key
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done", "done", "done"]
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 4
 
     assert run.main(["phase", "0.1", *data, *tiny_args, "--set", "seed=5"]) == 0
     assert run.main(["list", *data, *tiny_args, "--set", "seed=5"]) == 0
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done", "done", "stale"]
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done", "done", "stale", "stale"]
 
 
 @pytest.mark.parametrize("argv, message", [

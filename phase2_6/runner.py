@@ -1,0 +1,119 @@
+"""Phase 2.6: mean-difference directions, the baseline the SAE latents have to beat.
+
+Per recorded layer, from phase 1's sae-split activations (the selection split):
+- `mean_difference`: unit(mean(passing rows) - mean(failing rows));
+- `paired_pca`: the first principal component of per-task differences (mean passing row minus mean
+  failing row of the same task), for tasks that have both classes (needs samples_per_task >= 1);
+  its sign is chosen so that the differences project positively on it.
+Both point from "will fail" towards "will pass". A class with fewer than 20 rows gives a direction
+that is reported as unreliable; an empty class gives none.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from common.activations import load_activations
+from common.config import Config
+from common.directions import SteeringDirection, save_directions
+from common.logging import get_logger
+from common.phases import get_phase
+from common.utils import discover_latest_phase_output, phase_dir, save_json, upstream_inputs, write_manifest
+
+logger = get_logger("phase2_6")
+
+THIN_CLASS_ROWS = 20
+MIN_PAIRS = 2
+
+
+def mean_difference(activations: torch.Tensor, passed: np.ndarray) -> tuple[torch.Tensor, float] | None:
+    """(unit direction, norm of the raw difference), or None when a class is empty."""
+    passed_t = torch.tensor(passed, dtype=torch.bool)
+    if passed_t.all() or not passed_t.any():
+        return None
+    difference = activations[passed_t].mean(0) - activations[~passed_t].mean(0)
+    norm = float(difference.norm())
+    return difference / norm, norm
+
+
+def paired_differences(activations: torch.Tensor, passed: np.ndarray, task_ids: np.ndarray) -> torch.Tensor:
+    """One row per task with both classes: its mean passing activation minus its mean failing one."""
+    frame = pd.DataFrame({"task": task_ids, "passed": passed, "row": np.arange(len(task_ids))})
+    rows = []
+    for _, group in frame.groupby("task", sort=False):
+        good, bad = group.loc[group["passed"], "row"].to_numpy(), group.loc[~group["passed"], "row"].to_numpy()
+        if len(good) and len(bad):
+            rows.append(activations[torch.tensor(good)].mean(0) - activations[torch.tensor(bad)].mean(0))
+    return torch.stack(rows) if rows else torch.empty(0, activations.shape[1])
+
+
+def paired_pca(differences: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+    """(unit first principal component, share of variance it explains), or None with too few pairs."""
+    if len(differences) < MIN_PAIRS:
+        return None
+    centred = differences - differences.mean(0)
+    _, singular, right = torch.linalg.svd(centred.double(), full_matrices=False)
+    component = right[0].to(torch.float32)
+    if float((differences @ component).mean()) < 0:
+        component = -component
+    explained = float(singular[0] ** 2 / (singular ** 2).sum()) if float(singular.sum()) > 0 else 0.0
+    return component, explained
+
+
+def run(config: Config) -> Path:
+    spec = get_phase("2.6")
+    inputs = upstream_inputs(config, spec)
+    phase1 = discover_latest_phase_output("1", config.data_dir).parent
+    table = pd.read_parquet(phase1 / "dataset_sae.parquet", columns=["task_id", "test_passed"])
+    passed = table["test_passed"].to_numpy(dtype=bool)
+    task_ids = table["task_id"].to_numpy()
+    n_passed, n_failed = int(passed.sum()), int((~passed).sum())
+    warnings = [f"only {n} {name} rows (< {THIN_CLASS_ROWS}): these directions are unreliable"
+                for name, n in (("passing", n_passed), ("failing", n_failed)) if n < THIN_CLASS_ROWS]
+    for warning in warnings:
+        logger.warning(warning)
+
+    directions: list[SteeringDirection] = []
+    per_layer: dict[str, Any] = {}
+    for layer_file in sorted((phase1 / "activations").glob("layer_*.safetensors"),
+                             key=lambda p: int(p.stem.split("_")[1])):
+        activations, info = load_activations(layer_file)
+        layer = int(info.get("layer", layer_file.stem.split("_")[1]))
+        common = {"phase": "2.6", "split": "sae", "n_passing": n_passed, "n_failing": n_failed,
+                  "mean_residual_norm": float(activations.norm(dim=1).mean()), "site": info.get("site", "")}
+        stats: dict[str, Any] = {"mean_residual_norm": common["mean_residual_norm"]}
+        found = mean_difference(activations, passed)
+        if found is not None:
+            vector, raw_norm = found
+            directions.append(SteeringDirection(f"mean_difference/layer_{layer}", layer, vector, "mean_difference",
+                                                {**common, "raw_difference_norm": raw_norm}))
+            stats["mean_difference_raw_norm"] = raw_norm
+        differences = paired_differences(activations, passed, task_ids)
+        stats["n_pairs"] = len(differences)
+        pca = paired_pca(differences)
+        if pca is not None:
+            vector, explained = pca
+            directions.append(SteeringDirection(f"paired_pca/layer_{layer}", layer, vector, "paired_pca",
+                                                {**common, "n_pairs": len(differences), "explained_variance": explained}))
+            stats["paired_pca_explained_variance"] = explained
+            if found is not None:
+                stats["cosine_pca_vs_mean_difference"] = float(vector @ found[0])
+        per_layer[str(layer)] = stats
+
+    if not any(d.source == "paired_pca" for d in directions):
+        logger.warning("no task has both a passing and a failing sample: no paired_pca direction "
+                       "(rerun phase 1 with --set samples_per_task=2 or more)")
+    if not directions:
+        logger.warning("one class is empty: no direction at all")
+    out_dir = phase_dir(config, spec.id)
+    directions_path = out_dir / "directions.safetensors"
+    save_directions(directions_path, directions)
+    summary_path = out_dir / "phase_2_6_summary.json"
+    save_json({"n_passing": n_passed, "n_failing": n_failed, "directions": [d.name for d in directions],
+               "layers": per_layer, "warnings": warnings}, summary_path)
+    return write_manifest(config, spec, inputs, [directions_path, summary_path])
