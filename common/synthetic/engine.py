@@ -104,19 +104,14 @@ class _Mutator(ast.NodeTransformer):
             node.ops[0] = self._COMPARE[op]()
         return node
 
-    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+    def visit_BinOp(self, node: ast.BinOp | ast.AugAssign) -> ast.AST:
         self.generic_visit(node)
         op = type(node.op)
         if op in self._BINOP and self._hit():
             node.op = self._BINOP[op]()
         return node
 
-    def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST:
-        self.generic_visit(node)
-        op = type(node.op)
-        if op in self._BINOP and self._hit():
-            node.op = self._BINOP[op]()
-        return node
+    visit_AugAssign = visit_BinOp  # `total += x` carries the same operator as `total + x`
 
     def visit_BoolOp(self, node: ast.BoolOp) -> ast.AST:
         self.generic_visit(node)
