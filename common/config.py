@@ -58,6 +58,21 @@ class Config:
     batch_size: int = 8
     seed: int = 42
 
+    # --- SAEs (phase 2.0 trains or loads them, phase 2.5 ranks their latents)
+    sae_source: str = "train"  # train | a sae-lens release | a local directory (common/saes.py)
+    sae_id_template: str = "layer_{layer}/width_16k/canonical"  # a layer's SAE id within a release
+    sae_width: int = 4608  # latents per trained SAE (8 x d_model of the default model)
+    sae_k: int = 32  # active latents per token (TopK)
+    sae_epochs: float = 2.0  # passes over the cached training activations
+    sae_train_tokens: int = 250_000  # corpus tokens recorded once for training
+    sae_eval_tokens: int = 16_000  # held-out code tokens: FVU, L0, dead latents, general firing frequency
+    sae_delta_ce_tokens: int = 8_000  # held-out tokens for the next-token loss with the SAE spliced in
+    sae_context_tokens: int = 128  # window length; position 0 (attention sink) is never used
+    sae_batch_tokens: int = 1024  # more steps per epoch: on a 250k-token cache that beats bigger batches
+    sae_lr: float = 4e-3
+    general_freq_max: float = 0.02  # phase 2.5 drops latents firing on more held-out code tokens than this
+    bootstrap_samples: int = 200  # task resamples for the stability of the latent ranking
+
     # --- sandboxed execution
     exec_timeout: float = 5.0  # seconds for one program and all of its tests
     exec_workers: int = 0  # parallel sandboxes; 0 = number of CPU cores
@@ -89,6 +104,16 @@ class Config:
         _check(self.task_end is None or self.task_end > self.task_start, "task_end", self.task_end,
                "greater than task_start")
         _check(self.exec_workers >= 0, "exec_workers", self.exec_workers, ">= 0")
+        _check(self.sae_width >= 1 and 1 <= self.sae_k <= self.sae_width, "sae_k", self.sae_k,
+               "in [1, sae_width]")
+        _check(self.sae_epochs > 0, "sae_epochs", self.sae_epochs, "> 0")
+        _check(self.sae_context_tokens >= 3, "sae_context_tokens", self.sae_context_tokens, ">= 3")
+        for key in ("sae_train_tokens", "sae_eval_tokens", "sae_delta_ce_tokens", "sae_batch_tokens"):
+            _check(getattr(self, key) >= 1, key, getattr(self, key), ">= 1")
+        _check(self.sae_lr > 0, "sae_lr", self.sae_lr, "> 0")
+        _check(0 < self.general_freq_max <= 1, "general_freq_max", self.general_freq_max, "in (0, 1]")
+        _check(self.bootstrap_samples >= 0, "bootstrap_samples", self.bootstrap_samples, ">= 0")
+        _check(bool(self.sae_source), "sae_source", self.sae_source, "'train', a sae-lens release or a directory")
         if self.data_file is not None and not Path(self.data_file).is_file():
             raise PipelineError(f"data_file '{self.data_file}' is not a readable file")
         return self

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
@@ -54,25 +54,36 @@ def check_layers(model: torch.nn.Module, layers: Sequence[int]) -> None:
                             f"{n_layers} decoder layers (0..{n_layers - 1})")
 
 
+def layer_output(output) -> torch.Tensor:
+    """The hidden states in a decoder layer's output (a tensor, or a tuple whose first item is one)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+@contextlib.contextmanager
+def layer_forward_hooks(model: torch.nn.Module, hooks: Mapping[int, Callable]) -> Iterator[None]:
+    """Forward hooks on decoder layers (layer -> hook(module, inputs, output)), removed on leaving, whatever happens."""
+    blocks = decoder_layers(model)
+    handles = [blocks[layer].register_forward_hook(hook) for layer, hook in hooks.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @contextlib.contextmanager
 def capture_last_prompt_token(model: torch.nn.Module, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
     """Record each layer's output at position -1 on the first forward pass inside the block (the prefill)."""
     captured: dict[int, torch.Tensor] = {}
-    blocks = decoder_layers(model)
 
     def make_hook(layer: int):
         def hook(_module, _inputs, output):
             if layer not in captured:
-                hidden = output[0] if isinstance(output, tuple) else output
-                captured[layer] = hidden[:, -1, :].detach().to(torch.float32).cpu()
+                captured[layer] = layer_output(output)[:, -1, :].detach().to(torch.float32).cpu()
         return hook
 
-    handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in layers]
-    try:
+    with layer_forward_hooks(model, {layer: make_hook(layer) for layer in layers}):
         yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 class _TextStop(StoppingCriteria):

@@ -14,6 +14,9 @@ from common.errors import PipelineError
 
 _GENERATION_KEYS = ("model_name", "prompt_style", "max_new_tokens", "max_prompt_tokens", "seed", "exec_timeout")
 
+_SAE_KEYS = ("sae_source", "sae_id_template", "sae_width", "sae_k", "sae_epochs", "sae_train_tokens", "sae_eval_tokens",
+             "sae_delta_ce_tokens", "sae_context_tokens", "sae_batch_tokens", "sae_lr")
+
 
 @dataclass(frozen=True)
 class PhaseSpec:
@@ -43,6 +46,10 @@ PHASES: tuple[PhaseSpec, ...] = (
               ("split_fractions", "seed")),
     PhaseSpec("1", "phase1", "generation, execution and activations on the sae split", ("0.1",),
               _GENERATION_KEYS + ("layers", "temperature", "samples_per_task")),
+    PhaseSpec("2.0", "phase2_0", "SAE per layer: trained (or loaded) and measured on held-out code", ("1",),
+              ("model_name", "layers", "seed") + _SAE_KEYS),
+    PhaseSpec("2.5", "phase2_5_simplified", "SAE latents that separate passing from failing code", ("1", "2.0"),
+              ("general_freq_max", "bootstrap_samples", "seed")),
     PhaseSpec("2.6", "phase2_6", "mean-difference directions (baseline)", ("1",), ()),
 )
 

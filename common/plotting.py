@@ -29,6 +29,11 @@ def rate_bars(rates: Mapping[str, Rate], path: str | Path, title: str, xlabel: s
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(textwrap.fill(title, 60), fontsize=10)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """Lay out, write atomically as PNG, and free the figure."""
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

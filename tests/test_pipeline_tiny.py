@@ -19,7 +19,14 @@ TIMING_COLUMNS = ["generation_time", "exec_time"]  # wall-clock measurements dif
 def tiny_args(tiny_model_dir: Path, mbpp_full_file: Path) -> list[str]:
     return ["--set", "dataset=mbpp", "--set", f"data_file={mbpp_full_file}", "--set", f"model_name={tiny_model_dir}",
             "--set", "layers=1,3", "--set", "max_new_tokens=12", "--set", "batch_size=2",
-            "--set", "samples_per_task=1", "--set", "temperature=1.0", "--log-level", "WARNING"]
+            "--set", "samples_per_task=1", "--set", "temperature=1.0", "--log-level", "WARNING",
+            *TINY_SAE]
+
+
+TINY_SAE = [arg for pair in (("--set", f"{k}={v}") for k, v in {
+    "sae_width": 128, "sae_k": 8, "sae_epochs": 2, "sae_train_tokens": 3000, "sae_eval_tokens": 600,
+    "sae_delta_ce_tokens": 300, "sae_context_tokens": 32, "sae_batch_tokens": 256, "bootstrap_samples": 20}.items())
+            for arg in pair]
 
 
 def _run_upstream(data_dir: Path, args: list[str]) -> None:
@@ -58,6 +65,16 @@ def test_phases_0_to_1_write_aligned_outputs(tmp_path: Path, tiny_args: list[str
     assert "dataset_sae.parquet" in manifest["outputs"]
     assert not (tmp_path / "phase1" / "checkpoint").exists()
     assert (tmp_path / "phase1" / "pass_rate_by_complexity.png").read_bytes().startswith(b"\x89PNG")
+
+    sae_summary = json.loads((tmp_path / "phase2_0" / "phase_2_0_summary.json").read_text())
+    for layer in ("1", "3"):
+        quality = sae_summary["layers"][layer]
+        assert quality["d_sae"] == 128 and quality["mean_l0"] <= 8 and 0 <= quality["dead_fraction"] <= 1
+        assert {"fvu", "relative_error", "delta_ce_nats", "phase1_last_prompt_token", "training"} <= set(quality)
+        assert (tmp_path / "phase2_0" / f"sae_layer_{layer}" / "cfg.json").is_file()
+    assert not (tmp_path / "phase2_0" / "checkpoint").exists()
+    top = json.loads((tmp_path / "phase2_5" / "top_20_features.json").read_text())
+    assert not top["reliable"] and top["correct"] == []  # the random model passes nothing: loud, not a crash
 
 
 def test_resume_after_a_crash_and_after_a_slice_gives_identical_outputs(tmp_path: Path, tiny_args: list[str],
@@ -99,22 +116,24 @@ def test_pipeline_skips_current_phases_and_reruns_stale_ones(tmp_path: Path, tin
     data = ["--data-dir", str(tmp_path)]
     assert run.main(["pipeline", *data, *tiny_args]) == 0
     manifests = {p: (tmp_path / p / "phase_output.json").read_text()
-                 for p in ("phase0", "phase0_1", "phase1", "phase2_6")}
+                 for p in ("phase0", "phase0_1", "phase1", "phase2_0", "phase2_5", "phase2_6")}
     assert run.main(["pipeline", *data, *tiny_args]) == 0
     assert {p: (tmp_path / p / "phase_output.json").read_text() for p in manifests} == manifests
 
     capsys.readouterr()
     assert run.main(["list", *data, *tiny_args]) == 0
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 4
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 6
     assert run.main(["list", *data, *tiny_args, "--set", "seed=5"]) == 0
     states = [line.split()[1] for line in capsys.readouterr().out.splitlines()]
-    assert states == ["done", "stale", "stale", "stale"]
+    assert states == ["done"] + ["stale"] * 5
     assert run.main(["list", *data, *tiny_args, "--set", "batch_size=7"]) == 0  # speed-only key
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 4
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 6
+    assert run.main(["list", *data, *tiny_args, "--set", "general_freq_max=0.5"]) == 0  # 2.5 only
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 4 + ["stale", "done"]
 
     assert run.main(["phase", "0.1", *data, *tiny_args, "--set", "seed=5"]) == 0
     assert run.main(["list", *data, *tiny_args, "--set", "seed=5"]) == 0
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done", "done", "stale", "stale"]
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done", "done"] + ["stale"] * 4
 
 
 @pytest.mark.parametrize("argv, message", [

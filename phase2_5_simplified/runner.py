@@ -1,0 +1,233 @@
+"""Phase 2.5: rank every SAE latent of every layer by how well it separates passing from failing code.
+
+Reads phase 1's sae-split activations (last prompt token, output of layer L) and phase 2.0's SAEs
+and general-corpus firing frequencies. Latents that fire on more than `general_freq_max` of
+held-out standard-library tokens are not eligible (they fire on code in general, not on this
+code's fate). Ranking is global over layers, ties broken by (layer, index). Outputs:
+- `top_20_features.json`: the 20 best eligible latents for each class with their scores and
+  their bootstrap stability (rank across task resamples), and the chance level: the best
+  separation reached when the labels are shuffled (with ~20k latents, some separate by luck);
+- `layer_{L}_latent_scores.parquet`: every latent's scores;
+- `latent_directions.safetensors`: decoder rows of the listed latents and of zero-discrimination
+  control latents, as `SteeringDirection`s for phase 4.x;
+- plots of the scores by layer and of the top latents' activations per class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+
+from common.activations import load_activations
+from common.config import Config
+from common.directions import SteeringDirection, save_directions
+from common.logging import get_logger
+from common.phases import get_phase
+from common.saes import encode_rows, load_sae
+from common.utils import atomic_path, discover_latest_phase_output, load_json, phase_dir, save_json, upstream_inputs, \
+    write_manifest
+from phase2_5_simplified.plots import plot_scores_by_layer, plot_top_latent_activations
+from phase2_5_simplified.sae_analyzer import LatentScores, bootstrap_ranks, bootstrap_separation, \
+    permutation_max_separation, separation_scores, task_bootstrap_weights
+
+logger = get_logger("phase2_5")
+
+TOP_N = 20
+THIN_CLASS_ROWS = 20
+N_ZERO_DISCRIMINATION = 5
+ZERO_DISCRIMINATION_MIN_FREQ = 0.1  # a control latent must fire on at least this fraction of each class
+
+
+def run(config: Config) -> Path:
+    spec = get_phase("2.5")
+    inputs = upstream_inputs(config, spec)
+    phase1 = discover_latest_phase_output("1", config.data_dir).parent
+    phase2_0 = discover_latest_phase_output("2.0", config.data_dir).parent
+    out_dir = phase_dir(config, spec.id)
+    table = pd.read_parquet(phase1 / "dataset_sae.parquet", columns=["task_id", "test_passed"])
+    passed = table["test_passed"].to_numpy(dtype=bool)
+    n_correct, n_incorrect = int(passed.sum()), int((~passed).sum())
+    warnings = _class_warnings(n_correct, n_incorrect)
+    for warning in warnings:
+        logger.warning(warning)
+    sources = load_json(phase2_0 / "sae_sources.json")
+    general = load_file(str(phase2_0 / "general_frequency.safetensors"))
+
+    layers = sorted(int(layer) for layer in sources)
+    frames, latents_by_layer, decoders = [], {}, {}
+    for layer in layers:
+        activations, _ = load_activations(phase1 / "activations" / f"layer_{layer}.safetensors")
+        sae = load_sae(sources[str(layer)])
+        latents_by_layer[layer] = encode_rows(sae, activations)
+        decoders[layer] = sae.W_dec.detach().cpu()
+        frames.append(_layer_frame(layer, latents_by_layer[layer], passed, general[f"layer_{layer}"].numpy(),
+                                   config.general_freq_max))
+    scores = pd.concat(frames, ignore_index=True)
+    outputs = []
+    for layer, frame in zip(layers, frames):
+        path = out_dir / f"layer_{layer}_latent_scores.parquet"
+        with atomic_path(path) as tmp:
+            frame.to_parquet(tmp, index=False)
+        outputs.append(path)
+
+    both_classes = n_correct > 0 and n_incorrect > 0
+    chosen = {"correct": _top(scores, +1), "incorrect": _top(scores, -1)} if both_classes else {"correct": [],
+                                                                                                "incorrect": []}
+    stability = _stability(scores, chosen, latents_by_layer, passed, table["task_id"].to_numpy(), config) \
+        if both_classes and config.bootstrap_samples else {}
+    chance = _chance_level(scores, chosen, latents_by_layer, passed, config) \
+        if both_classes and config.bootstrap_samples else {}
+    listed = {name: [_entry(scores.loc[i], stability.get(name, {}).get(rank)) for rank, i in enumerate(rows)]
+              for name, rows in chosen.items()}
+    for name, rows in listed.items():
+        if len(rows) < TOP_N:
+            warnings.append(f"only {len(rows)} eligible {name}-preferring latents (wanted {TOP_N})")
+            logger.warning(warnings[-1])
+
+    top_path = out_dir / "top_20_features.json"
+    reliable = min(n_correct, n_incorrect) >= THIN_CLASS_ROWS
+    save_json({**listed, "chance_level": chance, "n_correct": n_correct, "n_incorrect": n_incorrect,
+               "reliable": reliable,
+               "warnings": warnings, "general_freq_max": config.general_freq_max,
+               "mean_activation": "mean activation over the rows of the class the latent prefers",
+               "layer_distribution": {name: pd.Series([r["layer"] for r in rows]).value_counts().sort_index()
+                                      .to_dict() for name, rows in listed.items()}}, top_path)
+    directions_path = out_dir / "latent_directions.safetensors"
+    save_directions(directions_path, _directions(listed, _zero_discrimination(scores), decoders, n_correct,
+                                                 n_incorrect))
+    plot_paths = [out_dir / "separation_scores_by_layer.png", out_dir / "top_latent_activations.png"]
+    plot_scores_by_layer(scores, listed, plot_paths[0])
+    plot_top_latent_activations(listed, latents_by_layer, passed, plot_paths[1])
+    summary_path = out_dir / "phase_2_5_summary.json"
+    save_json({"n_correct": n_correct, "n_incorrect": n_incorrect, "reliable": reliable, "warnings": warnings,
+               "n_latents": int(len(scores)), "n_eligible": int(scores["eligible"].sum()),
+               "best": {name: rows[0] if rows else None for name, rows in listed.items()},
+               "chance_level": chance,
+               "stability": {name: _stability_summary(rows) for name, rows in listed.items()}}, summary_path)
+    for name, rows in listed.items():
+        if rows:
+            best = rows[0]
+            logger.info("best %s-preferring latent: layer %d #%d, separation %+.3f (f_correct %.2f, f_incorrect %.2f)",
+                        name, best["layer"], best["feature_idx"], best["separation_score"], best["f_correct"],
+                        best["f_incorrect"])
+            if name in chance:
+                logger.info("  with shuffled labels the best reaches %.3f (95th percentile of %d permutations): "
+                            "p = %.3f", chance[name]["null_95th_percentile"], chance["n_permutations"],
+                            chance[name]["p_value"])
+    return write_manifest(config, spec, inputs, outputs + [top_path, directions_path, summary_path, *plot_paths])
+
+
+def _class_warnings(n_correct: int, n_incorrect: int) -> list[str]:
+    return [f"UNRELIABLE RANKING: only {n} {name} rows (< {THIN_CLASS_ROWS}); latent scores are mostly noise"
+            for name, n in (("passing", n_correct), ("failing", n_incorrect)) if n < THIN_CLASS_ROWS]
+
+
+def _layer_frame(layer: int, latents: torch.Tensor, passed: np.ndarray, general_frequency: np.ndarray,
+                 general_freq_max: float) -> pd.DataFrame:
+    d_sae = latents.shape[1]
+    if passed.all() or not passed.any():
+        empty = np.full(d_sae, np.nan)
+        scores = LatentScores(empty, empty, empty, empty, empty, empty)
+    else:
+        scores = separation_scores(latents, passed)
+    return pd.DataFrame({"layer": layer, "feature_idx": np.arange(d_sae), "f_correct": scores.f_correct,
+                         "f_incorrect": scores.f_incorrect, "separation_score": scores.separation,
+                         "t_statistic": scores.t_statistic, "mean_activation_correct": scores.mean_correct,
+                         "mean_activation_incorrect": scores.mean_incorrect, "general_frequency": general_frequency,
+                         "eligible": general_frequency <= general_freq_max})
+
+
+def _top(scores: pd.DataFrame, sign: int) -> list[int]:
+    """Row labels of the best eligible latents preferring one class (separation of the right sign)."""
+    keyed = scores.assign(key=sign * scores["separation_score"])
+    keyed = keyed[keyed["eligible"] & (keyed["key"] > 0)]
+    return keyed.sort_values(["key", "layer", "feature_idx"], ascending=[False, True, True]).index[:TOP_N].tolist()
+
+
+def _entry(row: pd.Series, stability: dict[str, Any] | None) -> dict[str, Any]:
+    prefers_correct = row["separation_score"] > 0
+    entry = {"layer": int(row["layer"]), "feature_idx": int(row["feature_idx"]),
+             "separation_score": float(row["separation_score"] if prefers_correct else -row["separation_score"]),
+             "f_correct": float(row["f_correct"]), "f_incorrect": float(row["f_incorrect"]),
+             "t_statistic": float(row["t_statistic"]),
+             "mean_activation": float(row["mean_activation_correct" if prefers_correct else "mean_activation_incorrect"]),
+             "general_frequency": float(row["general_frequency"])}
+    if stability is not None:
+        entry["bootstrap"] = stability
+    return entry
+
+
+def _stability(scores: pd.DataFrame, chosen: dict[str, list[int]], latents_by_layer: dict[int, torch.Tensor],
+               passed: np.ndarray, task_ids: np.ndarray, config: Config) -> dict[str, dict[int, dict[str, Any]]]:
+    """For each listed latent: its rank among eligible latents of its class in every task resample."""
+    weights = task_bootstrap_weights(task_ids, config.bootstrap_samples, config.seed)
+    resampled = torch.cat([bootstrap_separation((latents > 0).float(), passed, weights)
+                           for _, latents in sorted(latents_by_layer.items())], dim=1)
+    resampled = resampled[~torch.isnan(resampled).any(1)]
+    eligible = torch.tensor(scores["eligible"].to_numpy(dtype=bool))
+    result: dict[str, dict[int, dict[str, Any]]] = {}
+    for name, sign in (("correct", 1), ("incorrect", -1)):
+        if not chosen[name]:
+            continue
+        ranks = bootstrap_ranks(sign * resampled, eligible, chosen[name]).numpy()
+        result[name] = {position: {"median_rank": float(np.median(ranks[:, position])),
+                                   "rank_95": [float(np.percentile(ranks[:, position], 2.5)),
+                                               float(np.percentile(ranks[:, position], 97.5))],
+                                   "top20_fraction": float((ranks[:, position] <= TOP_N).mean()),
+                                   "n_resamples": int(len(ranks))}
+                        for position in range(len(chosen[name]))}
+    return result
+
+
+def _chance_level(scores: pd.DataFrame, chosen: dict[str, list[int]], latents_by_layer: dict[int, torch.Tensor],
+                  passed: np.ndarray, config: Config) -> dict[str, Any]:
+    """The best separation reached with shuffled labels, and the permutation p-value of the observed best."""
+    fires = torch.cat([(latents > 0).float() for _, latents in sorted(latents_by_layer.items())], dim=1)
+    eligible = torch.tensor(scores["eligible"].to_numpy(dtype=bool))
+    null = dict(zip(("correct", "incorrect"), permutation_max_separation(fires, passed, eligible,
+                                                                          config.bootstrap_samples, config.seed)))
+    result = {"n_permutations": config.bootstrap_samples}
+    for name, sign in (("correct", 1), ("incorrect", -1)):
+        observed = float(sign * scores.loc[chosen[name][0], "separation_score"]) if chosen[name] else 0.0
+        result[name] = {"observed_best": observed, "null_median": float(np.median(null[name])),
+                        "null_95th_percentile": float(np.percentile(null[name], 95)),
+                        "p_value": float((1 + (null[name] >= observed).sum()) / (1 + len(null[name])))}
+    return result
+
+
+def _stability_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    with_boot = [r["bootstrap"] for r in rows if "bootstrap" in r]
+    if not with_boot:
+        return {}
+    return {"best_latent_median_rank": with_boot[0]["median_rank"], "best_latent_rank_95": with_boot[0]["rank_95"],
+            "best_latent_top20_fraction": with_boot[0]["top20_fraction"],
+            "mean_top20_fraction_of_listed": float(np.mean([b["top20_fraction"] for b in with_boot]))}
+
+
+def _zero_discrimination(scores: pd.DataFrame) -> list[dict[str, Any]]:
+    """Eligible latents that fire often in both classes and equally often: controls for steering."""
+    pool = scores[scores["eligible"] & (scores["f_correct"] >= ZERO_DISCRIMINATION_MIN_FREQ)
+                  & (scores["f_incorrect"] >= ZERO_DISCRIMINATION_MIN_FREQ)]
+    pool = pool.assign(gap=pool["separation_score"].abs()).sort_values(["gap", "layer", "feature_idx"])
+    return [_entry(row, None) for _, row in pool.head(N_ZERO_DISCRIMINATION).iterrows()]
+
+
+def _directions(listed: dict[str, list[dict[str, Any]]], controls: list[dict[str, Any]],
+                decoders: dict[int, torch.Tensor], n_correct: int, n_incorrect: int) -> list[SteeringDirection]:
+    directions = []
+    groups = [("sae_latent", name, rows) for name, rows in listed.items()] + \
+             [("zero_discrimination", "control", controls)]
+    for source, group, rows in groups:
+        for rank, row in enumerate(rows):
+            vector = decoders[row["layer"]][row["feature_idx"]]
+            provenance = {"phase": "2.5", "split": "sae", "prefers": group, "rank": rank + 1,
+                          "decoder_norm": float(vector.norm()), "n_correct": n_correct, "n_incorrect": n_incorrect,
+                          **{k: v for k, v in row.items() if k != "bootstrap"}}
+            directions.append(SteeringDirection(f"{source}/{group}/layer_{row['layer']}/latent_{row['feature_idx']}",
+                                                row["layer"], vector.clone(), source, provenance).unit())
+    return directions
