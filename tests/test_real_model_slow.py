@@ -20,7 +20,10 @@ def test_default_model_solves_easy_tasks_end_to_end(tmp_path: Path):
     data_file.write_text(json.dumps(records))
     # Everything in the sae split, so phase 1 sees all three tasks.
     args = ["--data-dir", str(tmp_path / "data"), "--set", "dataset=mbpp", "--set", f"data_file={data_file}",
-            "--set", "split_fractions=0.98,0.01,0.01", "--set", "layers=5,15", "--set", "max_new_tokens=160"]
+            "--set", "split_fractions=0.98,0.01,0.01", "--set", "layers=5,15", "--set", "max_new_tokens=160",
+            # SAEs small enough for a smoke test: phase 2.0 at its defaults takes half an hour on 2 cores
+            "--set", "sae_train_tokens=3000", "--set", "sae_eval_tokens=1000", "--set", "sae_delta_ce_tokens=500",
+            "--set", "sae_width=1152", "--set", "sae_batch_tokens=512", "--set", "bootstrap_samples=20"]
     assert run.main(["pipeline", *args]) == 0
     table = pd.read_parquet(tmp_path / "data" / "phase1" / "dataset_sae.parquet")
     assert len(table) == 3
@@ -28,3 +31,8 @@ def test_default_model_solves_easy_tasks_end_to_end(tmp_path: Path):
     activations, info = load_activations(tmp_path / "data" / "phase1" / "activations" / "layer_15.safetensors")
     assert tuple(activations.shape) == (3, 576) and info["layer"] == 15
     assert activations.abs().sum(dim=1).min() > 0
+    sae_summary = json.loads((tmp_path / "data" / "phase2_0" / "phase_2_0_summary.json").read_text())
+    assert sae_summary["layers"]["15"]["d_sae"] == 1152 and sae_summary["layers"]["15"]["mean_l0"] <= 32
+    assert sae_summary["clean_loss_nats"] < 5  # a real model predicts held-out code far better than chance (10.8)
+    top = json.loads((tmp_path / "data" / "phase2_5" / "top_20_features.json").read_text())
+    assert not top["reliable"]  # three rows: the ranking must say it is noise
