@@ -58,6 +58,10 @@ class Config:
     batch_size: int = 8
     seed: int = 42
 
+    # --- validation generations (phase 3.5 on the validation split; 3.6 is greedy on hyperparams)
+    temperatures: list[float] = field(default_factory=lambda: [0.3, 0.6, 0.9, 1.2])  # besides the greedy sample
+    samples_per_temperature: int = 3
+
     # --- SAEs (phase 2.0 trains or loads them, phase 2.5 ranks their latents)
     sae_source: str = "train"  # train | a sae-lens release | a local directory (common/saes.py)
     sae_id_template: str = "layer_{layer}/width_16k/canonical"  # a layer's SAE id within a release
@@ -112,6 +116,9 @@ class Config:
             _check(getattr(self, key) >= 1, key, getattr(self, key), ">= 1")
         _check(self.sae_lr > 0, "sae_lr", self.sae_lr, "> 0")
         _check(0 < self.general_freq_max <= 1, "general_freq_max", self.general_freq_max, "in (0, 1]")
+        _check(all(0 < t <= 5 for t in self.temperatures) and len(set(self.temperatures)) == len(self.temperatures),
+               "temperatures", self.temperatures, "distinct values in (0, 5] (the greedy sample is always made)")
+        _check(self.samples_per_temperature >= 0, "samples_per_temperature", self.samples_per_temperature, ">= 0")
         _check(self.bootstrap_samples >= 0, "bootstrap_samples", self.bootstrap_samples, ">= 0")
         _check(bool(self.sae_source), "sae_source", self.sae_source, "'train', a sae-lens release or a directory")
         if self.data_file is not None and not Path(self.data_file).is_file():

@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
+import pandas as pd
 import torch
 from tqdm import tqdm
 
 from common.checkpoint import BatchCheckpoint
 from common.code_extraction import extract_code
-from common.generation import generate_batch
+from common.config import Config
+from common.activations import save_activations
+from common.generation import HOOK_SITE, check_layers, generate_batch
 from common.logging import get_logger
-from common.prompt_utils import PromptBuilder
+from common.phases import PhaseSpec
+from common.prompt_utils import PromptBuilder, resolve_prompt_style
 from common.sandbox import Program, evaluate_many
+from common.utils import atomic_path, phase_dir
+from common_simplified.model_loader import load_model_and_tokenizer
 
 logger = get_logger("generation_job")
 
@@ -48,9 +55,17 @@ class JobSettings:
 
 def make_items(problems: Sequence[dict[str, Any]], samples_per_task: int, temperature: float) -> list[WorkItem]:
     """Sample 0 of each problem is greedy; samples 1..n are drawn at `temperature`."""
-    greedy = [WorkItem(p, 0, 0.0) for p in problems]
-    sampled = [WorkItem(p, i, temperature) for p in problems for i in range(1, samples_per_task + 1)]
-    return greedy + sampled
+    return make_temperature_items(problems, [temperature], samples_per_task)
+
+
+def make_temperature_items(problems: Sequence[dict[str, Any]], temperatures: Sequence[float],
+                           samples_per_temperature: int) -> list[WorkItem]:
+    """Sample 0 of each problem is greedy; then `samples_per_temperature` per temperature, numbered on from 1."""
+    items = [WorkItem(p, 0, 0.0) for p in problems]
+    for t_index, temperature in enumerate(temperatures):
+        first = 1 + t_index * samples_per_temperature
+        items += [WorkItem(p, first + s, temperature) for p in problems for s in range(samples_per_temperature)]
+    return items
 
 
 def drop_long_prompts(items: list[WorkItem], builder: PromptBuilder, tokenizer, max_prompt_tokens: int
@@ -128,3 +143,61 @@ def _process_batch(model, tokenizer, builder: PromptBuilder, batch: list[WorkIte
     activations = {f"layer_{layer}": torch.stack([out.activations[layer] for out in outputs])
                    for layer in settings.capture_layers}
     return records, activations
+
+
+@dataclass
+class SplitGeneration:
+    rows: list[dict[str, Any]]  # each task's samples together, tasks in split order
+    tensors: list[dict[str, torch.Tensor]]  # row i's activations, "layer_{L}" -> [d_model]
+    prompt_style: str
+    too_long: list[str]  # task ids left out because their prompt is over max_prompt_tokens
+    checkpoint: BatchCheckpoint  # cleared by the phase once its outputs are written
+
+
+def generate_split(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, str]], problems: pd.DataFrame,
+                   plan: Callable[[list[dict[str, Any]]], list[WorkItem]], description: str) -> SplitGeneration | None:
+    """Generate, test and record every planned item of a split, resumably; None while a --start/--end slice
+    leaves items to do. Shared by every generating phase, so none has its own loop."""
+    identity = {"config": {k: getattr(config, k) for k in spec.config_keys},
+                "inputs": {k: v["sha256"] for k, v in inputs.items()}}
+    checkpoint = BatchCheckpoint(phase_dir(config, spec.id) / "checkpoint", identity, discard=config.force)
+    model, tokenizer = load_model_and_tokenizer(config.model_name, config.device, config.dtype)
+    check_layers(model, config.layers)
+    builder = PromptBuilder(resolve_prompt_style(config.prompt_style, tokenizer), tokenizer)
+    records = [{**_plain(row), "_order": order} for order, row in enumerate(problems.to_dict("records"))]
+    items, too_long = drop_long_prompts(plan(records), builder, tokenizer, config.max_prompt_tokens)
+    sliced_ids = {r["task_id"] for r in records[config.task_start:config.task_end]}
+    settings = JobSettings(config.max_new_tokens, config.batch_size, config.seed, config.exec_timeout,
+                           config.n_exec_workers, tuple(config.layers))
+    run_items(model, tokenizer, builder, [i for i in items if i.problem["task_id"] in sliced_ids], settings,
+              checkpoint, description=description)
+    done = checkpoint.load()
+    missing = [item.key for item in items if item.key not in done]
+    if missing:
+        logger.warning("%d of %d samples are still to do: run `%s` without --start/--end (or the remaining "
+                       "slices) to finish and write the outputs", len(missing), len(items), spec.command)
+        return None
+    ordered = sorted(items, key=lambda i: (i.problem["_order"], i.sample_idx))
+    return SplitGeneration([done[i.key][0] for i in ordered], [done[i.key][1] for i in ordered], builder.style,
+                           too_long, checkpoint)
+
+
+def write_split_outputs(config: Config, out_dir: Path, table_name: str, rows: list[dict[str, Any]],
+                        tensors: list[dict[str, torch.Tensor]], activations_folder: str = "activations") -> list[Path]:
+    """The sample table and one activation file per layer, row i of each file belonging to rows[i]."""
+    table_path = out_dir / table_name
+    with atomic_path(table_path) as tmp:
+        pd.DataFrame(rows).to_parquet(tmp, index=False)
+    paths = [table_path]
+    for layer in config.layers:
+        stacked = torch.stack([row_tensors[f"layer_{layer}"] for row_tensors in tensors])
+        path = out_dir / activations_folder / f"layer_{layer}.safetensors"
+        save_activations(path, stacked, {"layer": layer, "site": HOOK_SITE, "position": "last prompt token",
+                                         "model_name": config.model_name, "rows": table_name})
+        paths.append(path)
+    return paths
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    """Parquet gives numpy arrays for list columns; prompts and the checkpoint want plain lists."""
+    return {k: (list(v) if hasattr(v, "tolist") and not isinstance(v, str) else v) for k, v in row.items()}

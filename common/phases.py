@@ -51,6 +51,11 @@ PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec("2.5", "phase2_5_simplified", "SAE latents that separate passing from failing code", ("1", "2.0"),
               ("general_freq_max", "bootstrap_samples", "seed")),
     PhaseSpec("2.6", "phase2_6", "mean-difference directions (baseline)", ("1",), ()),
+    PhaseSpec("3.5", "phase3_5", "greedy and sampled generations on the validation split", ("0.1",),
+              _GENERATION_KEYS + ("layers", "temperatures", "samples_per_temperature")),
+    PhaseSpec("3.6", "phase3_6", "greedy generations on the hyperparams split", ("0.1",), _GENERATION_KEYS + ("layers",)),
+    PhaseSpec("3.8", "phase3_8", "AUROC / F1 of latent and mean-difference scores on held-out problems",
+              ("2.0", "2.5", "2.6", "3.5", "3.6"), ("seed",)),
 )
 
 _BY_ID = {spec.id: spec for spec in PHASES}

@@ -14,21 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
-from common.activations import save_activations
-from common.checkpoint import BatchCheckpoint
 from common.config import Config
-from common.generation import HOOK_SITE, check_layers
-from common.generation_job import JobSettings, drop_long_prompts, make_items, run_items
+from common.generation import HOOK_SITE
+from common.generation_job import generate_split, make_items, write_split_outputs
 from common.logging import get_logger
 from common.phases import get_phase
 from common.plotting import rate_bars
-from common.prompt_utils import PromptBuilder, resolve_prompt_style
 from common.statistics import rate
-from common.utils import (atomic_path, discover_latest_phase_output, phase_dir, save_json, upstream_inputs,
-                          write_manifest)
-from common_simplified.model_loader import load_model_and_tokenizer
+from common.utils import discover_latest_phase_output, phase_dir, save_json, upstream_inputs, write_manifest
 
 logger = get_logger("phase1")
 
@@ -40,35 +34,17 @@ def run(config: Config) -> Path | None:
     inputs = upstream_inputs(config, spec)
     problems = pd.read_parquet(discover_latest_phase_output("0.1", config.data_dir).parent / "sae.parquet")
     out_dir = phase_dir(config, spec.id)
-    identity = {"config": {k: getattr(config, k) for k in spec.config_keys},
-                "inputs": {k: v["sha256"] for k, v in inputs.items()}}
-    checkpoint = BatchCheckpoint(out_dir / "checkpoint", identity, discard=config.force)
-
-    model, tokenizer = load_model_and_tokenizer(config.model_name, config.device, config.dtype)
-    check_layers(model, config.layers)
-    builder = PromptBuilder(resolve_prompt_style(config.prompt_style, tokenizer), tokenizer)
-    records = [{**_plain(row), "_order": order} for order, row in enumerate(problems.to_dict("records"))]
-    items, too_long = drop_long_prompts(make_items(records, config.samples_per_task, config.temperature),
-                                        builder, tokenizer, config.max_prompt_tokens)
-    sliced_ids = {r["task_id"] for r in records[config.task_start:config.task_end]}
-    settings = JobSettings(config.max_new_tokens, config.batch_size, config.seed, config.exec_timeout,
-                           config.n_exec_workers, tuple(config.layers))
-    run_items(model, tokenizer, builder, [i for i in items if i.problem["task_id"] in sliced_ids], settings,
-              checkpoint, description="phase 1")
-
-    done = checkpoint.load()
-    missing = [item.key for item in items if item.key not in done]
-    if missing:
-        logger.warning("%d of %d samples are still to do: run `python run.py phase 1` without --start/--end "
-                       "(or the remaining slices) to finish and write the outputs", len(missing), len(items))
+    generated = generate_split(config, spec, inputs, problems,
+                               lambda records: make_items(records, config.samples_per_task, config.temperature),
+                               description="phase 1")
+    if generated is None:
         return None
-    ordered = sorted(items, key=lambda i: (i.problem["_order"], i.sample_idx))  # each task's samples together
-    rows = [done[item.key][0] for item in ordered]
-    outputs = _write_outputs(config, out_dir, rows, [done[item.key][1] for item in ordered])
+    rows = generated.rows
+    outputs = write_split_outputs(config, out_dir, "dataset_sae.parquet", rows, generated.tensors)
     summary_path = out_dir / "phase_1_summary.json"
-    summary = _summary(config, builder.style, rows, too_long)
+    summary = _summary(config, generated.prompt_style, rows, generated.too_long)
     save_json(summary, summary_path)
-    title = f"Phase 1: {config.model_name} on the {config.dataset} sae split ({builder.style} prompt)"
+    title = f"Phase 1: {config.model_name} on the {config.dataset} sae split ({generated.prompt_style} prompt)"
     plots = {"complexity": ("pass_rate_by_complexity.png", "cyclomatic complexity of the reference (10 = 10 or more)"),
              "difficulty": ("pass_rate_by_difficulty.png", "difficulty level (primitives composed)")}
     for key, (file_name, xlabel) in plots.items():
@@ -77,30 +53,9 @@ def run(config: Config) -> Path | None:
             rate_bars({k: rate(r["successes"], r["trials"]) for k, r in by_level.items()}, out_dir / file_name, title,
                       xlabel)
             outputs.append(out_dir / file_name)
-    manifest = write_manifest(config, spec, inputs, outputs + [summary_path], {"prompt_style": builder.style})
-    checkpoint.clear()
+    manifest = write_manifest(config, spec, inputs, outputs + [summary_path], {"prompt_style": generated.prompt_style})
+    generated.checkpoint.clear()
     return manifest
-
-
-def _plain(row: dict[str, Any]) -> dict[str, Any]:
-    """Parquet gives numpy arrays for list columns; prompts and the checkpoint want plain lists."""
-    return {k: (list(v) if hasattr(v, "tolist") and not isinstance(v, str) else v) for k, v in row.items()}
-
-
-def _write_outputs(config: Config, out_dir: Path, rows: list[dict[str, Any]],
-                   tensors: list[dict[str, torch.Tensor]]) -> list[Path]:
-    """The sample table and one activation file per layer, row i of each file belonging to rows[i]."""
-    dataset_path = out_dir / "dataset_sae.parquet"
-    with atomic_path(dataset_path) as tmp:
-        pd.DataFrame(rows).to_parquet(tmp, index=False)
-    paths = [dataset_path]
-    for layer in config.layers:
-        stacked = torch.stack([row_tensors[f"layer_{layer}"] for row_tensors in tensors])
-        path = out_dir / "activations" / f"layer_{layer}.safetensors"
-        save_activations(path, stacked, {"layer": layer, "site": HOOK_SITE, "position": "last prompt token",
-                                         "model_name": config.model_name, "rows": "dataset_sae.parquet"})
-        paths.append(path)
-    return paths
 
 
 def _summary(config: Config, prompt_style: str, rows: list[dict[str, Any]], too_long: list[str]) -> dict[str, Any]:

@@ -25,7 +25,8 @@ def tiny_args(tiny_model_dir: Path, mbpp_full_file: Path) -> list[str]:
 
 TINY_SAE = [arg for pair in (("--set", f"{k}={v}") for k, v in {
     "sae_width": 128, "sae_k": 8, "sae_epochs": 2, "sae_train_tokens": 3000, "sae_eval_tokens": 600,
-    "sae_delta_ce_tokens": 300, "sae_context_tokens": 32, "sae_batch_tokens": 256, "bootstrap_samples": 20}.items())
+    "sae_delta_ce_tokens": 300, "sae_context_tokens": 32, "sae_batch_tokens": 256, "bootstrap_samples": 20,
+    "temperatures": 1.0, "samples_per_temperature": 1}.items())
             for arg in pair]
 
 
@@ -75,6 +76,17 @@ def test_phases_0_to_1_write_aligned_outputs(tmp_path: Path, tiny_args: list[str
     assert not (tmp_path / "phase2_0" / "checkpoint").exists()
     top = json.loads((tmp_path / "phase2_5" / "top_20_features.json").read_text())
     assert not top["reliable"] and top["correct"] == []  # the random model passes nothing: loud, not a crash
+    validation = pd.read_parquet(tmp_path / "phase3_5" / "dataset_temp_1_0.parquet")
+    greedy = pd.read_parquet(tmp_path / "phase3_5" / "dataset_temp_0_0.parquet")
+    assert set(validation["temperature"]) == {1.0} and set(greedy["temperature"]) == {0.0}
+    assert list(validation["task_id"]) == list(greedy["task_id"])  # one sample per temperature
+    tensor, _ = load_activations(tmp_path / "phase3_5" / "activations_temp_1_0" / "layer_3.safetensors")
+    assert tuple(tensor.shape) == (len(validation), 64)
+    tuning = pd.read_parquet(tmp_path / "phase3_6" / "dataset_hyperparams_temp_0_0.parquet")
+    assert {"task_id", "text", "test_list", "prompt", "generated_code", "test_passed",
+            "cyclomatic_complexity"} <= set(tuning.columns)
+    evaluation = json.loads((tmp_path / "phase3_8" / "evaluation_results.json").read_text())
+    assert evaluation["warnings"] and "mean_difference" not in evaluation["families"]  # no class to compare
 
 
 def test_resume_after_a_crash_and_after_a_slice_gives_identical_outputs(tmp_path: Path, tiny_args: list[str],
@@ -116,24 +128,26 @@ def test_pipeline_skips_current_phases_and_reruns_stale_ones(tmp_path: Path, tin
     data = ["--data-dir", str(tmp_path)]
     assert run.main(["pipeline", *data, *tiny_args]) == 0
     manifests = {p: (tmp_path / p / "phase_output.json").read_text()
-                 for p in ("phase0", "phase0_1", "phase1", "phase2_0", "phase2_5", "phase2_6")}
+                 for p in ("phase0", "phase0_1", "phase1", "phase2_0", "phase2_5", "phase2_6", "phase3_5", "phase3_6",
+                           "phase3_8")}
     assert run.main(["pipeline", *data, *tiny_args]) == 0
     assert {p: (tmp_path / p / "phase_output.json").read_text() for p in manifests} == manifests
 
     capsys.readouterr()
     assert run.main(["list", *data, *tiny_args]) == 0
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 6
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 9
     assert run.main(["list", *data, *tiny_args, "--set", "seed=5"]) == 0
     states = [line.split()[1] for line in capsys.readouterr().out.splitlines()]
-    assert states == ["done"] + ["stale"] * 5
+    assert states == ["done"] + ["stale"] * 8
     assert run.main(["list", *data, *tiny_args, "--set", "batch_size=7"]) == 0  # speed-only key
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 6
-    assert run.main(["list", *data, *tiny_args, "--set", "general_freq_max=0.5"]) == 0  # 2.5 only
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 4 + ["stale", "done"]
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 9
+    assert run.main(["list", *data, *tiny_args, "--set", "general_freq_max=0.5"]) == 0  # 2.5, hence 3.8
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == \
+        ["done"] * 4 + ["stale", "done", "done", "done", "stale"]
 
     assert run.main(["phase", "0.1", *data, *tiny_args, "--set", "seed=5"]) == 0
     assert run.main(["list", *data, *tiny_args, "--set", "seed=5"]) == 0
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done", "done"] + ["stale"] * 4
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done", "done"] + ["stale"] * 7
 
 
 @pytest.mark.parametrize("argv, message", [

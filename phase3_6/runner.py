@@ -1,0 +1,48 @@
+"""Phase 3.6: greedy generations on the hyperparams split, the data on which thresholds are chosen.
+
+`dataset_hyperparams_temp_0_0.parquet` has one row per task (task_id, text, test_list, prompt,
+generated_code, test_passed, cyclomatic_complexity and the generation metadata), and row i of
+`activations/layer_{L}.safetensors` is that row's last-prompt-token residual stream.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from common.config import Config
+from common.generation_job import generate_split, make_items, write_split_outputs
+from common.logging import get_logger
+from common.phases import get_phase
+from common.statistics import rate
+from common.utils import discover_latest_phase_output, phase_dir, save_json, upstream_inputs, write_manifest
+
+logger = get_logger("phase3_6")
+
+TABLE = "dataset_hyperparams_temp_0_0.parquet"
+
+
+def run(config: Config) -> Path | None:
+    spec = get_phase("3.6")
+    inputs = upstream_inputs(config, spec)
+    problems = pd.read_parquet(discover_latest_phase_output("0.1", config.data_dir).parent / "hyperparams.parquet")
+    generated = generate_split(config, spec, inputs, problems, lambda records: make_items(records, 0, 1.0),
+                               description="phase 3.6 (hyperparams, greedy)")
+    if generated is None:
+        return None
+    by_task = {row["task_id"]: row for row in problems.to_dict("records")}
+    rows = [{**row, "text": by_task[row["task_id"]]["text"], "test_list": list(by_task[row["task_id"]]["test_list"])}
+            for row in generated.rows]
+    out_dir = phase_dir(config, spec.id)
+    outputs = write_split_outputs(config, out_dir, TABLE, rows, generated.tensors)
+    n_passed = sum(row["test_passed"] for row in rows)
+    summary = {"split": "hyperparams", "temperature": 0.0, "prompt_style": generated.prompt_style,
+               "n_tasks": len(rows), "n_passed": n_passed, "pass_rate": rate(n_passed, len(rows)).to_dict(),
+               "tasks_left_out_prompt_too_long": generated.too_long}
+    logger.info("hyperparams split: %s", rate(n_passed, len(rows)))
+    summary_path = out_dir / "phase_3_6_summary.json"
+    save_json(summary, summary_path)
+    manifest = write_manifest(config, spec, inputs, outputs + [summary_path], {"prompt_style": generated.prompt_style})
+    generated.checkpoint.clear()
+    return manifest

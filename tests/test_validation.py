@@ -1,0 +1,125 @@
+"""Phase 3.8 statistics, and phase 3.8 on planted data: the signal is found, noise is not, validation is never read to choose."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import run
+from common.activations import save_activations
+from common.classification import auroc, auroc_with_interval, best_f1_threshold, binary_metrics
+from common.config import Config
+from common.phases import get_phase
+from common.utils import save_json, write_manifest
+from tests.test_sae_analysis import _planted_upstream
+
+
+def _pairwise_auroc(scores, positive) -> float:
+    pos = [s for s, p in zip(scores, positive) if p]
+    neg = [s for s, p in zip(scores, positive) if not p]
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in itertools.product(pos, neg))
+    return wins / (len(pos) * len(neg))
+
+
+def test_auroc_equals_the_pairwise_definition_with_ties():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, size=40).astype(float)  # many ties
+    positive = rng.random(40) < 0.4
+    assert auroc(scores, positive) == pytest.approx(_pairwise_auroc(scores, positive))
+    assert np.isnan(auroc(scores, np.zeros(40, bool)))
+
+
+def test_interval_is_high_for_a_signal_and_covers_half_for_shuffled_labels():
+    rng = np.random.default_rng(1)
+    positive = rng.random(200) < 0.35
+    planted = positive * 1.5 + rng.normal(size=200)
+    signal = auroc_with_interval(planted, positive, 500, seed=0)
+    assert signal["auroc"] > 0.8 and signal["low"] > 0.7
+    shuffled = auroc_with_interval(planted, rng.permutation(positive), 500, seed=0)
+    assert shuffled["low"] < 0.5 < shuffled["high"]
+
+
+def test_best_f1_threshold_and_metrics_with_the_trivial_baselines():
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    positive = np.array([False, False, True, False, True, True])
+    assert best_f1_threshold(scores, positive) == 0.3  # predicts 4 positives, 3 right: F1 6/7
+    metrics = binary_metrics(scores, positive, 0.3)
+    assert (metrics["tp"], metrics["fp"], metrics["fn"], metrics["tn"]) == (3, 1, 0, 2)
+    assert metrics["f1"] == pytest.approx(6 / 7)
+    assert metrics["trivial"]["always_positive"]["f1"] == pytest.approx(2 * 3 / 9)
+    assert metrics["precision"]["successes"] == 3 and metrics["precision"]["trials"] == 4
+
+
+def _generation_outputs(folder: Path, table: str, activations_dir: str, passed: np.ndarray, seed: int,
+                        recorded_passed: np.ndarray | None = None) -> None:
+    """A phase 3.5 / 3.6 style table with activations in which latent 3 fires on passing rows;
+    `recorded_passed` (default: `passed`) is what the table says, to break the link on purpose."""
+    rng = np.random.default_rng(seed)
+    n = len(passed)
+    x = np.abs(rng.normal(0.5, 0.3, size=(n, 10))) * (rng.random((n, 10)) < 0.5)
+    x[:, 3] = np.where(passed, 1.0 + rng.random(n), 0.0) * (rng.random(n) < 0.85)
+    x[:, 6] = np.where(~passed, 1.0 + rng.random(n), 0.0) * (rng.random(n) < 0.85)
+    recorded = passed if recorded_passed is None else recorded_passed
+    pd.DataFrame({"task_id": [f"v{i}" for i in range(n)], "test_passed": recorded}).to_parquet(folder / table)
+    save_activations(folder / activations_dir / "layer_2.safetensors", torch.tensor(x, dtype=torch.float32),
+                     {"layer": 2})
+
+
+def _validation_upstream(data_dir: Path, recorded_validation_passed: np.ndarray | None = None) -> None:
+    validation_passed = np.arange(60) % 2 == 0
+    _planted_upstream(data_dir, n_pass=40, n_fail=60)
+    args = ["--data-dir", str(data_dir), "--set", "layers=2", "--set", "bootstrap_samples=20", "--log-level", "ERROR"]
+    assert run.main(["phase", "2.5", *args]) == 0 and run.main(["phase", "2.6", *args]) == 0
+    config = Config(data_dir=str(data_dir), layers=[2], bootstrap_samples=20).validate()
+    tuning = data_dir / "phase3_6"
+    (tuning / "activations").mkdir(parents=True)
+    _generation_outputs(tuning, "dataset_hyperparams_temp_0_0.parquet", "activations",
+                        np.arange(30) % 3 == 0, seed=7)
+    write_manifest(config, get_phase("3.6"), {}, [tuning / "dataset_hyperparams_temp_0_0.parquet"])
+    validation = data_dir / "phase3_5"
+    for tag, offset in (("0_0", 0), ("0_6", 1)):
+        (validation / f"activations_temp_{tag}").mkdir(parents=True)
+        _generation_outputs(validation, f"dataset_temp_{tag}.parquet", f"activations_temp_{tag}", validation_passed,
+                            seed=11 + offset, recorded_passed=recorded_validation_passed)
+    save_json({"by_temperature": {"0": {"table": "dataset_temp_0_0.parquet"},
+                                  "0.6": {"table": "dataset_temp_0_6.parquet"}}}, validation / "phase_3_5_summary.json")
+    write_manifest(config, get_phase("3.5"), {}, [validation / "phase_3_5_summary.json"])
+
+
+def _run_3_8(data_dir: Path) -> dict:
+    assert run.main(["phase", "3.8", "--data-dir", str(data_dir), "--set", "layers=2", "--set",
+                     "bootstrap_samples=20", "--log-level", "ERROR"]) == 0
+    return json.loads((data_dir / "phase3_8" / "evaluation_results.json").read_text())
+
+
+def test_planted_latent_predicts_held_out_rows(tmp_path: Path):
+    _validation_upstream(tmp_path)
+    results = _run_3_8(tmp_path)["families"]
+    correct = results["sae_correct_latent"]
+    assert correct["chosen"] == "layer_2/latent_3" and correct["predicts"] == "pass"
+    assert correct["validation"]["auroc"] > 0.85 and correct["validation"]["low"] > 0.75
+    assert results["sae_incorrect_latent"]["chosen"] == "layer_2/latent_6"
+    assert set(correct["validation_auroc_by_temperature"]) == {"0", "0.6"}
+    assert correct["validation_at_threshold"]["f1"] > correct["validation_at_threshold"]["trivial"]["always_positive"]["f1"]
+    assert results["mean_difference"]["chosen"] == "mean_difference/layer_2"
+    for name in ("roc_curves.png", "score_histograms.png"):
+        assert (tmp_path / "phase3_8" / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_choices_never_read_validation_labels_and_noise_covers_half(tmp_path: Path):
+    _validation_upstream(tmp_path / "a")
+    shuffled_labels = np.random.default_rng(3).permutation(np.arange(60) % 2 == 0)
+    _validation_upstream(tmp_path / "b", shuffled_labels)
+    a, b = _run_3_8(tmp_path / "a")["families"], _run_3_8(tmp_path / "b")["families"]
+    for family in a:
+        assert a[family]["chosen"] == b[family]["chosen"]
+        assert a[family]["hyperparams_auroc"] == b[family]["hyperparams_auroc"]
+        assert a[family]["validation_at_threshold"]["threshold"] == b[family]["validation_at_threshold"]["threshold"]
+    # b's validation labels no longer match its activations: the same latent is at chance there
+    assert b["sae_correct_latent"]["validation"]["low"] < 0.5 < b["sae_correct_latent"]["validation"]["high"]
