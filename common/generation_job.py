@@ -20,6 +20,7 @@ from tqdm import tqdm
 from common.checkpoint import BatchCheckpoint
 from common.code_extraction import extract_code
 from common.config import Config
+from common.errors import PipelineError
 from common.activations import save_activations
 from common.generation import HOOK_SITE, check_layers, generate_batch
 from common.logging import get_logger
@@ -158,6 +159,9 @@ def generate_split(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, 
                    plan: Callable[[list[dict[str, Any]]], list[WorkItem]], description: str) -> SplitGeneration | None:
     """Generate, test and record every planned item of a split, resumably; None while a --start/--end slice
     leaves items to do. Shared by every generating phase, so none has its own loop."""
+    if problems.empty:
+        raise PipelineError(f"phase {spec.id} has no problems to generate for: its split is empty "
+                            "(more tasks, or other split_fractions)")
     identity = {"config": {k: getattr(config, k) for k in spec.config_keys},
                 "inputs": {k: v["sha256"] for k, v in inputs.items()}}
     checkpoint = BatchCheckpoint(phase_dir(config, spec.id) / "checkpoint", identity, discard=config.force)

@@ -26,6 +26,7 @@ from common.activations import load_activations
 from common.checkpoint import BatchCheckpoint
 from common.code_corpus import corpus_windows
 from common.config import Config
+from common.errors import PipelineError
 from common.generation import check_layers, decoder_layers
 from common.logging import get_logger
 from common.phases import get_phase
@@ -82,7 +83,7 @@ def run(config: Config) -> Path:
         source = layer_source(config.sae_source, config.sae_id_template, layer, checkpoint.folder)
         sae = load_sae(source)
         if sae.cfg.d_in != held_out[layer].shape[1]:
-            raise ValueError(f"the SAE of layer {layer} reads {sae.cfg.d_in} dimensions, the model has "
+            raise PipelineError(f"the SAE of layer {layer} reads {sae.cfg.d_in} dimensions, the model has "
                              f"{held_out[layer].shape[1]}")
         quality[str(layer)], frequencies[f"layer_{layer}"] = _quality(model, sae, layer, held_out[layer],
                                                                        delta_ce_windows, clean_loss, phase1)

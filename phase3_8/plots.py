@@ -24,7 +24,7 @@ def plot_roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, str]], path:
     fig, ax = plt.subplots(figsize=(5.2, 5))
     for label, (scores, positive, _) in curves.items():
         fpr, tpr = roc_points(scores, positive)
-        ax.plot(fpr, tpr, label=f"{label} (AUROC {auroc(scores, positive):.2f})", drawstyle="steps-post")
+        ax.plot(fpr, tpr, label=f"{label} (AUROC {auroc(scores, positive):.2f})")
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8, label="chance")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")

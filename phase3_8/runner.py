@@ -102,15 +102,22 @@ def _candidate_scorers(sae_folder: Path, latent_folder: Path, direction_folder: 
     """family -> (what a high score predicts, {candidate name: scorer})."""
     top = load_json(latent_folder / "top_20_features.json")
     sources = load_json(sae_folder / "sae_sources.json")
-    saes: dict[int, Any] = {}
+    encoded: dict[tuple[int, Path], torch.Tensor] = {}  # every candidate of a layer shares one encoding
 
     def latent_scorer(layer: int, index: int) -> Scorer:
         def score(activations_folder: Path) -> np.ndarray:
-            if layer not in saes:
-                saes[layer] = load_sae(sources[str(layer)])
-            activations, _ = load_activations(activations_folder / f"layer_{layer}.safetensors")
-            return encode_rows(saes[layer], activations)[:, index].numpy()
+            if (layer, activations_folder) not in encoded:
+                activations, _ = load_activations(activations_folder / f"layer_{layer}.safetensors")
+                encoded[layer, activations_folder] = encode_rows(_sae(layer), activations)
+            return encoded[layer, activations_folder][:, index].numpy()
         return score
+
+    saes: dict[int, Any] = {}
+
+    def _sae(layer: int):
+        if layer not in saes:
+            saes[layer] = load_sae(sources[str(layer)])
+        return saes[layer]
 
     def projection_scorer(layer: int, vector: torch.Tensor) -> Scorer:
         def score(activations_folder: Path) -> np.ndarray:

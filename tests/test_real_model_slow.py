@@ -24,7 +24,9 @@ def test_default_model_solves_easy_tasks_end_to_end(tmp_path: Path):
             # SAEs small enough for a smoke test: phase 2.0 at its defaults takes half an hour on 2 cores
             "--set", "sae_train_tokens=3000", "--set", "sae_eval_tokens=1000", "--set", "sae_delta_ce_tokens=500",
             "--set", "sae_width=1152", "--set", "sae_batch_tokens=512", "--set", "bootstrap_samples=20"]
-    assert run.main(["pipeline", *args]) == 0
+    for phase in ("0", "0.1", "1", "2.0", "2.5", "2.6"):  # the hyperparams and validation splits are empty
+        assert run.main(["phase", phase, *args]) == 0
+    assert run.main(["phase", "3.6", *args]) == 2  # says so in one line instead of writing empty files
     table = pd.read_parquet(tmp_path / "data" / "phase1" / "dataset_sae.parquet")
     assert len(table) == 3
     assert table["test_passed"].sum() >= 2, table[["task_id", "error_type", "generated_code"]].to_string()

@@ -123,3 +123,16 @@ def test_choices_never_read_validation_labels_and_noise_covers_half(tmp_path: Pa
         assert a[family]["validation_at_threshold"]["threshold"] == b[family]["validation_at_threshold"]["threshold"]
     # b's validation labels no longer match its activations: the same latent is at chance there
     assert b["sae_correct_latent"]["validation"]["low"] < 0.5 < b["sae_correct_latent"]["validation"]["high"]
+
+
+def test_temperature_items_are_numbered_uniquely_and_tagged_for_file_names():
+    from common.generation_job import make_temperature_items
+    from phase3_5.runner import temperature_tag
+
+    problems = [{"task_id": "a"}, {"task_id": "b"}]
+    items = make_temperature_items(problems, [0.3, 1.2], 2)
+    assert [(i.problem["task_id"], i.sample_idx, i.temperature) for i in items] == [
+        ("a", 0, 0.0), ("b", 0, 0.0), ("a", 1, 0.3), ("a", 2, 0.3), ("b", 1, 0.3), ("b", 2, 0.3),
+        ("a", 3, 1.2), ("a", 4, 1.2), ("b", 3, 1.2), ("b", 4, 1.2)]
+    assert len({i.key for i in items}) == len(items)
+    assert [temperature_tag(t) for t in (0.0, 0.3, 1.2, 1.25, 2.0)] == ["0_0", "0_3", "1_2", "1_25", "2_0"]
