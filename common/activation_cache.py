@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from common.generation import layer_forward_hooks, layer_output
+from common.hooks import layer_forward_hooks, layer_output
 
 
 class _LastLayerReached(Exception):

@@ -5,8 +5,8 @@ prompt token of every row; the activations are read from the output of the chose
 during the prefill forward pass of `generate`, so capturing them costs no extra forward pass.
 Greedy batched output is token-identical to one-prompt-at-a-time output (tested).
 
-Hook site: "layer L" always means the output of decoder layer L (= input of layer L+1), the
-residual stream that GemmaScope `res` SAEs read, and where steering adds its vectors.
+Hook site: "layer L" always means the output of decoder layer L (common/hooks.py). With a
+`Steering`, the batch is generated with its vector added there (common/steering.py).
 """
 
 from __future__ import annotations
@@ -14,16 +14,14 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from common.errors import PipelineError
+from common.hooks import layer_forward_hooks, layer_output
 from common.prompt_utils import Stopper
-
-HOOK_SITE = "output of decoder layer L (residual stream)"
-
+from common.steering import Steering, steering_applied
 
 @dataclass
 class GenerationResult:
@@ -31,44 +29,6 @@ class GenerationResult:
     n_new_tokens: int
     generation_time_s: float  # wall time of the batch, divided evenly over its rows
     activations: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [d_model] float32
-
-
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The list of decoder blocks of a causal LM (Llama, Gemma, Mistral, Qwen: model.model.layers; GPT-2: transformer.h)."""
-    for path in ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers"):
-        module = model
-        for name in path.split("."):
-            module = getattr(module, name, None)
-            if module is None:
-                break
-        if isinstance(module, torch.nn.ModuleList):
-            return module
-    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
-
-
-def check_layers(model: torch.nn.Module, layers: Sequence[int]) -> None:
-    n_layers = len(decoder_layers(model))
-    bad = [layer for layer in layers if not 0 <= layer < n_layers]
-    if bad:
-        raise PipelineError(f"config key 'layers' = {list(layers)}: {bad} out of range for a model with "
-                            f"{n_layers} decoder layers (0..{n_layers - 1})")
-
-
-def layer_output(output) -> torch.Tensor:
-    """The hidden states in a decoder layer's output (a tensor, or a tuple whose first item is one)."""
-    return output[0] if isinstance(output, tuple) else output
-
-
-@contextlib.contextmanager
-def layer_forward_hooks(model: torch.nn.Module, hooks: Mapping[int, Callable]) -> Iterator[None]:
-    """Forward hooks on decoder layers (layer -> hook(module, inputs, output)), removed on leaving, whatever happens."""
-    blocks = decoder_layers(model)
-    handles = [blocks[layer].register_forward_hook(hook) for layer, hook in hooks.items()]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextlib.contextmanager
@@ -114,8 +74,12 @@ def eos_token_ids(model, tokenizer) -> list[int]:
 @torch.inference_mode()
 def generate_batch(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
                    seed: int = 0, stoppers: Sequence[Stopper | None] | None = None,
-                   capture_layers: Sequence[int] = (), add_special_tokens: bool = True) -> list[GenerationResult]:
-    """Generate for `prompts` in one batch; greedy when temperature is 0, else sampled with `seed`."""
+                   capture_layers: Sequence[int] = (), add_special_tokens: bool = True,
+                   steering: Steering | None = None) -> list[GenerationResult]:
+    """Generate for `prompts` in one batch; greedy when temperature is 0, else sampled with `seed`.
+
+    With `steering`, its vector is added at its layer during prefill and decoding (padding untouched);
+    captured activations are then those of the steered stream."""
     started = time.perf_counter()
     device = next(model.parameters()).device
     encoded = tokenizer(list(prompts), return_tensors="pt", padding=True,
@@ -129,7 +93,8 @@ def generate_batch(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     criteria = StoppingCriteriaList([_TextStop(tokenizer, prompt_length, stoppers)]) if stoppers else None
     if temperature > 0:
         torch.manual_seed(seed)
-    with capture_last_prompt_token(model, capture_layers) as captured:
+    steered = steering_applied(model, steering, encoded["attention_mask"]) if steering else contextlib.nullcontext()
+    with steered, capture_last_prompt_token(model, capture_layers) as captured:
         output = model.generate(**encoded, generation_config=config, stopping_criteria=criteria)
     new_tokens = output[:, prompt_length:].cpu()
     per_row_s = (time.perf_counter() - started) / len(prompts)

@@ -22,7 +22,8 @@ from common.code_extraction import extract_code
 from common.config import Config
 from common.errors import PipelineError
 from common.activations import save_activations
-from common.generation import HOOK_SITE, check_layers, generate_batch
+from common.generation import generate_batch
+from common.hooks import HOOK_SITE, check_layers
 from common.logging import get_logger
 from common.phases import PhaseSpec
 from common.prompt_utils import PromptBuilder, resolve_prompt_style

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from common.config import Config
-from common.generation import HOOK_SITE
+from common.hooks import HOOK_SITE
 from common.generation_job import generate_split, make_items, write_split_outputs
 from common.logging import get_logger
 from common.phases import get_phase

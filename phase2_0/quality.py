@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from common.generation import layer_forward_hooks, layer_output
+from common.hooks import layer_forward_hooks, layer_output
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from common.checkpoint import BatchCheckpoint
 from common.code_corpus import corpus_windows
 from common.config import Config
 from common.errors import PipelineError
-from common.generation import check_layers, decoder_layers
+from common.hooks import check_layers, decoder_layers
 from common.logging import get_logger
 from common.phases import get_phase
 from common.saes import layer_source, load_sae, massive_norm_threshold, reconstruction_stats, source_kind

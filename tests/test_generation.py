@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from common.errors import PipelineError
-from common.generation import capture_last_prompt_token, check_layers, decoder_layers, generate_batch
+from common.generation import capture_last_prompt_token, generate_batch
+from common.hooks import check_layers, decoder_layers
 from common.prompt_utils import PromptBuilder
 from common_simplified.model_loader import load_model_and_tokenizer
 
