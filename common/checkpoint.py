@@ -19,6 +19,13 @@ from common.utils import atomic_path, load_json, save_json
 logger = get_logger("checkpoint")
 
 
+def phase_checkpoint(folder: Path, config_values: dict[str, Any], inputs: dict[str, dict[str, str]],
+                     discard: bool) -> "BatchCheckpoint":
+    """The checkpoint of a phase: its identity is the phase's config values and its upstream manifest hashes."""
+    return BatchCheckpoint(folder, {"config": config_values, "inputs": {k: v["sha256"] for k, v in inputs.items()}},
+                           discard=discard)
+
+
 class BatchCheckpoint:
     def __init__(self, folder: Path, identity: dict[str, Any], discard: bool = False):
         self.folder = Path(folder)

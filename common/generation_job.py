@@ -17,11 +17,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from common.checkpoint import BatchCheckpoint
+from common.activations import save_activations
+from common.checkpoint import BatchCheckpoint, phase_checkpoint
 from common.code_extraction import extract_code
 from common.config import Config
 from common.errors import PipelineError
-from common.activations import save_activations
 from common.generation import generate_batch
 from common.hooks import HOOK_SITE, check_layers
 from common.logging import get_logger
@@ -163,9 +163,8 @@ def generate_split(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, 
     if problems.empty:
         raise PipelineError(f"phase {spec.id} has no problems to generate for: its split is empty "
                             "(more tasks, or other split_fractions)")
-    identity = {"config": {k: getattr(config, k) for k in spec.config_keys},
-                "inputs": {k: v["sha256"] for k, v in inputs.items()}}
-    checkpoint = BatchCheckpoint(phase_dir(config, spec.id) / "checkpoint", identity, discard=config.force)
+    checkpoint = phase_checkpoint(phase_dir(config, spec.id) / "checkpoint",
+                                  {k: getattr(config, k) for k in spec.config_keys}, inputs, config.force)
     model, tokenizer = load_model_and_tokenizer(config.model_name, config.device, config.dtype)
     check_layers(model, config.layers)
     builder = PromptBuilder(resolve_prompt_style(config.prompt_style, tokenizer), tokenizer)

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from common.activation_cache import record_windows
 from common.activations import load_activations
-from common.checkpoint import BatchCheckpoint
+from common.checkpoint import phase_checkpoint
 from common.code_corpus import corpus_windows
 from common.config import Config
 from common.errors import PipelineError
@@ -49,9 +49,8 @@ def run(config: Config) -> Path:
     out_dir = phase_dir(config, spec.id)
     phase1 = discover_latest_phase_output("1", config.data_dir).parent
     training = source_kind(config.sae_source) == "trained"
-    identity = {"config": {k: getattr(config, k) for k in spec.config_keys},
-                "inputs": {k: v["sha256"] for k, v in inputs.items()}}
-    checkpoint = BatchCheckpoint(out_dir / "checkpoint", identity, discard=config.force)
+    checkpoint = phase_checkpoint(out_dir / "checkpoint", {k: getattr(config, k) for k in spec.config_keys}, inputs,
+                                  config.force)
 
     model, tokenizer = load_model_and_tokenizer(config.model_name, config.device, config.dtype)
     check_layers(model, config.layers)

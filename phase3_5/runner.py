@@ -50,7 +50,8 @@ def run(config: Config) -> Path | None:
         outputs += write_split_outputs(config, out_dir, f"dataset_temp_{tag}.parquet", rows,
                                        [generated.tensors[i] for i in picked], activations_folder=f"activations_temp_{tag}")
         n_passed = sum(row["test_passed"] for row in rows)
-        by_temperature[f"{temperature:g}"] = {"table": f"dataset_temp_{tag}.parquet", "n_samples": len(rows),
+        by_temperature[f"{temperature:g}"] = {"table": f"dataset_temp_{tag}.parquet",
+                                              "activations": f"activations_temp_{tag}", "n_samples": len(rows),
                                               "n_passed": n_passed, "pass_rate": rate(n_passed, len(rows)).to_dict()}
         logger.info("temperature %g: %s", temperature, rate(n_passed, len(rows)))
     summary_path = out_dir / "phase_3_5_summary.json"

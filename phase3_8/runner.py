@@ -27,7 +27,6 @@ from common.phases import get_phase
 from common.saes import encode_rows, load_sae
 from common.utils import discover_latest_phase_output, load_json, phase_dir, save_json, upstream_inputs, \
     write_manifest
-from phase3_5.runner import temperature_tag
 from phase3_8.plots import plot_roc_curves, plot_score_histograms
 
 logger = get_logger("phase3_8")
@@ -48,7 +47,7 @@ def run(config: Config) -> Path:
     tuning_passed = tuning_table["test_passed"].to_numpy(dtype=bool)
     temperatures = load_json(folder["3.5"] / "phase_3_5_summary.json")["by_temperature"]
     validation = {t: (pd.read_parquet(folder["3.5"] / info["table"], columns=["test_passed"])["test_passed"]
-                      .to_numpy(dtype=bool), folder["3.5"] / f"activations_temp_{temperature_tag(float(t))}")
+                      .to_numpy(dtype=bool), folder["3.5"] / info["activations"])
                   for t, info in temperatures.items()}
     validation_passed, validation_folder = validation["0"]
     warnings = [f"only {n} {name} rows on the {split} split (< {THIN_CLASS_ROWS}): wide intervals, unstable threshold"

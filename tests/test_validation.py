@@ -87,8 +87,9 @@ def _validation_upstream(data_dir: Path, recorded_validation_passed: np.ndarray 
         (validation / f"activations_temp_{tag}").mkdir(parents=True)
         _generation_outputs(validation, f"dataset_temp_{tag}.parquet", f"activations_temp_{tag}", validation_passed,
                             seed=11 + offset, recorded_passed=recorded_validation_passed)
-    save_json({"by_temperature": {"0": {"table": "dataset_temp_0_0.parquet"},
-                                  "0.6": {"table": "dataset_temp_0_6.parquet"}}}, validation / "phase_3_5_summary.json")
+    save_json({"by_temperature": {"0": {"table": "dataset_temp_0_0.parquet", "activations": "activations_temp_0_0"},
+                                  "0.6": {"table": "dataset_temp_0_6.parquet", "activations": "activations_temp_0_6"}}},
+              validation / "phase_3_5_summary.json")
     write_manifest(config, get_phase("3.5"), {}, [validation / "phase_3_5_summary.json"])
 
 
