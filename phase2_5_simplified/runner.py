@@ -78,10 +78,12 @@ def run(config: Config) -> Path:
     both_classes = n_correct > 0 and n_incorrect > 0
     chosen = {"correct": _top(scores, +1), "incorrect": _top(scores, -1)} if both_classes else {"correct": [],
                                                                                                 "incorrect": []}
-    stability = _stability(scores, chosen, latents_by_layer, passed, table["task_id"].to_numpy(), config) \
-        if both_classes and config.bootstrap_samples else {}
-    chance = _chance_level(scores, chosen, latents_by_layer, passed, config) \
-        if both_classes and config.bootstrap_samples else {}
+    stability, chance = {}, {}
+    if both_classes and config.bootstrap_samples:
+        fires = torch.cat([(latents > 0).float() for _, latents in sorted(latents_by_layer.items())], dim=1)
+        eligible = torch.tensor(scores["eligible"].to_numpy(dtype=bool))
+        stability = _stability(scores, chosen, fires, eligible, passed, table["task_id"].to_numpy(), config)
+        chance = _chance_level(scores, chosen, fires, eligible, passed, config)
     listed = {name: [_entry(scores.loc[i], stability.get(name, {}).get(rank)) for rank, i in enumerate(rows)]
               for name, rows in chosen.items()}
     for name, rows in listed.items():
@@ -162,14 +164,14 @@ def _entry(row: pd.Series, stability: dict[str, Any] | None) -> dict[str, Any]:
     return entry
 
 
-def _stability(scores: pd.DataFrame, chosen: dict[str, list[int]], latents_by_layer: dict[int, torch.Tensor],
+def _stability(scores: pd.DataFrame, chosen: dict[str, list[int]], fires: torch.Tensor, eligible: torch.Tensor,
                passed: np.ndarray, task_ids: np.ndarray, config: Config) -> dict[str, dict[int, dict[str, Any]]]:
-    """For each listed latent: its rank among eligible latents of its class in every task resample."""
+    """For each listed latent: its rank among eligible latents of its class in every task resample.
+
+    `fires` is [n_rows, all latents of all layers in score order], 1 where the latent fires."""
     weights = task_bootstrap_weights(task_ids, config.bootstrap_samples, config.seed)
-    resampled = torch.cat([bootstrap_separation((latents > 0).float(), passed, weights)
-                           for _, latents in sorted(latents_by_layer.items())], dim=1)
+    resampled = bootstrap_separation(fires, passed, weights)
     resampled = resampled[~torch.isnan(resampled).any(1)]
-    eligible = torch.tensor(scores["eligible"].to_numpy(dtype=bool))
     result: dict[str, dict[int, dict[str, Any]]] = {}
     for name, sign in (("correct", 1), ("incorrect", -1)):
         if not chosen[name]:
@@ -184,11 +186,9 @@ def _stability(scores: pd.DataFrame, chosen: dict[str, list[int]], latents_by_la
     return result
 
 
-def _chance_level(scores: pd.DataFrame, chosen: dict[str, list[int]], latents_by_layer: dict[int, torch.Tensor],
+def _chance_level(scores: pd.DataFrame, chosen: dict[str, list[int]], fires: torch.Tensor, eligible: torch.Tensor,
                   passed: np.ndarray, config: Config) -> dict[str, Any]:
     """The best separation reached with shuffled labels, and the permutation p-value of the observed best."""
-    fires = torch.cat([(latents > 0).float() for _, latents in sorted(latents_by_layer.items())], dim=1)
-    eligible = torch.tensor(scores["eligible"].to_numpy(dtype=bool))
     null = dict(zip(("correct", "incorrect"), permutation_max_separation(fires, passed, eligible,
                                                                           config.bootstrap_samples, config.seed)))
     result = {"n_permutations": config.bootstrap_samples}
