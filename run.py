@@ -2,6 +2,7 @@
 
     python run.py list                      each phase: done / missing / stale
     python run.py phase 1 [--start 0 --end 20]
+    python run.py phase 4.8 --viz-only      redraw a phase's figures from its saved results
     python run.py pipeline [--force]        every phase in order, skipping current ones
 
 Bad input (unknown phase or key, bad value, missing upstream output) prints one line and exits 2
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     phase = commands.add_parser("phase", parents=[shared], help="run one phase")
     phase.add_argument("phase_id", help="phase id: " + ", ".join(spec.id for spec in PHASES))
+    phase.add_argument("--viz-only", action="store_true", help="only redraw the phase's figures from its saved results")
     commands.add_parser("pipeline", parents=[shared], help="run every phase that is missing or stale")
     commands.add_parser("list", parents=[shared], help="show each phase's state")
     return parser
@@ -79,7 +81,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{spec.id:>5}  {state:<8} {spec.title}  [{reason}]")
             return 0
         if args.command == "phase":
-            run_phase(config, get_phase(args.phase_id))
+            spec = get_phase(args.phase_id)
+            if args.viz_only:
+                replot = getattr(spec.runner(), "replot", None)
+                if replot is None:
+                    raise PipelineError(f"phase {spec.id} has no --viz-only: its figures are made with its results")
+                replot(config)
+            else:
+                run_phase(config, spec)
             return 0
         for spec in PHASES:
             state, reason = phase_status(config, spec)  # fresh: an upstream rerun makes this one stale

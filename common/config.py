@@ -24,6 +24,8 @@ PROMPT_STYLES = ("auto", "chat", "base")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MBPP_VARIANTS = ("full", "sanitized")
+COEFFICIENT_SCALES = ("absolute", "residual_norm")
+POSITION_POLICIES = ("all", "last_prompt")
 
 
 @dataclass
@@ -77,6 +79,18 @@ class Config:
     general_freq_max: float = 0.02  # phase 2.5 drops latents firing on more held-out code tokens than this
     bootstrap_samples: int = 200  # task resamples for the stability of the latent ranking
 
+    # --- steering (phase 4.5 picks coefficients on hyperparams, phase 4.8 measures on validation)
+    steering_coefficients: list[float] = field(default_factory=lambda: [1, 3, 10, 30, 100, 300, 1000])  # seed 001
+    coefficient_scale: str = "absolute"  # absolute: alpha = coefficient; residual_norm: alpha = coefficient x the
+    #                                      mean residual norm at the steered layer (then use a grid like 0.01..3)
+    steering_positions: str = "all"  # all (seed 001: prompt and every generated token) | last_prompt
+    problems_per_coefficient: int = 10  # complexity-stratified; the same problems at every coefficient
+    min_syntax_validity: float = 0.8  # the proposed coefficient keeps at least this share of steered code parseable
+    correct_coefficient: float | None = None  # a person's choice (coefficient units), overriding the proposal
+    incorrect_coefficient: float | None = None
+    random_controls: int = 3  # phase 4.8: random unit directions per steered layer
+    zero_discrimination_controls: int = 2  # phase 4.8: latents firing equally often in both classes, per layer
+
     # --- sandboxed execution
     exec_timeout: float = 5.0  # seconds for one program and all of its tests
     exec_workers: int = 0  # parallel sandboxes; 0 = number of CPU cores
@@ -121,6 +135,19 @@ class Config:
         _check(self.samples_per_temperature >= 0, "samples_per_temperature", self.samples_per_temperature, ">= 0")
         _check(self.bootstrap_samples >= 0, "bootstrap_samples", self.bootstrap_samples, ">= 0")
         _check(bool(self.sae_source), "sae_source", self.sae_source, "'train', a sae-lens release or a directory")
+        _check(len(self.steering_coefficients) > 0 and all(c > 0 for c in self.steering_coefficients)
+               and len(set(self.steering_coefficients)) == len(self.steering_coefficients),
+               "steering_coefficients", self.steering_coefficients, "distinct positive numbers")
+        _check(self.coefficient_scale in COEFFICIENT_SCALES, "coefficient_scale", self.coefficient_scale,
+               f"one of {COEFFICIENT_SCALES}")
+        _check(self.steering_positions in POSITION_POLICIES, "steering_positions", self.steering_positions,
+               f"one of {POSITION_POLICIES}")
+        _check(self.problems_per_coefficient >= 1, "problems_per_coefficient", self.problems_per_coefficient, ">= 1")
+        _check(0 <= self.min_syntax_validity <= 1, "min_syntax_validity", self.min_syntax_validity, "in [0, 1]")
+        for key in ("correct_coefficient", "incorrect_coefficient"):
+            _check(getattr(self, key) is None or getattr(self, key) >= 0, key, getattr(self, key), "null or >= 0")
+        for key in ("random_controls", "zero_discrimination_controls"):
+            _check(getattr(self, key) >= 0, key, getattr(self, key), ">= 0")
         if self.data_file is not None and not Path(self.data_file).is_file():
             raise PipelineError(f"data_file '{self.data_file}' is not a readable file")
         return self

@@ -52,3 +52,11 @@ def load_directions(path: str | Path) -> list[SteeringDirection]:
         index = json.loads((handle.metadata() or {}).get(_INDEX, "[]"))
         return [SteeringDirection(entry["name"], int(entry["layer"]), handle.get_tensor(entry["name"]),
                                   entry["source"], entry["provenance"]) for entry in index]
+
+
+def random_directions(layer: int, d_model: int, count: int, seed: int) -> list[SteeringDirection]:
+    """Unit vectors drawn uniformly from the sphere: the control for 'any push of this size at this layer'."""
+    generator = torch.Generator().manual_seed(seed * 1009 + layer)
+    return [SteeringDirection(f"random/control/layer_{layer}/seed_{seed}_{i}", layer,
+                              torch.randn(d_model, generator=generator), "random",
+                              {"seed": seed, "index": i}).unit() for i in range(count)]

@@ -28,6 +28,7 @@ from common.logging import get_logger
 from common.phases import PhaseSpec
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
 from common.sandbox import Program, evaluate_many
+from common.steering import Steering
 from common.utils import atomic_path, phase_dir
 from common_simplified.model_loader import load_model_and_tokenizer
 
@@ -39,10 +40,17 @@ class WorkItem:
     problem: dict[str, Any]
     sample_idx: int
     temperature: float  # 0.0 = greedy
+    steering: Steering | None = None
+
+    @property
+    def condition(self) -> str:
+        """'' when unsteered; else the steering's label. Items of one batch share it."""
+        return self.steering.label if self.steering else ""
 
     @property
     def key(self) -> str:
-        return f"{self.problem['task_id']}#{self.sample_idx}"
+        task = f"{self.problem['task_id']}#{self.sample_idx}"
+        return f"{self.condition}|{task}" if self.steering else task
 
 
 @dataclass(frozen=True)
@@ -91,10 +99,11 @@ def drop_long_prompts(items: list[WorkItem], builder: PromptBuilder, tokenizer, 
 
 
 def _batches(items: list[WorkItem], batch_size: int) -> list[list[WorkItem]]:
-    """Consecutive runs of items with the same temperature, at most batch_size long."""
+    """Consecutive runs of items with the same temperature and steering, at most batch_size long."""
     batches: list[list[WorkItem]] = []
     for item in items:
-        if batches and len(batches[-1]) < batch_size and batches[-1][0].temperature == item.temperature:
+        if batches and len(batches[-1]) < batch_size and batches[-1][0].temperature == item.temperature \
+                and batches[-1][0].condition == item.condition:
             batches[-1].append(item)
         else:
             batches.append([item])
@@ -112,8 +121,7 @@ def run_items(model, tokenizer, builder: PromptBuilder, items: list[WorkItem], s
     with tqdm(total=len(pending), desc=description, unit="sample") as bar:
         for batch in _batches(pending, settings.batch_size):
             records, activations = _process_batch(model, tokenizer, builder, batch, settings)
-            checkpoint.save(batch[0].key.replace("/", "_").replace("#", "_s"), [i.key for i in batch], records,
-                            activations)
+            checkpoint.save(_file_safe(batch[0].key), [i.key for i in batch], records, activations)
             passed += sum(r["test_passed"] for r in records)
             failed += sum(not r["test_passed"] for r in records)
             bar.update(len(batch))
@@ -127,7 +135,8 @@ def _process_batch(model, tokenizer, builder: PromptBuilder, batch: list[WorkIte
     outputs = generate_batch(model, tokenizer, prompts, max_new_tokens=settings.max_new_tokens,
                              temperature=batch[0].temperature, seed=seed,
                              stoppers=[builder.stopper(item.problem) for item in batch],
-                             capture_layers=settings.capture_layers, add_special_tokens=builder.adds_special_tokens)
+                             capture_layers=settings.capture_layers, add_special_tokens=builder.adds_special_tokens,
+                             steering=batch[0].steering)
     codes = [extract_code(out.text, item.problem["entry_point"], builder.code_prefix(item.problem))
              for out, item in zip(outputs, batch)]
     results = evaluate_many([Program(code, item.problem["tests"]) for code, item in zip(codes, batch)],
@@ -141,6 +150,7 @@ def _process_batch(model, tokenizer, builder: PromptBuilder, batch: list[WorkIte
             "n_new_tokens": out.n_new_tokens, "generation_time": out.generation_time_s,
             "exec_time": result.duration_s, "cyclomatic_complexity": int(item.problem["cyclomatic_complexity"]),
             "difficulty": int(item.problem.get("difficulty", 0)), "family": str(item.problem.get("family", "")),
+            **({"steering": item.condition} if item.steering else {}),
         })
     activations = {f"layer_{layer}": torch.stack([out.activations[layer] for out in outputs])
                    for layer in settings.capture_layers}
@@ -157,22 +167,25 @@ class SplitGeneration:
 
 
 def generate_split(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, str]], problems: pd.DataFrame,
-                   plan: Callable[[list[dict[str, Any]]], list[WorkItem]], description: str) -> SplitGeneration | None:
+                   plan: Callable[[list[dict[str, Any]]], list[WorkItem]], description: str,
+                   capture: bool = True, loaded: tuple[Any, Any] | None = None) -> SplitGeneration | None:
     """Generate, test and record every planned item of a split, resumably; None while a --start/--end slice
-    leaves items to do. Shared by every generating phase, so none has its own loop."""
+    leaves items to do. Shared by every generating phase, so none has its own loop.
+
+    `capture=False` records no activations (steered runs); `loaded` is a (model, tokenizer) already loaded."""
     if problems.empty:
         raise PipelineError(f"phase {spec.id} has no problems to generate for: its split is empty "
                             "(more tasks, or other split_fractions)")
     checkpoint = phase_checkpoint(phase_dir(config, spec.id) / "checkpoint",
-                                  {k: getattr(config, k) for k in spec.config_keys}, inputs, config.force)
-    model, tokenizer = load_model_and_tokenizer(config.model_name, config.device, config.dtype)
+                                  {k: getattr(config, k) for k in spec.generation_keys}, inputs, config.force)
+    model, tokenizer = loaded or load_model_and_tokenizer(config.model_name, config.device, config.dtype)
     check_layers(model, config.layers)
     builder = PromptBuilder(resolve_prompt_style(config.prompt_style, tokenizer), tokenizer)
     records = [{**_plain(row), "_order": order} for order, row in enumerate(problems.to_dict("records"))]
     items, too_long = drop_long_prompts(plan(records), builder, tokenizer, config.max_prompt_tokens)
     sliced_ids = {r["task_id"] for r in records[config.task_start:config.task_end]}
     settings = JobSettings(config.max_new_tokens, config.batch_size, config.seed, config.exec_timeout,
-                           config.n_exec_workers, tuple(config.layers))
+                           config.n_exec_workers, tuple(config.layers) if capture else ())
     run_items(model, tokenizer, builder, [i for i in items if i.problem["task_id"] in sliced_ids], settings,
               checkpoint, description=description)
     done = checkpoint.load()
@@ -181,7 +194,7 @@ def generate_split(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, 
         logger.warning("%d of %d samples are still to do: run `%s` without --start/--end (or the remaining "
                        "slices) to finish and write the outputs", len(missing), len(items), spec.command)
         return None
-    ordered = sorted(items, key=lambda i: (i.problem["_order"], i.sample_idx))
+    ordered = sorted(items, key=lambda i: (i.condition, i.problem["_order"], i.sample_idx))
     return SplitGeneration([done[i.key][0] for i in ordered], [done[i.key][1] for i in ordered], builder.style,
                            too_long, checkpoint)
 
@@ -200,6 +213,12 @@ def write_split_outputs(config: Config, out_dir: Path, table_name: str, rows: li
                                          "model_name": config.model_name, "rows": table_name})
         paths.append(path)
     return paths
+
+
+def _file_safe(key: str) -> str:
+    """A batch file name from its first item's key: readable when it can be, unique always."""
+    readable = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in key)[:80]
+    return f"{readable}_{zlib.crc32(key.encode()):08x}"
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:

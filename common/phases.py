@@ -25,6 +25,12 @@ class PhaseSpec:
     title: str
     upstream: tuple[str, ...]
     config_keys: tuple[str, ...]
+    choice_keys: tuple[str, ...] = ()  # of config_keys: change what is chosen from the generations, not them
+
+    @property
+    def generation_keys(self) -> tuple[str, ...]:
+        """The config keys a phase's checkpointed generations depend on."""
+        return tuple(key for key in self.config_keys if key not in self.choice_keys)
 
     @property
     def folder(self) -> str:
@@ -56,6 +62,14 @@ PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec("3.6", "phase3_6", "greedy generations on the hyperparams split", ("0.1",), _GENERATION_KEYS + ("layers",)),
     PhaseSpec("3.8", "phase3_8", "AUROC / F1 of latent and mean-difference scores on held-out problems",
               ("2.0", "2.5", "2.6", "3.5", "3.6"), ("seed",)),
+    PhaseSpec("4.5", "phase4_5", "steering coefficient grid on the hyperparams split", ("0.1", "2.5", "3.6"),
+              _GENERATION_KEYS + ("steering_coefficients", "coefficient_scale", "steering_positions",
+                                  "problems_per_coefficient", "min_syntax_validity", "correct_coefficient",
+                                  "incorrect_coefficient"),
+              choice_keys=("min_syntax_validity", "correct_coefficient", "incorrect_coefficient")),
+    PhaseSpec("4.8", "phase4_8", "steering effects on the validation split, against controls",
+              ("0.1", "2.5", "2.6", "3.5", "4.5"),
+              _GENERATION_KEYS + ("random_controls", "zero_discrimination_controls")),
 )
 
 _BY_ID = {spec.id: spec for spec in PHASES}

@@ -18,10 +18,9 @@ from typing import Iterator
 
 import torch
 
+from common.config import POSITION_POLICIES
 from common.directions import SteeringDirection
 from common.hooks import layer_forward_hooks, layer_output
-
-POSITION_POLICIES = ("all", "last_prompt")
 
 
 @dataclass(frozen=True)
@@ -33,6 +32,11 @@ class Steering:
     def __post_init__(self):
         if self.positions not in POSITION_POLICIES:
             raise ValueError(f"position policy {self.positions!r}: expected one of {POSITION_POLICIES}")
+
+    @property
+    def label(self) -> str:
+        """Names one steered condition in checkpoints and tables, e.g. 'mean_difference/layer_15@30:all'."""
+        return f"{self.direction.name}@{self.alpha:g}:{self.positions}"
 
     def describe(self) -> dict:
         return {"direction": self.direction.name, "layer": self.direction.layer, "alpha": self.alpha,
@@ -76,3 +80,4 @@ def _position_weights(hidden: torch.Tensor, prompt_mask: torch.Tensor | None, po
         generated = torch.ones(batch, seq - prompt_len, dtype=torch.bool, device=hidden.device)
         weights = torch.cat([prompt, generated], dim=1).to(hidden.dtype)
     return weights.unsqueeze(-1)
+

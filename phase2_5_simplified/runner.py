@@ -39,7 +39,7 @@ logger = get_logger("phase2_5")
 
 TOP_N = 20
 THIN_CLASS_ROWS = 20
-N_ZERO_DISCRIMINATION = 5
+N_ZERO_DISCRIMINATION = 5  # per layer
 ZERO_DISCRIMINATION_MIN_FREQ = 0.1  # a control latent must fire on at least this fraction of each class
 
 
@@ -210,11 +210,12 @@ def _stability_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _zero_discrimination(scores: pd.DataFrame) -> list[dict[str, Any]]:
-    """Eligible latents that fire often in both classes and equally often: controls for steering."""
+    """Per layer, eligible latents that fire often in both classes and equally often: layer-matched
+    controls for steering."""
     pool = scores[scores["eligible"] & (scores["f_correct"] >= ZERO_DISCRIMINATION_MIN_FREQ)
                   & (scores["f_incorrect"] >= ZERO_DISCRIMINATION_MIN_FREQ)]
-    pool = pool.assign(gap=pool["separation_score"].abs()).sort_values(["gap", "layer", "feature_idx"])
-    return [_entry(row, None) for _, row in pool.head(N_ZERO_DISCRIMINATION).iterrows()]
+    pool = pool.assign(gap=pool["separation_score"].abs()).sort_values(["layer", "gap", "feature_idx"])
+    return [_entry(row, None) for _, row in pool.groupby("layer").head(N_ZERO_DISCRIMINATION).iterrows()]
 
 
 def _directions(listed: dict[str, list[dict[str, Any]]], controls: list[dict[str, Any]],

@@ -41,8 +41,15 @@ def _outputs(data_dir: Path) -> tuple[pd.DataFrame, dict[int, bytes]]:
     return table, {layer: (folder / "activations" / f"layer_{layer}.safetensors").read_bytes() for layer in (1, 3)}
 
 
-def test_phases_0_to_1_write_aligned_outputs(tmp_path: Path, tiny_args: list[str]):
-    assert run.main(["pipeline", "--data-dir", str(tmp_path), *tiny_args]) == 0
+def _pipeline_until_steering(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    """The random tiny model fails every task, so phase 2.5 finds no latent and the pipeline stops at 4.5
+    with one line saying why."""
+    assert run.main(["pipeline", *argv]) == 2
+    assert "error: phase 4.5 has nothing to steer" in capsys.readouterr().err
+
+
+def test_phases_0_to_1_write_aligned_outputs(tmp_path: Path, tiny_args: list[str], capsys: pytest.CaptureFixture):
+    _pipeline_until_steering(["--data-dir", str(tmp_path), *tiny_args], capsys)
     sae = pd.read_parquet(tmp_path / "phase0_1" / "sae.parquet")
     table, _ = _outputs(tmp_path)
     assert len(table) == 2 * len(sae)  # one greedy and one sampled row per task
@@ -126,28 +133,29 @@ def test_resume_after_a_crash_and_after_a_slice_gives_identical_outputs(tmp_path
 def test_pipeline_skips_current_phases_and_reruns_stale_ones(tmp_path: Path, tiny_args: list[str],
                                                               capsys: pytest.CaptureFixture):
     data = ["--data-dir", str(tmp_path)]
-    assert run.main(["pipeline", *data, *tiny_args]) == 0
+    _pipeline_until_steering([*data, *tiny_args], capsys)
     manifests = {p: (tmp_path / p / "phase_output.json").read_text()
                  for p in ("phase0", "phase0_1", "phase1", "phase2_0", "phase2_5", "phase2_6", "phase3_5", "phase3_6",
                            "phase3_8")}
-    assert run.main(["pipeline", *data, *tiny_args]) == 0
+    _pipeline_until_steering([*data, *tiny_args], capsys)
     assert {p: (tmp_path / p / "phase_output.json").read_text() for p in manifests} == manifests
 
-    capsys.readouterr()
+    not_run = ["missing"] * 2  # phases 4.5 and 4.8
     assert run.main(["list", *data, *tiny_args]) == 0
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 9
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 9 + not_run
     assert run.main(["list", *data, *tiny_args, "--set", "seed=5"]) == 0
     states = [line.split()[1] for line in capsys.readouterr().out.splitlines()]
-    assert states == ["done"] + ["stale"] * 8
+    assert states == ["done"] + ["stale"] * 8 + not_run
     assert run.main(["list", *data, *tiny_args, "--set", "batch_size=7"]) == 0  # speed-only key
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 9
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 9 + not_run
     assert run.main(["list", *data, *tiny_args, "--set", "general_freq_max=0.5"]) == 0  # 2.5, hence 3.8
     assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == \
-        ["done"] * 4 + ["stale", "done", "done", "done", "stale"]
+        ["done"] * 4 + ["stale", "done", "done", "done", "stale"] + not_run
 
     assert run.main(["phase", "0.1", *data, *tiny_args, "--set", "seed=5"]) == 0
     assert run.main(["list", *data, *tiny_args, "--set", "seed=5"]) == 0
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done", "done"] + ["stale"] * 7
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done", "done"] + ["stale"] * 7 \
+        + not_run
 
 
 @pytest.mark.parametrize("argv, message", [

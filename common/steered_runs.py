@@ -1,0 +1,124 @@
+"""Steered generations compared task by task with an unsteered greedy baseline (phases 4.5 and 4.8).
+
+An `Arm` is one steering (direction, alpha, positions) applied to a set of tasks. Every arm of a
+phase goes through the shared generation job in one checkpointed run, and each steered program is
+set beside the baseline program of the same task: did the outcome flip, which way, how far did
+the code move. The baseline is the greedy generation of phase 3.5/3.6; batched greedy generation
+gives the tokens of one-at-a-time generation, so alpha = 0 reproduces it (tested).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from common.checkpoint import BatchCheckpoint
+from common.code_similarity import divergence
+from common.config import Config
+from common.errors import PipelineError
+from common.generation_job import WorkItem, generate_split
+from common.phases import PhaseSpec
+from common.statistics import rate
+from common.steering import Steering
+from common.utils import atomic_write_text
+
+BASELINE_COLUMNS = ["task_id", "prompt", "generated_code", "test_passed", "error_type", "cyclomatic_complexity"]
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str  # what the arm tests, e.g. "correct@30" or "control/random_0"
+    steering: Steering
+    task_ids: tuple[Any, ...]
+
+
+def run_arms(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, str]], problems: pd.DataFrame,
+             baseline: pd.DataFrame, arms: Sequence[Arm], description: str, loaded: tuple[Any, Any] | None = None
+             ) -> tuple[pd.DataFrame, BatchCheckpoint] | None:
+    """One row per (arm, task): baseline and steered outcome side by side, and the checkpoint holding the
+    generations (the phase clears or keeps it). None while a --start/--end slice leaves work.
+
+    Arms that share a steering share its generations: each (steering, task) is generated once."""
+
+    def plan(records: list[dict[str, Any]]) -> list[WorkItem]:
+        by_id = {r["task_id"]: r for r in records}
+        unique = {}
+        for arm in arms:
+            for task_id in arm.task_ids:
+                item = WorkItem(by_id[task_id], 0, 0.0, arm.steering)
+                unique.setdefault(item.key, item)
+        return list(unique.values())
+
+    generated = generate_split(config, spec, inputs, problems, plan, description, capture=False, loaded=loaded)
+    if generated is None:
+        return None
+    by_key = {(row["steering"], row["task_id"]): row for row in generated.rows}
+    base = baseline.set_index("task_id")
+    rows = []
+    for arm, task_id in ((arm, task_id) for arm in arms for task_id in arm.task_ids):
+        steered = by_key.get((arm.steering.label, task_id))
+        if steered is None:  # left out: prompt over max_prompt_tokens (reported by the generation job)
+            continue
+        before = base.loc[task_id]
+        if steered["prompt"] != before["prompt"]:
+            raise PipelineError(f"task {steered['task_id']}: the prompt differs from the baseline's (prompt_style or "
+                                "prompt template changed since the baseline phase ran): rerun it first")
+        rows.append({"arm": arm.name, "direction": arm.steering.direction.name, "source": arm.steering.direction.source,
+                     "layer": arm.steering.direction.layer, "alpha": arm.steering.alpha,
+                     "positions": arm.steering.positions, "task_id": steered["task_id"],
+                     "cyclomatic_complexity": int(before["cyclomatic_complexity"]),
+                     "baseline_passed": bool(before["test_passed"]), "steered_passed": bool(steered["test_passed"]),
+                     "flipped": bool(before["test_passed"]) != bool(steered["test_passed"]),
+                     "steered_error_type": steered["error_type"], "steered_error_message": steered["error_message"],
+                     "baseline_code": before["generated_code"], "steered_code": steered["generated_code"],
+                     "prompt": steered["prompt"], "n_new_tokens": steered["n_new_tokens"],
+                     **divergence(before["generated_code"], steered["generated_code"])})
+    return pd.DataFrame(rows), generated.checkpoint
+
+
+def flip_direction(baseline_passed: bool, steered_passed: bool) -> str:
+    return f"{'pass' if baseline_passed else 'fail'}->{'pass' if steered_passed else 'fail'}"
+
+
+def arm_metrics(rows: pd.DataFrame) -> dict[str, Any]:
+    """Flip rate and its directions, steered pass and syntax-error rates, divergence; counts and intervals."""
+    n = len(rows)
+    directions = {flip_direction(b, s): int(((rows["baseline_passed"] == b) & (rows["steered_passed"] == s)).sum())
+                  for b in (True, False) for s in (True, False)}
+    syntax_errors = int((rows["steered_error_type"] == "syntax").sum()) if n else 0
+    return {"n_problems": n, "flip_rate": rate(int(rows["flipped"].sum()) if n else 0, n).to_dict(),
+            "flip_directions": directions,
+            "steered_pass_rate": rate(int(rows["steered_passed"].sum()) if n else 0, n).to_dict(),
+            "baseline_pass_rate": rate(int(rows["baseline_passed"].sum()) if n else 0, n).to_dict(),
+            "syntax_error_rate": rate(syntax_errors, n).to_dict(),
+            "mean_token_similarity": _mean(rows, "token_similarity"),
+            "mean_char_similarity": _mean(rows, "char_similarity"),
+            "mean_length_ratio": _mean(rows, "length_ratio"),
+            "mean_new_tokens": _mean(rows, "n_new_tokens")}
+
+
+def _mean(rows: pd.DataFrame, column: str) -> float | None:
+    values = rows[column].dropna() if len(rows) else []
+    return float(values.mean()) if len(values) else None
+
+
+def write_examples(path: Path, title: str, rows: pd.DataFrame) -> None:
+    """A Markdown file a person can scan: per task the outcome, both programs and their diff."""
+    parts = [f"# {title}\n"]
+    for _, row in rows.iterrows():
+        change = flip_direction(row["baseline_passed"], row["steered_passed"])
+        parts.append(f"## task {row['task_id']}: {change}{'  (FLIPPED)' if row['flipped'] else ''}\n\n"
+                     f"steered error type: {row['steered_error_type']}; token similarity "
+                     f"{row['token_similarity']:.2f}, char similarity {row['char_similarity']:.2f}, "
+                     f"{row['n_new_tokens']} new tokens; complexity {row['cyclomatic_complexity']}\n")
+        parts.append(f"<details><summary>prompt</summary>\n\n```\n{row['prompt']}\n```\n</details>\n")
+        parts.append(f"baseline code:\n\n```python\n{row['baseline_code']}\n```\n")
+        parts.append(f"steered code:\n\n```python\n{row['steered_code']}\n```\n")
+        diff = "".join(difflib.unified_diff(row["baseline_code"].splitlines(keepends=True),
+                                            row["steered_code"].splitlines(keepends=True), "baseline", "steered"))
+        parts.append(f"diff:\n\n```diff\n{diff or '(identical)'}\n```\n")
+    atomic_write_text(path, "\n".join(parts))

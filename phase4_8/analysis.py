@@ -1,0 +1,91 @@
+"""Phase 4.8 statistics: what steering did to each task, against the baseline and against controls.
+
+Experiments (on the validation split's greedy baseline):
+- correction: correct direction on initially failing tasks, rate of fail -> pass;
+- preservation: correct direction on initially passing tasks, rate of pass -> pass;
+- corruption: incorrect direction on initially passing tasks, rate of pass -> fail.
+Against the baseline: exact McNemar on the paired outcomes. On the tasks of one experiment the
+discordant pairs can only go one way, so that p-value says only "outcomes changed"; for the correct
+direction the whole split (correction and preservation together) gives the two-sided test of
+"the pass rate moved". Against controls: `compare_with_controls` (common/statistics.py), on the
+same tasks, at the same layer and alpha.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from common.statistics import compare_with_controls, mcnemar_exact, rate
+
+EXPERIMENTS = {"correct": ("correction", "preservation"), "incorrect": ("corruption",)}
+METHODS = ("sae", "mean_difference")
+
+
+def arm_name(method: str, kind: str) -> str:
+    return f"{method}/{kind}"
+
+
+def control_arm_name(kind: str, direction_name: str) -> str:
+    return f"control/{kind}/{direction_name}"
+
+
+def steering_effects(rows: pd.DataFrame, bootstrap_samples: int, seed: int) -> dict[str, Any]:
+    """`rows`: one per (arm, task) from common.steered_runs.run_arms."""
+    results: dict[str, Any] = {}
+    for kind, experiments in EXPERIMENTS.items():
+        control_rows = rows[rows["arm"].str.startswith(f"control/{kind}/")]
+        controls = control_rows.pivot(index="task_id", columns="arm", values="flipped")
+        by_method = {}
+        for method in METHODS:
+            target = rows[rows["arm"] == arm_name(method, kind)]
+            if target.empty:
+                continue
+            by_method[method] = _method_effects(target, kind, controls, bootstrap_samples, seed)
+        if by_method or not controls.empty:
+            results[kind] = {"experiments": list(experiments), "by_method": by_method,
+                             "controls": _control_rates(control_rows)}
+    return results
+
+
+def _method_effects(target: pd.DataFrame, kind: str, controls: pd.DataFrame, bootstrap_samples: int,
+                    seed: int) -> dict[str, Any]:
+    failing, passing = target[~target["baseline_passed"]], target[target["baseline_passed"]]
+    corrected = int(failing["steered_passed"].sum())
+    broken = int((~passing["steered_passed"]).sum())
+    if kind == "correct":
+        on_tasks = failing
+        effects: dict[str, Any] = {
+            "correction": {**rate(corrected, len(failing)).to_dict(),
+                           "mcnemar_p": mcnemar_exact(corrected, 0), "mcnemar_tasks": "initially failing"},
+            "preservation": rate(len(passing) - broken, len(passing)).to_dict(),
+            "whole_split": {"baseline_pass_rate": rate(int(target["baseline_passed"].sum()), len(target)).to_dict(),
+                            "steered_pass_rate": rate(int(target["steered_passed"].sum()), len(target)).to_dict(),
+                            "fail_to_pass": corrected, "pass_to_fail": broken,
+                            "mcnemar_p": mcnemar_exact(corrected, broken)}}
+        experiment = "correction"
+    else:
+        on_tasks = passing
+        effects = {"corruption": {**rate(broken, len(passing)).to_dict(), "mcnemar_p": mcnemar_exact(0, broken),
+                                  "mcnemar_tasks": "initially passing"}}
+        experiment = "corruption"
+    if not controls.empty:
+        shared = controls.dropna().index.intersection(on_tasks["task_id"])
+        flips = on_tasks.set_index("task_id").loc[shared, "flipped"].to_numpy(dtype=bool)
+        effects[experiment]["vs_controls"] = compare_with_controls(
+            flips, controls.loc[shared].to_numpy(dtype=bool).T, bootstrap_samples, seed)
+    effects["direction"] = str(target["direction"].iloc[0])
+    effects["layer"] = int(target["layer"].iloc[0])
+    effects["alpha"] = float(target["alpha"].iloc[0])
+    effects["mean_token_similarity"] = float(target["token_similarity"].mean())
+    return effects
+
+
+def _control_rates(control_rows: pd.DataFrame) -> dict[str, Any]:
+    if control_rows.empty:
+        return {"pooled": None, "individual": []}
+    individual = [{"arm": arm, "direction": str(group["direction"].iloc[0]), "source": str(group["source"].iloc[0]),
+                   **rate(int(group["flipped"].sum()), len(group)).to_dict()}
+                  for arm, group in control_rows.groupby("arm", sort=True)]
+    return {"pooled": rate(int(control_rows["flipped"].sum()), len(control_rows)).to_dict(), "individual": individual}
