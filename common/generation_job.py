@@ -168,16 +168,19 @@ class SplitGeneration:
 
 def generate_split(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, str]], problems: pd.DataFrame,
                    plan: Callable[[list[dict[str, Any]]], list[WorkItem]], description: str,
-                   capture: bool = True, loaded: tuple[Any, Any] | None = None) -> SplitGeneration | None:
+                   capture: bool = True, loaded: tuple[Any, Any] | None = None,
+                   checkpoint_inputs: dict[str, dict[str, str]] | None = None) -> SplitGeneration | None:
     """Generate, test and record every planned item of a split, resumably; None while a --start/--end slice
     leaves items to do. Shared by every generating phase, so none has its own loop.
 
-    `capture=False` records no activations (steered runs); `loaded` is a (model, tokenizer) already loaded."""
+    `capture=False` records no activations (steered runs); `loaded` is a (model, tokenizer) already loaded;
+    `checkpoint_inputs` (default: `inputs`) are the upstream hashes the generations depend on."""
     if problems.empty:
         raise PipelineError(f"phase {spec.id} has no problems to generate for: its split is empty "
                             "(more tasks, or other split_fractions)")
     checkpoint = phase_checkpoint(phase_dir(config, spec.id) / "checkpoint",
-                                  {k: getattr(config, k) for k in spec.generation_keys}, inputs, config.force)
+                                  {k: getattr(config, k) for k in spec.generation_keys}, checkpoint_inputs or inputs,
+                                  config.force)
     model, tokenizer = loaded or load_model_and_tokenizer(config.model_name, config.device, config.dtype)
     check_layers(model, config.layers)
     builder = PromptBuilder(resolve_prompt_style(config.prompt_style, tokenizer), tokenizer)

@@ -10,13 +10,13 @@ gives the tokens of one-at-a-time generation, so alpha = 0 reproduces it (tested
 from __future__ import annotations
 
 import difflib
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 
-from common.checkpoint import BatchCheckpoint
 from common.code_similarity import divergence
 from common.config import Config
 from common.errors import PipelineError
@@ -37,12 +37,17 @@ class Arm:
 
 
 def run_arms(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, str]], problems: pd.DataFrame,
-             baseline: pd.DataFrame, arms: Sequence[Arm], description: str, loaded: tuple[Any, Any] | None = None
-             ) -> tuple[pd.DataFrame, BatchCheckpoint] | None:
-    """One row per (arm, task): baseline and steered outcome side by side, and the checkpoint holding the
-    generations (the phase clears or keeps it). None while a --start/--end slice leaves work.
+             baseline: pd.DataFrame, baseline_phase: str, arms: Sequence[Arm], description: str,
+             loaded: tuple[Any, Any] | None = None) -> pd.DataFrame | None:
+    """One row per (arm, task): baseline and steered outcome side by side. None while a --start/--end slice
+    leaves work.
 
-    Arms that share a steering share its generations: each (steering, task) is generated once."""
+    Arms that share a steering share its generations: each (steering, task) is generated once. The
+    generations stay in the phase's checkpoint, which depends on the baseline rows used here rather than
+    on the whole baseline phase: rerunning that phase in a way that leaves them alone (phase 3.5 with
+    other temperatures, say) reuses every steered generation, and a changed choice reruns in seconds."""
+    checkpoint_inputs = {**{k: v for k, v in inputs.items() if k != baseline_phase},
+                         f"{baseline_phase} baseline rows": {"sha256": _rows_hash(baseline)}}
 
     def plan(records: list[dict[str, Any]]) -> list[WorkItem]:
         by_id = {r["task_id"]: r for r in records}
@@ -53,7 +58,8 @@ def run_arms(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, str]],
                 unique.setdefault(item.key, item)
         return list(unique.values())
 
-    generated = generate_split(config, spec, inputs, problems, plan, description, capture=False, loaded=loaded)
+    generated = generate_split(config, spec, inputs, problems, plan, description, capture=False, loaded=loaded,
+                               checkpoint_inputs=checkpoint_inputs)
     if generated is None:
         return None
     by_key = {(row["steering"], row["task_id"]): row for row in generated.rows}
@@ -77,7 +83,11 @@ def run_arms(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, str]],
                      "baseline_code": before["generated_code"], "steered_code": steered["generated_code"],
                      "prompt": steered["prompt"], "n_new_tokens": steered["n_new_tokens"],
                      **divergence(before["generated_code"], steered["generated_code"])})
-    return pd.DataFrame(rows), generated.checkpoint
+    return pd.DataFrame(rows)
+
+
+def _rows_hash(baseline: pd.DataFrame) -> str:
+    return hashlib.sha256(baseline[BASELINE_COLUMNS].to_json(orient="records").encode()).hexdigest()
 
 
 def flip_direction(baseline_passed: bool, steered_passed: bool) -> str:

@@ -71,11 +71,10 @@ def run(config: Config) -> Path | None:
     arms = [Arm(f"{kind}@{c:g}", Steering(best[kind], _alpha(config, c, norms[best[kind].layer]),
                                             config.steering_positions), tuple(selected[kind]["task_id"]))
             for kind in selected for c in grid]
-    generated = run_arms(config, spec, inputs, problems, baseline, arms, "phase 4.5 (coefficient grid)",
-                         loaded=(model, tokenizer))
-    if generated is None:
+    rows = run_arms(config, spec, inputs, problems, baseline, "3.6", arms, "phase 4.5 (coefficient grid)",
+                    loaded=(model, tokenizer))
+    if rows is None:
         return None
-    rows, _ = generated  # the checkpoint is kept: a changed choice (override, validity) then reruns in seconds
 
     out_dir = phase_dir(config, spec.id)
     grid_path = out_dir / "coefficient_grid_results.parquet"

@@ -8,7 +8,8 @@ phase 4.5 (chosen on hyperparams; nothing here chooses anything). Arms:
   `zero_discrimination_controls` latents that fire equally often in both classes (phase 2.5).
 The correct direction runs on every task (correction and preservation), the incorrect one on the
 initially passing tasks (corruption); controls run on the tasks of the experiment they control.
-`--viz-only` redraws the figure from `steering_effect_analysis.json`.
+`--viz-only` redraws the figure from `steering_effect_analysis.json`. The steered generations stay in
+`checkpoint/` (see common/steered_runs.run_arms).
 """
 
 from __future__ import annotations
@@ -51,10 +52,9 @@ def run(config: Config) -> Path | None:
         logger.warning(warning)
     if not arms:
         raise PipelineError("phase 4.8 has nothing to steer: phase 4.5 chose no coefficient")
-    generated = run_arms(config, spec, inputs, problems, baseline, arms, "phase 4.8 (steering effects)")
-    if generated is None:
+    rows = run_arms(config, spec, inputs, problems, baseline, "3.5", arms, "phase 4.8 (steering effects)")
+    if rows is None:
         return None
-    rows, checkpoint = generated
 
     out_dir = phase_dir(config, spec.id)
     rows_path = out_dir / "steered_results.parquet"
@@ -81,9 +81,7 @@ def run(config: Config) -> Path | None:
                "n_generations": analysis["n_generations"], "warnings": warnings}, summary_path)
     for line in _headline(effects):
         logger.info(line)
-    manifest = write_manifest(config, spec, inputs, [rows_path, analysis_path, plot_path, summary_path, *example_paths])
-    checkpoint.clear()
-    return manifest
+    return write_manifest(config, spec, inputs, [rows_path, analysis_path, plot_path, summary_path, *example_paths])
 
 
 def replot(config: Config) -> None:
