@@ -52,6 +52,16 @@ def keep_definitions(code: str) -> str:
     return "\n\n".join(kept) + "\n" if kept else code.strip("\n") + "\n"
 
 
+def defines_function(code: str, name: str) -> bool:
+    """Does the program parse and define `name` at the top level? Steered garbage such as a long run of
+    digits parses too, so parsing alone does not say the code is still a solution attempt."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return False
+    return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name for node in tree.body)
+
+
 def _is_constant_assignment(node: ast.stmt, defined: set[str]) -> bool:
     """A module-level assignment that does not call the solution's own functions (those are example runs)."""
     if not isinstance(node, (ast.Assign, ast.AnnAssign)):

@@ -85,7 +85,8 @@ class Config:
     #                                      mean residual norm at the steered layer (then use a grid like 0.01..3)
     steering_positions: str = "all"  # all (seed 001: prompt and every generated token) | last_prompt
     problems_per_coefficient: int = 10  # complexity-stratified; the same problems at every coefficient
-    min_syntax_validity: float = 0.8  # the proposed coefficient keeps at least this share of steered code parseable
+    min_valid_code_rate: float = 0.8  # the proposed coefficient keeps at least this share of steered programs
+    #                                   valid: they parse and still define the function under test
     correct_coefficient: float | None = None  # a person's choice (coefficient units), overriding the proposal
     incorrect_coefficient: float | None = None
     random_controls: int = 3  # phase 4.8: random unit directions per steered layer
@@ -143,7 +144,7 @@ class Config:
         _check(self.steering_positions in POSITION_POLICIES, "steering_positions", self.steering_positions,
                f"one of {POSITION_POLICIES}")
         _check(self.problems_per_coefficient >= 1, "problems_per_coefficient", self.problems_per_coefficient, ">= 1")
-        _check(0 <= self.min_syntax_validity <= 1, "min_syntax_validity", self.min_syntax_validity, "in [0, 1]")
+        _check(0 <= self.min_valid_code_rate <= 1, "min_valid_code_rate", self.min_valid_code_rate, "in [0, 1]")
         for key in ("correct_coefficient", "incorrect_coefficient"):
             _check(getattr(self, key) is None or getattr(self, key) >= 0, key, getattr(self, key), "null or >= 0")
         for key in ("random_controls", "zero_discrimination_controls"):

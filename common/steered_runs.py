@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from common.code_extraction import defines_function
 from common.code_similarity import divergence
 from common.config import Config
 from common.errors import PipelineError
@@ -24,8 +25,9 @@ from common.generation_job import WorkItem, generate_split
 from common.phases import PhaseSpec
 from common.statistics import rate
 from common.steering import Steering
-from common.utils import atomic_write_text
+from common.utils import atomic_path, atomic_write_text
 
+FENCE = "````"  # four backticks: prompts and model output hold ``` fences of their own
 BASELINE_COLUMNS = ["task_id", "prompt", "generated_code", "test_passed", "error_type", "cyclomatic_complexity"]
 
 
@@ -63,6 +65,7 @@ def run_arms(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, str]],
     if generated is None:
         return None
     by_key = {(row["steering"], row["task_id"]): row for row in generated.rows}
+    entry_points = dict(zip(problems["task_id"], problems["entry_point"]))
     base = baseline.set_index("task_id")
     rows = []
     for arm, task_id in ((arm, task_id) for arm in arms for task_id in arm.task_ids):
@@ -80,6 +83,7 @@ def run_arms(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, str]],
                      "baseline_passed": bool(before["test_passed"]), "steered_passed": bool(steered["test_passed"]),
                      "flipped": bool(before["test_passed"]) != bool(steered["test_passed"]),
                      "steered_error_type": steered["error_type"], "steered_error_message": steered["error_message"],
+                     "steered_valid_code": defines_function(steered["generated_code"], entry_points[task_id]),
                      "baseline_code": before["generated_code"], "steered_code": steered["generated_code"],
                      "prompt": steered["prompt"], "n_new_tokens": steered["n_new_tokens"],
                      **divergence(before["generated_code"], steered["generated_code"])})
@@ -90,12 +94,19 @@ def _rows_hash(baseline: pd.DataFrame) -> str:
     return hashlib.sha256(baseline[BASELINE_COLUMNS].to_json(orient="records").encode()).hexdigest()
 
 
+def save_rows(rows: pd.DataFrame, path: Path) -> None:
+    """The per-(arm, task) table without the prompts (each is in the baseline table already)."""
+    with atomic_path(path) as tmp:
+        rows.drop(columns=["prompt"]).to_parquet(tmp, index=False)
+
+
 def flip_direction(baseline_passed: bool, steered_passed: bool) -> str:
     return f"{'pass' if baseline_passed else 'fail'}->{'pass' if steered_passed else 'fail'}"
 
 
 def arm_metrics(rows: pd.DataFrame) -> dict[str, Any]:
-    """Flip rate and its directions, steered pass and syntax-error rates, divergence; counts and intervals."""
+    """Flip rate and its directions, steered pass, syntax-error and valid-code rates, divergence; counts and
+    intervals."""
     n = len(rows)
     directions = {flip_direction(b, s): int(((rows["baseline_passed"] == b) & (rows["steered_passed"] == s)).sum())
                   for b in (True, False) for s in (True, False)}
@@ -105,6 +116,7 @@ def arm_metrics(rows: pd.DataFrame) -> dict[str, Any]:
             "steered_pass_rate": rate(int(rows["steered_passed"].sum()) if n else 0, n).to_dict(),
             "baseline_pass_rate": rate(int(rows["baseline_passed"].sum()) if n else 0, n).to_dict(),
             "syntax_error_rate": rate(syntax_errors, n).to_dict(),
+            "valid_code_rate": rate(int(rows["steered_valid_code"].sum()) if n else 0, n).to_dict(),
             "mean_token_similarity": _mean(rows, "token_similarity"),
             "mean_char_similarity": _mean(rows, "char_similarity"),
             "mean_length_ratio": _mean(rows, "length_ratio"),
@@ -125,10 +137,10 @@ def write_examples(path: Path, title: str, rows: pd.DataFrame) -> None:
                      f"steered error type: {row['steered_error_type']}; token similarity "
                      f"{row['token_similarity']:.2f}, char similarity {row['char_similarity']:.2f}, "
                      f"{row['n_new_tokens']} new tokens; complexity {row['cyclomatic_complexity']}\n")
-        parts.append(f"<details><summary>prompt</summary>\n\n```\n{row['prompt']}\n```\n</details>\n")
-        parts.append(f"baseline code:\n\n```python\n{row['baseline_code']}\n```\n")
-        parts.append(f"steered code:\n\n```python\n{row['steered_code']}\n```\n")
+        parts.append(f"<details><summary>prompt</summary>\n\n{FENCE}\n{row['prompt']}\n{FENCE}\n</details>\n")
+        parts.append(f"baseline code:\n\n{FENCE}python\n{row['baseline_code']}\n{FENCE}\n")
+        parts.append(f"steered code:\n\n{FENCE}python\n{row['steered_code']}\n{FENCE}\n")
         diff = "".join(difflib.unified_diff(row["baseline_code"].splitlines(keepends=True),
                                             row["steered_code"].splitlines(keepends=True), "baseline", "steered"))
-        parts.append(f"diff:\n\n```diff\n{diff or '(identical)'}\n```\n")
+        parts.append(f"diff:\n\n{FENCE}diff\n{diff or '(identical)'}\n{FENCE}\n")
     atomic_write_text(path, "\n".join(parts))

@@ -9,7 +9,7 @@ import numpy as np
 
 from common.plotting import plt, save_figure
 
-_PANELS = (("flip_rate", "flip rate"), ("syntax_error_rate", "syntax-error rate"),
+_PANELS = (("flip_rate", "flip rate"), ("valid_code_rate", "valid code (parses, defines the function)"),
            ("steered_pass_rate", "steered pass rate"), (None, "similarity to baseline code"))
 
 

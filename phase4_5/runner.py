@@ -24,9 +24,9 @@ from common.errors import PipelineError
 from common.logging import get_logger
 from common.phases import get_phase
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
-from common.steered_runs import BASELINE_COLUMNS, Arm, arm_metrics, run_arms, write_examples
+from common.steered_runs import BASELINE_COLUMNS, Arm, save_rows, arm_metrics, run_arms, write_examples
 from common.steering import Steering
-from common.utils import atomic_path, discover_latest_phase_output, phase_dir, save_json, upstream_inputs, \
+from common.utils import discover_latest_phase_output, phase_dir, save_json, upstream_inputs, \
     write_manifest
 from common_simplified.model_loader import load_model_and_tokenizer
 from phase4_5.plots import plot_coefficient_effects
@@ -78,8 +78,7 @@ def run(config: Config) -> Path | None:
 
     out_dir = phase_dir(config, spec.id)
     grid_path = out_dir / "coefficient_grid_results.parquet"
-    with atomic_path(grid_path) as tmp:
-        rows.drop(columns=["prompt"]).to_parquet(tmp, index=False)
+    save_rows(rows, grid_path)
     results: dict[str, Any] = {}
     example_paths = []
     for kind in selected:
@@ -97,7 +96,7 @@ def run(config: Config) -> Path | None:
         logger.info("%s steering: %s", kind, results[kind]["rationale"])
 
     selected_path = out_dir / "selected_coefficients.json"
-    save_json({**results, "rule": PROPOSAL_RULE.format(validity=config.min_syntax_validity),
+    save_json({**results, "rule": PROPOSAL_RULE.format(validity=config.min_valid_code_rate),
                "coefficient_scale": config.coefficient_scale, "positions": config.steering_positions,
                "split": "hyperparams", "warnings": warnings}, selected_path)
     plot_path = out_dir / "coefficient_analysis_plots.png"
@@ -133,30 +132,31 @@ def _alpha(config: Config, coefficient: float, residual_norm: float) -> float:
     return coefficient * residual_norm if config.coefficient_scale == "residual_norm" else coefficient
 
 
-PROPOSAL_RULE = ("among coefficients whose steered code is parseable at least {validity:.0%} of the time, the one "
+PROPOSAL_RULE = ("among coefficients whose steered programs are valid (parse and define the function under test) at "
+                 "least {validity:.0%} of the time, the one "
                  "with the most flips (the smallest on ties); if none flips anything, the largest such coefficient; "
                  "if none keeps that validity, the smallest coefficient")
 
 
 def propose_coefficient(by_coefficient: list[dict[str, Any]], min_validity: float) -> tuple[float, str]:
-    valid = [m for m in by_coefficient if 1 - m["syntax_error_rate"]["rate"] >= min_validity - 1e-12]
+    valid = [m for m in by_coefficient if m["valid_code_rate"]["rate"] >= min_validity - 1e-12]
     if not valid:
-        return by_coefficient[0]["coefficient"], (f"no coefficient kept syntax validity >= {min_validity:.0%}; "
+        return by_coefficient[0]["coefficient"], (f"no coefficient kept valid code >= {min_validity:.0%}; "
                                                   "the smallest is proposed")
     most = max(m["flip_rate"]["successes"] for m in valid)
     if most == 0:
         chosen = valid[-1]
         return chosen["coefficient"], (f"no coefficient flipped any of the {chosen['n_problems']} problems; the largest "
-                                       f"with syntax validity >= {min_validity:.0%} is proposed")
+                                       f"with valid code >= {min_validity:.0%} is proposed")
     chosen = next(m for m in valid if m["flip_rate"]["successes"] == most)
     flips = chosen["flip_rate"]
-    return chosen["coefficient"], (f"most flips with syntax validity >= {min_validity:.0%}: {flips['successes']}/"
+    return chosen["coefficient"], (f"most flips with valid code >= {min_validity:.0%}: {flips['successes']}/"
                                    f"{flips['trials']} at coefficient {chosen['coefficient']:g}")
 
 
 def _choice(config: Config, kind: str, direction: SteeringDirection, by_coefficient: list[dict[str, Any]],
             residual_norm: float, problems: pd.DataFrame, n_split: int) -> dict[str, Any]:
-    proposed, rationale = propose_coefficient(by_coefficient, config.min_syntax_validity)
+    proposed, rationale = propose_coefficient(by_coefficient, config.min_valid_code_rate)
     override = getattr(config, f"{kind}_coefficient")
     coefficient = proposed if override is None else override
     metrics = next((m for m in by_coefficient if m["coefficient"] == coefficient), None)

@@ -24,9 +24,9 @@ from common.directions import SteeringDirection, load_directions, random_directi
 from common.errors import PipelineError
 from common.logging import get_logger
 from common.phases import get_phase
-from common.steered_runs import BASELINE_COLUMNS, Arm, run_arms, write_examples
+from common.steered_runs import BASELINE_COLUMNS, Arm, save_rows, run_arms, write_examples
 from common.steering import Steering
-from common.utils import atomic_path, discover_latest_phase_output, load_json, phase_dir, save_json, \
+from common.utils import discover_latest_phase_output, load_json, phase_dir, save_json, \
     upstream_inputs, write_manifest
 from phase4_8.analysis import EXPERIMENTS, METHODS, arm_name, control_arm_name, steering_effects
 from phase4_8.plots import plot_steering_effects
@@ -58,8 +58,7 @@ def run(config: Config) -> Path | None:
 
     out_dir = phase_dir(config, spec.id)
     rows_path = out_dir / "steered_results.parquet"
-    with atomic_path(rows_path) as tmp:
-        rows.drop(columns=["prompt"]).to_parquet(tmp, index=False)
+    save_rows(rows, rows_path)
     passed = baseline["test_passed"].to_numpy(dtype=bool)
     effects = steering_effects(rows, CONTROL_BOOTSTRAP, config.seed)
     analysis = {"split": "validation", "baseline": {"n_tasks": len(baseline), "n_passing": int(passed.sum()),

@@ -129,7 +129,7 @@ def _planted_upstream(data_dir: Path, n_pass: int, n_fail: int, seed: int = 0) -
 
 
 def test_planted_latents_come_out_on_top_and_stably(tmp_path: Path):
-    config = _planted_upstream(tmp_path, n_pass=40, n_fail=60)
+    _planted_upstream(tmp_path, n_pass=40, n_fail=60)
     assert run.main(["phase", "2.5", "--data-dir", str(tmp_path), "--set", "layers=2", "--set",
                      "bootstrap_samples=100", "--log-level", "WARNING"]) == 0
     out = tmp_path / "phase2_5"

@@ -69,6 +69,7 @@ def _args(model_dir: Path, tasks: Path) -> list[str]:
             "--set", "layers=1,3", "--set", "max_new_tokens=8", "--set", "batch_size=4",
             "--set", "split_fractions=0.2,0.4,0.4", "--set", "samples_per_temperature=0",
             "--set", "steering_coefficients=0.001,40", "--set", "problems_per_coefficient=3",
+            "--set", "min_valid_code_rate=0",  # the planted model never writes a function
             "--set", "random_controls=3", "--set", "zero_discrimination_controls=2", "--log-level", "WARNING"]
 
 
@@ -129,6 +130,7 @@ def test_phase_4_5_finds_the_coefficient_that_flips_and_says_why(steered_run):
     n = incorrect["n_problems_evaluated"]
     assert large["flip_rate"]["successes"] == n == large["flip_directions"]["pass->fail"]
     assert large["syntax_error_rate"]["successes"] == 0  # "xxxxxxxx" parses; it fails on a NameError
+    assert large["valid_code_rate"]["successes"] == 0  # but it defines no function
     assert (incorrect["coefficient"], incorrect["chosen_by"], incorrect["layer"]) == (40, "rule", LAYER)
     assert "most flips" in incorrect["rationale"]
     correct = chosen["correct"]  # on tasks nothing can fix: no flips at any coefficient
@@ -198,3 +200,16 @@ def test_coefficient_selection_never_reads_the_validation_split(steered_run, tmp
 
 def _refuse(*args, **kwargs):
     raise AssertionError("this step must not generate")
+
+
+def test_rerunning_the_baseline_phase_without_changing_its_greedy_rows_reuses_every_generation(steered_run,
+                                                                                               monkeypatch):
+    data_dir, args = steered_run
+    assert run.main(["phase", "4.8", "--data-dir", str(data_dir), *args]) == 0  # current with 4.5's latest choice
+    before = json.loads((data_dir / "phase4_8" / "steering_effect_analysis.json").read_text())
+    more_samples = [*args, "--set", "samples_per_temperature=1", "--set", "temperatures=0.7"]
+    assert run.main(["phase", "3.5", "--data-dir", str(data_dir), *more_samples]) == 0
+    monkeypatch.setattr("common.generation_job.generate_batch", _refuse)
+    assert run.main(["phase", "4.8", "--data-dir", str(data_dir), *more_samples]) == 0
+    after = json.loads((data_dir / "phase4_8" / "steering_effect_analysis.json").read_text())
+    assert after["effects"] == before["effects"]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from common.activation_cache import mean_residual_norms
+from common.code_extraction import defines_function
 from common.code_similarity import char_similarity, length_ratio, token_similarity
 from common.statistics import compare_with_controls, mcnemar_exact
 from phase4_5.runner import propose_coefficient, stratified_by_complexity
@@ -68,9 +69,9 @@ def test_stratified_choice_spreads_over_complexity_and_is_reproducible():
     assert len(stratified_by_complexity(pool.head(4), 5, seed=3)) == 4  # a short pool is used whole
 
 
-def _metrics(coefficient: float, flips: int, syntax_errors: int, n: int = 10) -> dict:
+def _metrics(coefficient: float, flips: int, invalid: int, n: int = 10) -> dict:
     return {"coefficient": coefficient, "n_problems": n, "flip_rate": {"successes": flips, "trials": n},
-            "syntax_error_rate": {"successes": syntax_errors, "trials": n, "rate": syntax_errors / n}}
+            "valid_code_rate": {"successes": n - invalid, "trials": n, "rate": (n - invalid) / n}}
 
 
 def test_the_coefficient_rule():
@@ -81,8 +82,7 @@ def test_the_coefficient_rule():
     coefficient, why = propose_coefficient(nothing, 0.8)
     assert coefficient == 10 and "no coefficient flipped" in why
     broken = [_metrics(1, 0, 5), _metrics(10, 2, 6)]
-    assert propose_coefficient(broken, 0.8) == (1, "no coefficient kept syntax validity >= 80%; the smallest is "
-                                                   "proposed")
+    assert propose_coefficient(broken, 0.8) == (1, "no coefficient kept valid code >= 80%; the smallest is proposed")
 
 
 def test_code_similarity_counts_tokens_not_layout():
@@ -108,3 +108,10 @@ def test_mean_residual_norm_equals_the_norm_of_the_hidden_states(tiny_model):
         assert norms[layer] == pytest.approx(float(torch.cat(expected).mean()), rel=1e-5)
     batched = mean_residual_norms(model, tokenizer, prompts, [1, 2], batch_size=2)  # left padding left out
     assert batched[1] == pytest.approx(norms[1], rel=1e-4)
+
+
+def test_valid_code_parses_and_defines_the_function_under_test():
+    assert defines_function("import os\n\ndef solve(x):\n    return x\n", "solve")
+    assert not defines_function("4444444444444444\n", "solve")  # steered garbage that parses
+    assert not defines_function("def solve(x:\n", "solve")
+    assert not defines_function("def helper():\n    def solve():\n        pass\n", "solve")  # not top level
