@@ -43,20 +43,7 @@ def run(config: Config) -> Path | None:
     baseline = pd.read_parquet(folder["3.6"] / "dataset_hyperparams_temp_0_0.parquet", columns=BASELINE_COLUMNS)
     problems = pd.read_parquet(folder["0.1"] / "hyperparams.parquet")
     best = best_latent_directions(folder["2.5"] / "latent_directions.safetensors")
-    warnings: list[str] = []
-    selected: dict[str, pd.DataFrame] = {}
-    for kind, pool_name in KINDS.items():
-        pool = baseline[~baseline["test_passed"]] if kind == "correct" else baseline[baseline["test_passed"]]
-        if kind not in best:
-            warnings.append(f"phase 2.5 listed no {kind}-preferring latent (see its warnings: a class may be "
-                            f"missing on the sae split): {kind} steering is skipped")
-        elif pool.empty:
-            warnings.append(f"no {pool_name} problems on the hyperparams split: {kind} steering is skipped")
-        else:
-            if len(pool) < config.problems_per_coefficient:
-                warnings.append(f"only {len(pool)} {pool_name} problems (wanted {config.problems_per_coefficient}): "
-                                f"{kind} steering uses all of them")
-            selected[kind] = stratified_by_complexity(pool, config.problems_per_coefficient, config.seed)
+    selected, warnings = _problems_to_steer(config, baseline, best)
     for warning in warnings:
         logger.warning(warning)
     if not selected:
@@ -115,6 +102,25 @@ def best_latent_directions(path: Path) -> dict[str, SteeringDirection]:
     """Phase 2.5's rank-1 latent of each class, by the class it prefers."""
     return {d.provenance["prefers"]: d for d in load_directions(path)
             if d.source == "sae_latent" and d.provenance.get("rank") == 1}
+
+
+def _problems_to_steer(config: Config, baseline: pd.DataFrame, best: dict[str, SteeringDirection]
+                       ) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """Per direction, its complexity-stratified problems (failing ones for correct, passing for incorrect)."""
+    selected, warnings = {}, []
+    for kind, pool_name in KINDS.items():
+        pool = baseline[~baseline["test_passed"]] if kind == "correct" else baseline[baseline["test_passed"]]
+        if kind not in best:
+            warnings.append(f"phase 2.5 listed no {kind}-preferring latent (see its warnings: a class may be "
+                            f"missing on the sae split): {kind} steering is skipped")
+        elif pool.empty:
+            warnings.append(f"no {pool_name} problems on the hyperparams split: {kind} steering is skipped")
+        else:
+            if len(pool) < config.problems_per_coefficient:
+                warnings.append(f"only {len(pool)} {pool_name} problems (wanted {config.problems_per_coefficient}): "
+                                f"{kind} steering uses all of them")
+            selected[kind] = stratified_by_complexity(pool, config.problems_per_coefficient, config.seed)
+    return selected, warnings
 
 
 def stratified_by_complexity(pool: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
