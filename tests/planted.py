@@ -1,0 +1,93 @@
+"""A tiny model whose output a planted direction flips deterministically, and the upstream files around it.
+
+The planted model writes "1" while coordinate K of its residual stream is positive and "x" while it
+is negative; every embedding carries +BIAS on K, so unsteered it writes "11111111" (a program that
+runs). Steering along -e_K with alpha > BIAS makes it write "xxxxxxxx" (NameError). Tasks whose test
+is `assert True` therefore pass at baseline and fail when steered; tasks whose test is `assert 1 == 2`
+fail whatever the model writes. The "incorrect" latent of our hand-made phase 2.5 output is -e_K.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from common.config import Config
+from common.directions import SteeringDirection, save_directions
+from common.phases import get_phase
+from common.utils import write_manifest
+
+K, BIAS, LAYER = 0, 10.0, 1
+PASSABLE, IMPOSSIBLE = ["assert True"], ["assert 1 == 2"]
+
+
+def save_planted_model(folder: Path, smollm_tokenizer_dir: Path) -> Path:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm_tokenizer_dir)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, K] = BIAS
+        model.model.norm.weight.zero_()
+        model.model.norm.weight[K] = 1.0
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[tokenizer.convert_tokens_to_ids("1"), K] = 1.0
+        model.lm_head.weight[tokenizer.convert_tokens_to_ids("x"), K] = -1.0
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_tasks(tmp_path: Path) -> Path:
+    """Our own tasks: 10 passable and 6 impossible ones, of varied complexity."""
+    records = []
+    for i in range(16):
+        branches = "".join(f"    if x == {j}:\n        return {j}\n" for j in range(i % 4))
+        records.append({"task_id": 700 + i, "text": f"Write function number {i}.",
+                        "code": f"def f{i}(x):\n{branches}    return x\n",
+                        "test_list": PASSABLE if i % 8 < 5 else IMPOSSIBLE, "test_setup_code": "",
+                        "challenge_test_list": []})
+    path = tmp_path / "tasks.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def planted_args(model_dir: Path, tasks: Path) -> list[str]:
+    return ["--set", "dataset=mbpp", "--set", f"data_file={tasks}", "--set", f"model_name={model_dir}",
+            "--set", "layers=1,3", "--set", "max_new_tokens=8", "--set", "batch_size=4",
+            "--set", "split_fractions=0.2,0.4,0.4", "--set", "samples_per_temperature=0",
+            "--set", "steering_coefficients=0.001,40", "--set", "problems_per_coefficient=3",
+            "--set", "min_valid_code_rate=0",  # the planted model never writes a function
+            "--set", "random_controls=3", "--set", "zero_discrimination_controls=2", "--log-level", "WARNING"]
+
+
+def _unit(index: int, sign: float = 1.0) -> torch.Tensor:
+    vector = torch.zeros(64)
+    vector[index] = sign
+    return vector
+
+
+def write_hand_made_directions(data_dir: Path) -> None:
+    """Phase 2.5 and 2.6 outputs: +e_K prefers correct, -e_K incorrect; controls are orthogonal to e_K;
+    the mean difference leans on e_K (cosine 0.71)."""
+    config = Config(data_dir=str(data_dir)).validate()
+    latents = [SteeringDirection(f"sae_latent/{kind}/layer_{LAYER}/latent_{i}", LAYER, _unit(K, sign), "sae_latent",
+                                 {"prefers": kind, "rank": 1, "feature_idx": i, "separation_score": 0.5})
+               for i, (kind, sign) in enumerate((("correct", 1.0), ("incorrect", -1.0)))]
+    latents += [SteeringDirection(f"zero_discrimination/control/layer_{LAYER}/latent_{j}", LAYER, _unit(j),
+                                  "zero_discrimination", {"prefers": "control", "rank": j, "feature_idx": j})
+                for j in (5, 6, 7)]
+    (data_dir / "phase2_5").mkdir(parents=True)
+    save_directions(data_dir / "phase2_5" / "latent_directions.safetensors", latents)
+    write_manifest(config, get_phase("2.5"), {}, [data_dir / "phase2_5" / "latent_directions.safetensors"])
+    (data_dir / "phase2_6").mkdir(parents=True)
+    save_directions(data_dir / "phase2_6" / "directions.safetensors",
+                    [SteeringDirection(f"mean_difference/layer_{LAYER}", LAYER, (_unit(K) + _unit(9)) / 2 ** 0.5,
+                                       "mean_difference")])
+    write_manifest(config, get_phase("2.6"), {}, [data_dir / "phase2_6" / "directions.safetensors"])
