@@ -39,17 +39,19 @@ class Arm:
 
 
 def run_arms(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, str]], problems: pd.DataFrame,
-             baseline: pd.DataFrame, baseline_phase: str, arms: Sequence[Arm], description: str,
+             baseline: pd.DataFrame, arms: Sequence[Arm], description: str,
              loaded: tuple[Any, Any] | None = None) -> pd.DataFrame | None:
     """One row per (arm, task): baseline and steered outcome side by side. None while a --start/--end slice
     leaves work.
 
     Arms that share a steering share its generations: each (steering, task) is generated once. The
-    generations stay in the phase's checkpoint, which depends on the baseline rows used here rather than
-    on the whole baseline phase: rerunning that phase in a way that leaves them alone (phase 3.5 with
-    other temperatures, say) reuses every steered generation, and a changed choice reruns in seconds."""
-    checkpoint_inputs = {**{k: v for k, v in inputs.items() if k != baseline_phase},
-                         f"{baseline_phase} baseline rows": {"sha256": _rows_hash(baseline)}}
+    generations stay in the phase's checkpoint, keyed by steering label (direction, digest of its vector,
+    alpha, positions) and task. The checkpoint depends on what the generations depend on (generation
+    config, baseline rows, problems), not on upstream manifests: rerunning an upstream phase in a way
+    that leaves those alone (phase 3.5 with other temperatures, phase 4.5 with another choice) reuses
+    every generation still planned, and a changed choice reruns in seconds."""
+    checkpoint_inputs = {"baseline rows": {"sha256": _frame_hash(baseline[BASELINE_COLUMNS])},
+                         "problems": {"sha256": _frame_hash(problems)}}
 
     def plan(records: list[dict[str, Any]]) -> list[WorkItem]:
         by_id = {r["task_id"]: r for r in records}
@@ -90,8 +92,8 @@ def run_arms(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, str]],
     return pd.DataFrame(rows)
 
 
-def _rows_hash(baseline: pd.DataFrame) -> str:
-    return hashlib.sha256(baseline[BASELINE_COLUMNS].to_json(orient="records").encode()).hexdigest()
+def _frame_hash(frame: pd.DataFrame) -> str:
+    return hashlib.sha256(frame.to_json(orient="records").encode()).hexdigest()
 
 
 def save_rows(rows: pd.DataFrame, path: Path) -> None:

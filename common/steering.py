@@ -13,7 +13,9 @@ is treated like a prefill whose positions past the prompt are all real.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterator
 
 import torch
@@ -33,10 +35,12 @@ class Steering:
         if self.positions not in POSITION_POLICIES:
             raise ValueError(f"position policy {self.positions!r}: expected one of {POSITION_POLICIES}")
 
-    @property
+    @cached_property
     def label(self) -> str:
-        """Names one steered condition in checkpoints and tables, e.g. 'mean_difference/layer_15@30:all'."""
-        return f"{self.direction.name}@{self.alpha:g}:{self.positions}"
+        """Names one steered condition in checkpoints and tables, e.g. 'mean_difference/layer_15#1a2b3c4d@30:all';
+        the digest of the vector makes a direction that changed under the same name a new condition."""
+        digest = hashlib.sha256(self.direction.unit().vector.numpy().tobytes()).hexdigest()[:8]
+        return f"{self.direction.name}#{digest}@{self.alpha:g}:{self.positions}"
 
     def describe(self) -> dict:
         return {"direction": self.direction.name, "layer": self.direction.layer, "alpha": self.alpha,

@@ -58,7 +58,7 @@ def run(config: Config) -> Path | None:
     arms = [Arm(f"{kind}@{c:g}", Steering(best[kind], _alpha(config, c, norms[best[kind].layer]),
                                             config.steering_positions), tuple(selected[kind]["task_id"]))
             for kind in selected for c in grid]
-    rows = run_arms(config, spec, inputs, problems, baseline, "3.6", arms, "phase 4.5 (coefficient grid)",
+    rows = run_arms(config, spec, inputs, problems, baseline, arms, "phase 4.5 (coefficient grid)",
                     loaded=(model, tokenizer))
     if rows is None:
         return None

@@ -52,7 +52,7 @@ def run(config: Config) -> Path | None:
         logger.warning(warning)
     if not arms:
         raise PipelineError("phase 4.8 has nothing to steer: phase 4.5 chose no coefficient")
-    rows = run_arms(config, spec, inputs, problems, baseline, "3.5", arms, "phase 4.8 (steering effects)")
+    rows = run_arms(config, spec, inputs, problems, baseline, arms, "phase 4.8 (steering effects)")
     if rows is None:
         return None
 
