@@ -85,6 +85,6 @@ def test_hooks_come_off_after_an_exception(tiny_model):
 def test_a_direction_changed_under_the_same_name_is_another_condition():
     vector = torch.arange(8, dtype=torch.float32)
     same = Steering(SteeringDirection("sae_latent/x", 1, vector, "sae_latent"), 30.0)
-    assert Steering(SteeringDirection("sae_latent/x", 1, 2.5 * vector, "sae_latent"), 30.0).label == same.label
+    assert Steering(SteeringDirection("sae_latent/x", 1, vector.clone(), "sae_latent"), 30.0).label == same.label
     assert Steering(SteeringDirection("sae_latent/x", 1, vector.flip(0), "sae_latent"), 30.0).label != same.label
     assert Steering(SteeringDirection("sae_latent/x", 1, vector, "sae_latent"), 10.0).label != same.label
