@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from common.config import Config, load_config
+from common.distributed import current_shard, launched
 from common.errors import PipelineError
 from common.logging import add_phase_log_file, configure_console, get_logger
 from common.phases import PHASES, PhaseSpec, get_phase
@@ -49,8 +50,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run_phase(config: Config, spec: PhaseSpec) -> Path | None:
-    """Run one phase; returns its manifest, or None when only a slice of its tasks was done."""
+    """Run one phase; returns its manifest, or None when only a slice of its tasks was done (or this is not
+    the main process of a distributed launch)."""
     upstream_inputs(config, spec)  # fails with the command to run before anything is written
+    shard = current_shard()
+    if not shard.is_main and not spec.shards:
+        return None  # a phase that does not generate runs in the main process alone
+    if not shard.is_main:
+        return spec.runner().run(config)
     handler = add_phase_log_file(config.data_path, spec.folder)
     started = time.perf_counter()
     try:
@@ -76,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append("force=true")
         config = load_config(args.config, overrides, args.data_dir)
 
+        if args.command == "pipeline" and launched():
+            raise PipelineError("under torchrun / accelerate launch run one phase at a time (`run.py phase 1`); "
+                                "`pipeline` runs in a single process")
         if args.command == "list":
             for spec, state, reason in all_phase_statuses(config):
                 print(f"{spec.id:>5}  {state:<8} {spec.title}  [{reason}]")

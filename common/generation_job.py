@@ -21,6 +21,7 @@ from common.activations import save_activations
 from common.checkpoint import BatchCheckpoint, phase_checkpoint
 from common.code_extraction import extract_code
 from common.config import Config
+from common.distributed import Shard, current_shard, shard_device, wait_for_everyone
 from common.errors import PipelineError
 from common.generation import generate_batch
 from common.hooks import HOOK_SITE, check_layers
@@ -111,15 +112,21 @@ def _batches(items: list[WorkItem], batch_size: int) -> list[list[WorkItem]]:
 
 
 def run_items(model, tokenizer, builder: PromptBuilder, items: list[WorkItem], settings: JobSettings,
-              checkpoint: BatchCheckpoint, description: str = "generating") -> None:
-    """Process every item of `items` that the checkpoint does not hold yet."""
+              checkpoint: BatchCheckpoint, description: str = "generating", shard: Shard = Shard(0, 1)) -> None:
+    """Process every item of `items` that the checkpoint does not hold yet; with several processes, this
+    one takes every `shard.count`-th batch."""
     done = checkpoint.done_keys()
     pending = [item for item in items if item.key not in done]
     if len(pending) < len(items):
         logger.info("resuming: %d of %d items already done", len(items) - len(pending), len(items))
+    wait_for_everyone()  # every process has read the same checkpoint before any of them adds to it
+    batches = _batches(pending, settings.batch_size)
+    mine = batches[shard.index::shard.count]
+    if shard.count > 1:
+        logger.info("process %d of %d takes %d of %d batches", shard.index, shard.count, len(mine), len(batches))
     passed = failed = 0
-    with tqdm(total=len(pending), desc=description, unit="sample") as bar:
-        for batch in _batches(pending, settings.batch_size):
+    with tqdm(total=sum(len(b) for b in mine), desc=description, unit="sample", disable=not shard.is_main) as bar:
+        for batch in mine:
             records, activations = _process_batch(model, tokenizer, builder, batch, settings)
             checkpoint.save(_file_safe(batch[0].key), [i.key for i in batch], records, activations)
             passed += sum(r["test_passed"] for r in records)
@@ -171,17 +178,23 @@ def generate_split(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, 
                    capture: bool = True, loaded: tuple[Any, Any] | None = None,
                    checkpoint_inputs: dict[str, dict[str, str]] | None = None) -> SplitGeneration | None:
     """Generate, test and record every planned item of a split, resumably; None while a --start/--end slice
-    leaves items to do. Shared by every generating phase, so none has its own loop.
+    leaves items to do, and in every process of a distributed launch but the main one. Shared by every
+    generating phase, so none has its own loop.
 
     `capture=False` records no activations (steered runs); `loaded` is a (model, tokenizer) already loaded;
     `checkpoint_inputs` (default: `inputs`) are the upstream hashes the generations depend on."""
     if problems.empty:
         raise PipelineError(f"phase {spec.id} has no problems to generate for: its split is empty "
                             "(more tasks, or other split_fractions)")
-    checkpoint = phase_checkpoint(phase_dir(config, spec.id) / "checkpoint",
-                                  {k: getattr(config, k) for k in spec.generation_keys}, checkpoint_inputs or inputs,
-                                  config.force)
-    model, tokenizer = loaded or load_model_and_tokenizer(config.model_name, config.device, config.dtype)
+    shard = current_shard()
+    identity = ({k: getattr(config, k) for k in spec.generation_keys}, checkpoint_inputs or inputs)
+    if shard.is_main:  # the main process alone checks (and may discard) the checkpoint, then the others open it
+        checkpoint = phase_checkpoint(phase_dir(config, spec.id) / "checkpoint", *identity, config.force)
+    wait_for_everyone()
+    if not shard.is_main:
+        checkpoint = phase_checkpoint(phase_dir(config, spec.id) / "checkpoint", *identity, False)
+    model, tokenizer = loaded or load_model_and_tokenizer(config.model_name, shard_device(config.device),
+                                                          config.dtype)
     check_layers(model, config.layers)
     builder = PromptBuilder(resolve_prompt_style(config.prompt_style, tokenizer), tokenizer)
     records = [{**_plain(row), "_order": order} for order, row in enumerate(problems.to_dict("records"))]
@@ -190,7 +203,10 @@ def generate_split(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, 
     settings = JobSettings(config.max_new_tokens, config.batch_size, config.seed, config.exec_timeout,
                            config.n_exec_workers, tuple(config.layers) if capture else ())
     run_items(model, tokenizer, builder, [i for i in items if i.problem["task_id"] in sliced_ids], settings,
-              checkpoint, description=description)
+              checkpoint, description=description, shard=shard)
+    wait_for_everyone()
+    if not shard.is_main:  # the main process writes the outputs
+        return None
     done = checkpoint.load()
     missing = [item.key for item in items if item.key not in done]
     if missing:
