@@ -3,7 +3,7 @@
 The planted model writes "1" while coordinate K of its residual stream is positive and "x" while it
 is negative; every embedding carries +BIAS on K, so unsteered it writes "11111111" (a program that
 runs). Steering along -e_K with alpha > BIAS makes it write "xxxxxxxx" (NameError). Tasks whose test
-is `assert True` therefore pass at baseline and fail when steered; tasks whose test is `assert 1 == 2`
+is `assert 2 + 2 == 4` therefore pass at baseline and fail when steered; tasks whose test is `assert 1 == 2`
 fail whatever the model writes. The "incorrect" latent of our hand-made phase 2.5 output is -e_K.
 """
 
@@ -20,7 +20,7 @@ from common.phases import get_phase
 from common.utils import write_manifest
 
 K, BIAS, LAYER = 0, 10.0, 1
-PASSABLE, IMPOSSIBLE = ["assert True"], ["assert 1 == 2"]
+PASSABLE, IMPOSSIBLE = ["assert 2 + 2 == 4"], ["assert 1 == 2"]  # hold whenever the program runs; never
 
 
 def save_planted_model(folder: Path, smollm_tokenizer_dir: Path) -> Path:

@@ -3,7 +3,7 @@
 The planted model (tests/planted.py) writes "1" while coordinate K of its residual stream is positive and "x" while it
 is negative; every embedding carries +BIAS on K, so unsteered it writes "11111111" (a program that
 runs). Steering along -e_K with alpha > BIAS makes it write "xxxxxxxx" (NameError). Tasks whose test
-is `assert True` therefore pass at baseline and fail when steered; tasks whose test is `assert 1 == 2`
+is `assert 2 + 2 == 4` therefore pass at baseline and fail when steered; tasks whose test is `assert 1 == 2`
 fail whatever the model writes. The "incorrect" latent of our hand-made phase 2.5 output is -e_K.
 """
 
