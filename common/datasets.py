@@ -55,21 +55,29 @@ def cyclomatic_complexity(code: str) -> int:
     return max((block.complexity for block in blocks), default=1)
 
 
+@dataclass
+class LoadedDataset:
+    problems: list[Problem]
+    skipped: list[dict[str, Any]]  # malformed rows: row index, task_id if any, error_type, message
+
+
 def load_problems(dataset: str, data_file: str | None = None, mbpp_variant: str = "full", n_tasks: int = 500,
-                  synthetic_seed: int = 1234, level_weights: Sequence[float] = DEFAULT_LEVEL_WEIGHTS) -> list[Problem]:
+                  synthetic_seed: int = 1234, level_weights: Sequence[float] = DEFAULT_LEVEL_WEIGHTS
+                  ) -> LoadedDataset:
+    skipped: list[dict[str, Any]] = []
     if dataset == "synthetic":
         problems = load_synthetic(n_tasks, synthetic_seed, level_weights)
     elif dataset == "humaneval":
         problems = load_humaneval()
     elif dataset == "mbpp":
-        problems = load_mbpp_file(data_file) if data_file else load_mbpp_hub(mbpp_variant)
+        problems, skipped = load_mbpp_file(data_file) if data_file else load_mbpp_hub(mbpp_variant)
     else:
         raise PipelineError(f"unknown dataset '{dataset}'")
     for problem in problems:
         problem.cyclomatic_complexity = cyclomatic_complexity(problem.reference_code)
     if not problems:
         raise PipelineError(f"dataset '{dataset}' produced no usable problems")
-    return problems
+    return LoadedDataset(problems, skipped)
 
 
 def load_synthetic(n_tasks: int, seed: int, level_weights: Sequence[float] = DEFAULT_LEVEL_WEIGHTS) -> list[Problem]:
@@ -92,7 +100,7 @@ def load_humaneval() -> list[Problem]:
             for r in records]
 
 
-def load_mbpp_hub(variant: str) -> list[Problem]:
+def load_mbpp_hub(variant: str) -> tuple[list[Problem], list[dict[str, Any]]]:
     """All splits of MBPP from the HF hub (needs network or a warm HF cache)."""
     try:
         from datasets import concatenate_datasets, load_dataset
@@ -106,7 +114,7 @@ def load_mbpp_hub(variant: str) -> list[Problem]:
     return _mbpp_problems(records, f"hub:{MBPP_HUB_ID}/{variant}")
 
 
-def load_mbpp_file(path: str | Path) -> list[Problem]:
+def load_mbpp_file(path: str | Path) -> tuple[list[Problem], list[dict[str, Any]]]:
     """A JSON array or JSONL file in the full (`text`) or sanitized (`prompt`) MBPP layout."""
     try:
         content = Path(path).read_text(encoding="utf-8")
@@ -125,16 +133,23 @@ def load_mbpp_file(path: str | Path) -> list[Problem]:
     return _mbpp_problems(records, f"file:{Path(path).name}")
 
 
-def _mbpp_problems(records: Iterable[dict[str, Any]], source: str) -> list[Problem]:
+_ROW_ERROR_TYPES = {KeyError: "missing_field", TypeError: "wrong_type", ValueError: "invalid_value"}
+
+
+def _mbpp_problems(records: Iterable[dict[str, Any]], source: str) -> tuple[list[Problem], list[dict[str, Any]]]:
+    """The usable problems, and a record of every malformed row (the phase goes on without it)."""
     problems, skipped = [], []
     for index, record in enumerate(records):
         try:
             problems.append(_mbpp_problem(record, source))
         except (KeyError, TypeError, ValueError) as exc:
-            skipped.append(f"row {index}: {exc}")
+            skipped.append({"row": index, "task_id": str(record.get("task_id", "")),
+                            "error_type": _ROW_ERROR_TYPES[next(t for t in _ROW_ERROR_TYPES if isinstance(exc, t))],
+                            "message": str(exc)})
     if skipped:
-        logger.warning("skipped %d malformed MBPP rows (first: %s)", len(skipped), skipped[0])
-    return problems
+        logger.warning("skipped %d malformed MBPP rows (first: row %d, %s: %s)", len(skipped), skipped[0]["row"],
+                       skipped[0]["error_type"], skipped[0]["message"])
+    return problems, skipped
 
 
 def _mbpp_problem(record: dict[str, Any], source: str) -> Problem:

@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from common import datasets
@@ -11,7 +12,7 @@ from tests.conftest import OWN_TASKS, mbpp_full_records
 
 
 def test_full_layout_json_array(mbpp_full_file: Path):
-    problems = load_problems("mbpp", str(mbpp_full_file))
+    problems = load_problems("mbpp", str(mbpp_full_file)).problems
     assert len(problems) == len(OWN_TASKS)
     first = problems[0]
     assert (first.task_id, first.entry_point) == ("900", "add_two")
@@ -21,12 +22,12 @@ def test_full_layout_json_array(mbpp_full_file: Path):
 
 
 def test_sanitized_layout_jsonl(mbpp_sanitized_file: Path):
-    problems = load_problems("mbpp", str(mbpp_sanitized_file))
+    problems = load_problems("mbpp", str(mbpp_sanitized_file)).problems
     assert [p.text for p in problems] == [t[0] for t in OWN_TASKS]
 
 
 def test_reference_solutions_pass_and_complexity_is_graded(mbpp_full_file: Path):
-    problems = load_problems("mbpp", str(mbpp_full_file))
+    problems = load_problems("mbpp", str(mbpp_full_file)).problems
     results = evaluate_many([Program(p.reference_code, p.tests) for p in problems], progress=False)
     assert all(r.passed for r in results), [r for r in results if not r.passed]
     by_name = {p.entry_point: p.cyclomatic_complexity for p in problems}
@@ -39,7 +40,7 @@ def test_setup_code_and_test_imports_run_before_the_asserts(tmp_path: Path):
               "challenge_test_list": []}
     path = tmp_path / "m.json"
     path.write_text(json.dumps([record]))
-    problem = load_problems("mbpp", str(path))[0]
+    problem = load_problems("mbpp", str(path)).problems[0]
     assert problem.tests.startswith("from math import isclose")
     assert evaluate_many([Program(problem.reference_code, problem.tests)], progress=False)[0].passed
 
@@ -49,7 +50,10 @@ def test_malformed_rows_are_skipped_not_fatal(tmp_path: Path):
                                                                          "test_list": []}]
     path = tmp_path / "m.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    assert [p.task_id for p in load_problems("mbpp", str(path))] == ["900", "901"]
+    loaded = load_problems("mbpp", str(path))
+    assert [p.task_id for p in loaded.problems] == ["900", "901"]
+    assert [(s["row"], s["task_id"], s["error_type"]) for s in loaded.skipped] == [(2, "5", "missing_field"),
+                                                                                    (3, "6", "invalid_value")]
 
 
 @pytest.mark.parametrize("content, message", [
@@ -72,7 +76,7 @@ def test_non_utf8_file(tmp_path: Path):
 
 
 def test_humaneval_from_the_wheel():
-    problems = load_problems("humaneval")
+    problems = load_problems("humaneval").problems
     assert len(problems) == 164
     assert all(p.entry_point and "check(" in p.tests and p.source == "humaneval" for p in problems)
     assert all(p.reference_code.startswith(p.prompt_stub) for p in problems)
@@ -92,7 +96,7 @@ def test_hub_loading_code_with_a_local_substitute(monkeypatch: pytest.MonkeyPatc
     import datasets as hf_datasets
 
     monkeypatch.setattr(hf_datasets, "load_dataset", fake_load_dataset)
-    problems = load_problems("mbpp", None, "full")
+    problems = load_problems("mbpp", None, "full").problems
     assert calls == [(datasets.MBPP_HUB_ID, "full")]
     assert len(problems) == len(records) and problems[0].source.startswith("hub:")
 
@@ -133,3 +137,20 @@ def test_phase_0_loads_a_427_task_sanitized_json_array(tmp_path: Path):
     assert list(table.columns) == ["task_id", "text", "prompt_stub", "tests", "entry_point", "reference_code",
                                    "source", "test_list", "test_imports", "cyclomatic_complexity", "difficulty",
                                    "family"]
+
+
+def test_phase_0_goes_on_past_malformed_rows_and_records_each(tmp_path: Path):
+    import run
+
+    rows = mbpp_full_records()[:3] + [{"task_id": 7, "text": "a task", "code": 12, "test_list": ["assert f(1)"]},
+                                      {"task_id": 8}, dict(mbpp_full_records()[0])]
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(rows))
+    assert run.main(["phase", "0", "--data-dir", str(tmp_path / "data"), "--set", "dataset=mbpp",
+                     "--set", f"data_file={path}", "--log-level", "WARNING"]) == 0
+    out = tmp_path / "data" / "phase0"
+    assert pd.read_parquet(out / "problems.parquet")["task_id"].tolist() == ["900", "901", "902"]
+    skipped = json.loads((out / "skipped_rows.json").read_text())
+    assert [(s["task_id"], s["error_type"]) for s in skipped] == [("7", "invalid_value"), ("8", "missing_field"),
+                                                                   ("900", "duplicate_task_id")]
+    assert json.loads((out / "phase_0_summary.json").read_text())["n_skipped_rows"] == 3

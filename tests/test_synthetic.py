@@ -96,7 +96,7 @@ def test_each_family_drafts_runnable_code_at_every_level(family):
 
 
 def test_phase_0_schema_for_synthetic():
-    problems = load_problems("synthetic", n_tasks=60, synthetic_seed=3)
+    problems = load_problems("synthetic", n_tasks=60, synthetic_seed=3).problems
     assert len(problems) == 60
     assert all(p.source == "synthetic" and 1 <= p.difficulty <= 4 and p.family for p in problems)
     assert all(p.prompt_stub.startswith(f"def {p.entry_point}(") for p in problems)
