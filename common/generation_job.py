@@ -166,7 +166,7 @@ def _process_batch(model, tokenizer, builder: PromptBuilder, batch: list[WorkIte
 
 @dataclass
 class SplitGeneration:
-    rows: list[dict[str, Any]]  # each task's samples together, tasks in split order
+    rows: list[dict[str, Any]]  # by steering condition (unsteered first), then tasks in split order, samples together
     tensors: list[dict[str, torch.Tensor]]  # row i's activations, "layer_{L}" -> [d_model]
     prompt_style: str
     too_long: list[str]  # task ids left out because their prompt is over max_prompt_tokens
