@@ -40,17 +40,19 @@ def _run_to_the_end(argv: list[str]) -> None:
     assert process.returncode == 0, err.decode()[-2000:]
 
 
-def _kill_at_random_moments(argv: list[str], folder: Path, seed: int) -> int:
-    """Start the phase KILLS times, each time SIGKILL it once it has saved a random number (0-3) of new
-    batches plus a random fraction of a second; then let it finish. Returns how many runs were killed."""
+def _kill_at_random_moments(argv: list[str], folder: Path, total_batches: int, seed: int) -> int:
+    """Start the phase KILLS times, each time SIGKILL it once it has saved a random number of new batches
+    (0-3, always short of the last one, so the kill lands before the run can end however fast the
+    machine) plus a random few milliseconds; then let it finish. Returns how many runs were killed."""
     rng = np.random.default_rng(seed)
     killed = 0
     for _ in range(KILLS):
         saved_before = len(list((folder / "checkpoint").glob("batch_*.pt")))
-        target, extra_s = saved_before + int(rng.integers(0, 4)), float(rng.uniform(0.0, 0.5))
+        new_batches = int(rng.integers(0, max(1, min(4, total_batches - saved_before))))
+        target, extra_s = saved_before + new_batches, float(rng.uniform(0.0, 0.03))
         process = _start(argv)
         while process.poll() is None and len(list((folder / "checkpoint").glob("batch_*.pt"))) < target:
-            time.sleep(0.02)
+            time.sleep(0.005)
         time.sleep(extra_s)
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -86,10 +88,12 @@ def test_phase_1_killed_at_random_moments_resumes_to_identical_outputs(tmp_path:
         _run_to_the_end(["phase", phase, "--data-dir", str(reference), *args])
     _run_to_the_end(["phase", "1", "--data-dir", str(reference), *args])
     expected = pd.read_parquet(reference / "phase1" / "dataset_sae.parquet").drop(columns=TIMING_COLUMNS)
+    total_batches = -(-len(expected) // 2)
     for seed in (11, 12):
         killed = tmp_path / f"killed_{seed}"
         _copy_upstream(reference, killed, ["phase0", "phase0_1"])
-        assert _kill_at_random_moments(["phase", "1", "--data-dir", str(killed), *args], killed / "phase1", seed) >= 2
+        assert _kill_at_random_moments(["phase", "1", "--data-dir", str(killed), *args], killed / "phase1",
+                                       total_batches, seed) >= 2
         table = pd.read_parquet(killed / "phase1" / "dataset_sae.parquet").drop(columns=TIMING_COLUMNS)
         assert not table.duplicated(["task_id", "sample_idx"]).any()
         pd.testing.assert_frame_equal(table, expected)
@@ -101,18 +105,19 @@ def test_phase_1_killed_at_random_moments_resumes_to_identical_outputs(tmp_path:
 def test_phase_4_5_killed_at_random_moments_resumes_to_identical_outputs(tmp_path: Path, planted_model_dir: Path):
     reference = tmp_path / "reference"
     reference.mkdir()
-    args = planted_args(planted_model_dir, write_tasks(tmp_path))
+    args = [*planted_args(planted_model_dir, write_tasks(tmp_path)), "--set", "batch_size=1"]  # 12 batches
     for phase in ("0", "0.1", "3.6"):
         _run_to_the_end(["phase", phase, "--data-dir", str(reference), *args])
     write_hand_made_directions(reference)
     _run_to_the_end(["phase", "4.5", "--data-dir", str(reference), *args])
     expected_rows = pd.read_parquet(reference / "phase4_5" / "coefficient_grid_results.parquet")
     expected_choice = json.loads((reference / "phase4_5" / "selected_coefficients.json").read_text())
+    total_batches = len(list((reference / "phase4_5" / "checkpoint").glob("batch_*.pt")))
     for seed in (21, 22):
         killed = tmp_path / f"killed_{seed}"
         _copy_upstream(reference, killed, ["phase0", "phase0_1", "phase2_5", "phase3_6"])
         assert _kill_at_random_moments(["phase", "4.5", "--data-dir", str(killed), *args], killed / "phase4_5",
-                                       seed) >= 2
+                                       total_batches, seed) >= 2
         rows = pd.read_parquet(killed / "phase4_5" / "coefficient_grid_results.parquet")
         assert not rows.duplicated(["arm", "task_id"]).any()
         pd.testing.assert_frame_equal(rows, expected_rows)
