@@ -74,6 +74,15 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def device_map_for(device: torch.device) -> str | None:
+    """Plain "cuda": accelerate's "auto" spreads a model too big for one GPU over every visible GPU (and
+    the CPU). An indexed GPU ("cuda:1", one process of a launch) keeps the whole model on that GPU, so
+    data-parallel processes never share cards. CPU and MPS load whole and are moved after."""
+    if device.type != "cuda":
+        return None
+    return "auto" if device.index is None else str(device)
+
+
 def load_model_and_tokenizer(model_name: str = DEFAULT_MODEL_ALIAS, device: str = "auto", dtype: str = "auto"
                              ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model in eval mode on the chosen device; tokenizer padding on the left for batched generation."""
@@ -84,9 +93,8 @@ def load_model_and_tokenizer(model_name: str = DEFAULT_MODEL_ALIAS, device: str 
     torch_dtype = pick_dtype(dtype, torch_device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.location)
-        model = AutoModelForCausalLM.from_pretrained(
-            source.location, dtype=torch_dtype,
-            device_map="auto" if torch_device.type == "cuda" else None)
+        model = AutoModelForCausalLM.from_pretrained(source.location, dtype=torch_dtype,
+                                                     device_map=device_map_for(torch_device))
     except (OSError, ValueError) as exc:
         raise PipelineError(f"cannot load model '{model_name}': it is not a known alias, .gguf file or local "
                             f"directory, and the hub did not provide it ({_first_line(exc)})") from exc

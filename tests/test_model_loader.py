@@ -45,3 +45,10 @@ def test_local_directory_loads_left_padded_in_eval_mode(tiny_model):
 def test_dtype_choice():
     assert pick_dtype("auto", torch.device("cpu")) == torch.float32
     assert pick_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_one_process_spreads_a_large_model_but_a_launched_process_keeps_its_own_gpu():
+    assert model_loader.device_map_for(torch.device("cuda")) == "auto"
+    assert model_loader.device_map_for(torch.device("cuda", 1)) == "cuda:1"
+    assert model_loader.device_map_for(torch.device("cpu")) is None
+    assert model_loader.device_map_for(torch.device("mps")) is None
