@@ -70,6 +70,9 @@ def _method_effects(target: pd.DataFrame, kind: str, controls: pd.DataFrame, boo
         effects = {"corruption": {**rate(broken, len(passing)).to_dict(), "mcnemar_p": mcnemar_exact(0, broken),
                                   "mcnemar_tasks": "initially passing"}}
         experiment = "corruption"
+    for name, tasks in (("correction", failing), ("preservation", passing), ("corruption", passing)):
+        if name in effects:
+            effects[name]["steered_valid_code"] = _valid_code(tasks)
     if not controls.empty:
         shared = controls.dropna().index.intersection(on_tasks["task_id"])
         flips = on_tasks.set_index("task_id").loc[shared, "flipped"].to_numpy(dtype=bool)
@@ -82,10 +85,18 @@ def _method_effects(target: pd.DataFrame, kind: str, controls: pd.DataFrame, boo
     return effects
 
 
+def _valid_code(rows: pd.DataFrame) -> dict[str, Any]:
+    """How much of the steered code still parses and defines the function: a direction that breaks
+    less code has more chances to flip fail -> pass, so this stands beside every rate."""
+    return rate(int(rows["steered_valid_code"].sum()), len(rows)).to_dict()
+
+
 def _control_rates(control_rows: pd.DataFrame) -> dict[str, Any]:
     if control_rows.empty:
-        return {"pooled": None, "individual": []}
+        return {"pooled": None, "pooled_steered_valid_code": None, "individual": []}
     individual = [{"arm": arm, "direction": str(group["direction"].iloc[0]), "source": str(group["source"].iloc[0]),
-                   **rate(int(group["flipped"].sum()), len(group)).to_dict()}
+                   **rate(int(group["flipped"].sum()), len(group)).to_dict(),
+                   "steered_valid_code": _valid_code(group)}
                   for arm, group in control_rows.groupby("arm", sort=True)]
-    return {"pooled": rate(int(control_rows["flipped"].sum()), len(control_rows)).to_dict(), "individual": individual}
+    return {"pooled": rate(int(control_rows["flipped"].sum()), len(control_rows)).to_dict(),
+            "pooled_steered_valid_code": _valid_code(control_rows), "individual": individual}

@@ -152,6 +152,7 @@ def _write_examples(folder: Path, rows: pd.DataFrame) -> list[Path]:
 def _headline(effects: dict[str, Any]) -> list[str]:
     lines = []
     for kind, result in effects.items():
+        control_valid = result["controls"]["pooled_steered_valid_code"]
         for method, effect in result["by_method"].items():
             for experiment in result["experiments"]:
                 r = effect[experiment]
@@ -167,5 +168,8 @@ def _headline(effects: dict[str, Any]) -> list[str]:
                              f"[{100 * versus['difference_interval'][0]:+.1f}, "
                              f"{100 * versus['difference_interval'][1]:+.1f}], Fisher p = {versus['fisher_p']:.3g}, "
                              f"{versus['controls_at_or_above_target']} of {versus['n_controls']} controls at or above")
+                line += f"; valid code {100 * r['steered_valid_code']['rate']:.0f}%"
+                if versus and control_valid:
+                    line += f" (controls {100 * control_valid['rate']:.0f}%)"
                 lines.append(line)
     return lines

@@ -79,6 +79,9 @@ def test_phase_4_8_measures_corruption_against_controls(steered_run):
     assert versus["pooled_control"]["rate"] < 0.5 and versus["difference"] > 0.5
     assert versus["controls_at_or_above_target"] == 0 and versus["rank_p"] == pytest.approx(1 / 6)
     assert incorrect["by_method"]["mean_difference"]["corruption"]["rate"] == 1.0  # alpha * 0.71 > BIAS
+    # the planted model never writes a function, so no steered program counts as valid code
+    assert (corruption["steered_valid_code"]["successes"], corruption["steered_valid_code"]["trials"]) == (0, n_passing)
+    assert incorrect["controls"]["pooled_steered_valid_code"]["trials"] == 5 * n_passing
     correct = analysis["effects"]["correct"]["by_method"]["sae"]
     assert correct["correction"]["successes"] == 0 and correct["preservation"]["rate"] == 1.0
     assert correct["whole_split"]["mcnemar_p"] == 1.0
