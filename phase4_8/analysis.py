@@ -8,7 +8,8 @@ Against the baseline: exact McNemar on the paired outcomes. On the tasks of one 
 discordant pairs can only go one way, so that p-value says only "outcomes changed"; for the correct
 direction the whole split (correction and preservation together) gives the two-sided test of
 "the pass rate moved". Against controls: `compare_with_controls` (common/statistics.py), on the
-same tasks, at the same layer and alpha.
+same tasks, at the same layer and alpha; and `given_valid_code`, the same comparison among steered
+programs that still parse, because a push that breaks most code has few chances to fix any.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
+
+from scipy.stats import fisher_exact
 
 from common.statistics import compare_with_controls, mcnemar_exact, rate
 
@@ -36,20 +39,19 @@ def steering_effects(rows: pd.DataFrame, bootstrap_samples: int, seed: int) -> d
     results: dict[str, Any] = {}
     for kind, experiments in EXPERIMENTS.items():
         control_rows = rows[rows["arm"].str.startswith(f"control/{kind}/")]
-        controls = control_rows.pivot(index="task_id", columns="arm", values="flipped")
         by_method = {}
         for method in METHODS:
             target = rows[rows["arm"] == arm_name(method, kind)]
             if target.empty:
                 continue
-            by_method[method] = _method_effects(target, kind, controls, bootstrap_samples, seed)
-        if by_method or not controls.empty:
+            by_method[method] = _method_effects(target, kind, control_rows, bootstrap_samples, seed)
+        if by_method or not control_rows.empty:
             results[kind] = {"experiments": list(experiments), "by_method": by_method,
                              "controls": _control_rates(control_rows)}
     return results
 
 
-def _method_effects(target: pd.DataFrame, kind: str, controls: pd.DataFrame, bootstrap_samples: int,
+def _method_effects(target: pd.DataFrame, kind: str, control_rows: pd.DataFrame, bootstrap_samples: int,
                     seed: int) -> dict[str, Any]:
     failing, passing = target[~target["baseline_passed"]], target[target["baseline_passed"]]
     corrected = int(failing["steered_passed"].sum())
@@ -73,16 +75,31 @@ def _method_effects(target: pd.DataFrame, kind: str, controls: pd.DataFrame, boo
     for name, tasks in (("correction", failing), ("preservation", passing), ("corruption", passing)):
         if name in effects:
             effects[name]["steered_valid_code"] = _valid_code(tasks)
-    if not controls.empty:
+    if not control_rows.empty:
+        controls = control_rows.pivot(index="task_id", columns="arm", values="flipped")
         shared = controls.dropna().index.intersection(on_tasks["task_id"])
         flips = on_tasks.set_index("task_id").loc[shared, "flipped"].to_numpy(dtype=bool)
         effects[experiment]["vs_controls"] = compare_with_controls(
             flips, controls.loc[shared].to_numpy(dtype=bool).T, bootstrap_samples, seed)
+        effects[experiment]["given_valid_code"] = given_valid_code(
+            on_tasks[on_tasks["task_id"].isin(shared)], control_rows[control_rows["task_id"].isin(shared)])
     effects["direction"] = str(target["direction"].iloc[0])
     effects["layer"] = int(target["layer"].iloc[0])
     effects["alpha"] = float(target["alpha"].iloc[0])
     effects["mean_token_similarity"] = float(target["token_similarity"].mean())
     return effects
+
+
+def given_valid_code(target: pd.DataFrame, controls: pd.DataFrame) -> dict[str, Any]:
+    """Flip rate among steered programs that still parse and define the function, target against pooled
+    controls. Separates "this direction changes behaviour" from "this direction breaks less code than a
+    random push of the same size". The two subsets are different tasks, so no pairing: Fisher's exact test."""
+    target, controls = target[target["steered_valid_code"]], controls[controls["steered_valid_code"]]
+    k, big_k = int(target["flipped"].sum()), int(controls["flipped"].sum())
+    fisher_p = (float(fisher_exact([[k, len(target) - k], [big_k, len(controls) - big_k]])[1])
+                if len(target) and len(controls) else None)
+    return {"target": rate(k, len(target)).to_dict(), "pooled_control": rate(big_k, len(controls)).to_dict(),
+            "fisher_p": fisher_p}
 
 
 def _valid_code(rows: pd.DataFrame) -> dict[str, Any]:

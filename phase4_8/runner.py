@@ -171,5 +171,11 @@ def _headline(effects: dict[str, Any]) -> list[str]:
                 line += f"; valid code {100 * r['steered_valid_code']['rate']:.0f}%"
                 if versus and control_valid:
                     line += f" (controls {100 * control_valid['rate']:.0f}%)"
+                given_valid = r.get("given_valid_code")
+                if given_valid and given_valid["fisher_p"] is not None:
+                    t, c = given_valid["target"], given_valid["pooled_control"]
+                    line += (f"; among valid code {t['successes']}/{t['trials']} = {100 * t['rate']:.1f}% vs controls "
+                             f"{c['successes']}/{c['trials']} = {100 * c['rate']:.1f}%, "
+                             f"Fisher p = {given_valid['fisher_p']:.3g}")
                 lines.append(line)
     return lines

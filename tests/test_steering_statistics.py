@@ -13,6 +13,7 @@ from common.code_extraction import defines_function
 from common.code_similarity import char_similarity, length_ratio, token_similarity
 from common.statistics import compare_with_controls, mcnemar_exact
 from phase4_5.runner import propose_coefficient, stratified_by_complexity
+from phase4_8.analysis import steering_effects
 
 
 @pytest.mark.parametrize("b, c, p", [(5, 0, 2 / 32), (3, 1, 10 / 16), (0, 0, 1.0), (0, 7, 2 / 128), (4, 4, 1.0)])
@@ -58,6 +59,29 @@ def test_a_direction_no_better_than_its_controls_is_not_called_better():
     strong = compare_with_controls(rng.random(300) < 0.6, rng.random((5, 300)) < 0.2, bootstrap_samples=2000, seed=1)
     assert strong["difference_interval"][0] > 0.2 and strong["fisher_p"] < 1e-6
     assert strong["controls_at_or_above_target"] == 0 and strong["rank_p"] == pytest.approx(1 / 6)
+
+
+def _correction_rows(arm: str, valid_tasks: range, fixed_tasks: list[int], n_tasks: int = 100) -> pd.DataFrame:
+    fixed = np.isin(np.arange(n_tasks), fixed_tasks)
+    return pd.DataFrame({"arm": arm, "task_id": [f"t{i}" for i in range(n_tasks)], "direction": arm,
+                         "source": "random", "layer": 3, "alpha": 10.0, "token_similarity": 0.5,
+                         "baseline_passed": False, "steered_passed": fixed, "flipped": fixed,
+                         "steered_valid_code": np.isin(np.arange(n_tasks), valid_tasks)})
+
+
+def test_a_direction_that_only_breaks_less_code_is_no_better_among_valid_code():
+    """The target keeps 80 of 100 programs valid and fixes 4; each control keeps 10 valid and the five
+    together fix 2. Over all tasks the target looks better; among valid programs (4/80 vs 2/50) it is not."""
+    target = _correction_rows("sae/correct", range(80), [0, 1, 2, 3])
+    controls = [_correction_rows(f"control/correct/random_{c}", range(10 * c, 10 * c + 10), fixed)
+                for c, fixed in enumerate([[0], [], [25], [], []])]
+    effects = steering_effects(pd.concat([target, *controls]), bootstrap_samples=200, seed=0)
+    correction = effects["correct"]["by_method"]["sae"]["correction"]
+    assert correction["vs_controls"]["fisher_p"] < 0.05
+    given_valid = correction["given_valid_code"]
+    assert (given_valid["target"]["successes"], given_valid["target"]["trials"]) == (4, 80)
+    assert (given_valid["pooled_control"]["successes"], given_valid["pooled_control"]["trials"]) == (2, 50)
+    assert given_valid["fisher_p"] == pytest.approx(1.0)
 
 
 def test_stratified_choice_spreads_over_complexity_and_is_reproducible():
