@@ -27,19 +27,34 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def auroc_with_interval(scores: np.ndarray, positive: np.ndarray, n_resamples: int = 1000, seed: int = 0,
-                        confidence: float = 0.95) -> dict[str, Any]:
-    """AUROC and a percentile bootstrap interval, resampling rows within each class (class sizes fixed)."""
+                        confidence: float = 0.95, groups: np.ndarray | None = None) -> dict[str, Any]:
+    """AUROC and a percentile bootstrap interval.
+
+    Rows that share a group (the samples of one task) are not independent, so when some group holds
+    more than one row whole groups are resampled; otherwise rows are resampled within each class
+    (class sizes fixed)."""
     scores, positive = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
     point = auroc(scores, positive)
     result = {"auroc": point, "n_positive": int(positive.sum()), "n_negative": int((~positive).sum())}
     if np.isnan(point):
         return {**result, "low": float("nan"), "high": float("nan")}
     rng = np.random.default_rng(seed)
-    pos, neg = scores[positive], scores[~positive]
-    labels = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
-    draws = [auroc(np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))], labels) for _ in range(n_resamples)]
+    group_ids = np.unique(groups, return_inverse=True)[1] if groups is not None else None
+    if group_ids is not None and np.bincount(group_ids).max() > 1:
+        members = [np.flatnonzero(group_ids == g) for g in range(group_ids.max() + 1)]
+        result["resampled"] = f"{len(members)} groups"
+        draws = []
+        for _ in range(n_resamples):
+            rows = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+            draws.append(auroc(scores[rows], positive[rows]))
+    else:
+        result["resampled"] = "rows within each class"
+        pos, neg = scores[positive], scores[~positive]
+        labels = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
+        draws = [auroc(np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))], labels)
+                 for _ in range(n_resamples)]
     tail = 100 * (1 - confidence) / 2
-    return {**result, "low": float(np.percentile(draws, tail)), "high": float(np.percentile(draws, 100 - tail))}
+    return {**result, "low": float(np.nanpercentile(draws, tail)), "high": float(np.nanpercentile(draws, 100 - tail))}
 
 
 def best_f1_threshold(scores: np.ndarray, positive: np.ndarray) -> float:

@@ -6,7 +6,7 @@ mean-difference direction of each layer (predicts "will pass"). Within each fami
 chosen, and its F1-maximising threshold set, on the hyperparams split (phase 3.6) only; the
 validation split (phase 3.5) is read only to report: AUROC with a bootstrap 95% interval,
 precision / recall / F1 at the chosen threshold next to the trivial classifiers, and AUROC at
-every temperature.
+every temperature (its interval resamples tasks, since the samples of one task are not independent).
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ def run(config: Config) -> Path:
     tuning_table = pd.read_parquet(folder["3.6"] / "dataset_hyperparams_temp_0_0.parquet", columns=["test_passed"])
     tuning_passed = tuning_table["test_passed"].to_numpy(dtype=bool)
     temperatures = load_json(folder["3.5"] / "phase_3_5_summary.json")["by_temperature"]
-    validation = {t: (pd.read_parquet(folder["3.5"] / info["table"], columns=["test_passed"])["test_passed"]
-                      .to_numpy(dtype=bool), folder["3.5"] / info["activations"])
-                  for t, info in temperatures.items()}
-    validation_passed, validation_folder = validation["0"]
+    validation = {t: (pd.read_parquet(folder["3.5"] / info["table"], columns=["task_id", "test_passed"]),
+                      folder["3.5"] / info["activations"]) for t, info in temperatures.items()}
+    validation_table, validation_folder = validation["0"]
+    validation_passed = validation_table["test_passed"].to_numpy(dtype=bool)
     warnings = [f"only {n} {name} rows on the {split} split (< {THIN_CLASS_ROWS}): wide intervals, unstable threshold"
                 for split, passed in (("hyperparams", tuning_passed), ("validation", validation_passed))
                 for name, n in (("passing", int(passed.sum())), ("failing", int((~passed).sum())))
@@ -70,9 +70,11 @@ def run(config: Config) -> Path:
         threshold = best_f1_threshold(tuning_scores[chosen], target)
         scores = scorer(validation_folder)
         positive = validation_passed if predicts == "pass" else ~validation_passed
-        per_temperature = {t: auroc_with_interval(scorer(path), passed if predicts == "pass" else ~passed,
-                                                  AUROC_RESAMPLES, config.seed)
-                           for t, (passed, path) in validation.items()}
+        per_temperature = {}
+        for t, (table, path) in validation.items():
+            passed = table["test_passed"].to_numpy(dtype=bool)
+            per_temperature[t] = auroc_with_interval(scorer(path), passed if predicts == "pass" else ~passed,
+                                                     AUROC_RESAMPLES, config.seed, groups=table["task_id"].to_numpy())
         results[family] = {
             "predicts": predicts, "chosen": chosen, "chosen_on": "hyperparams split (phase 3.6), by AUROC",
             "hyperparams_auroc": tuning_auroc, "validation": auroc_with_interval(scores, positive, AUROC_RESAMPLES,

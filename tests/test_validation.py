@@ -45,6 +45,25 @@ def test_interval_is_high_for_a_signal_and_covers_half_for_shuffled_labels():
     assert shuffled["low"] < 0.5 < shuffled["high"]
 
 
+def test_samples_of_one_task_are_resampled_together():
+    """Three identical copies of each task's row carry no more information than one row: resampling
+    tasks gives about the interval of the single rows, resampling rows a falsely narrow one."""
+    rng = np.random.default_rng(2)
+    positive = rng.random(150) < 0.4
+    scores = positive * 0.6 + rng.normal(size=150)
+    single = auroc_with_interval(scores, positive, 1000, seed=0)
+    tripled = np.repeat(scores, 3), np.repeat(positive, 3)
+    by_task = auroc_with_interval(*tripled, 1000, seed=0, groups=np.repeat(np.arange(150), 3))
+    by_row = auroc_with_interval(*tripled, 1000, seed=0)
+    width = single["high"] - single["low"]
+    assert by_task["auroc"] == pytest.approx(single["auroc"])
+    assert by_task["resampled"] == "150 groups" and by_row["resampled"] == "rows within each class"
+    assert 0.8 * width < by_task["high"] - by_task["low"] < 1.25 * width
+    assert by_row["high"] - by_row["low"] < 0.7 * width
+    one_per_group = auroc_with_interval(scores, positive, 1000, seed=0, groups=np.arange(150))
+    assert (one_per_group["low"], one_per_group["high"]) == (single["low"], single["high"])
+
+
 def test_best_f1_threshold_and_metrics_with_the_trivial_baselines():
     scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     positive = np.array([False, False, True, False, True, True])
