@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
-
 from scipy.stats import fisher_exact
 
 from common.statistics import compare_with_controls, mcnemar_exact, rate
