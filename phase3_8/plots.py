@@ -44,3 +44,21 @@ def plot_score_histograms(curves: dict[str, tuple[np.ndarray, np.ndarray, str]],
         ax.set_xlabel("score")
         ax.legend(fontsize=7)
     save_figure(fig, path)
+
+
+def plot_auroc_by_temperature(results: dict[str, dict], path: Path) -> None:
+    """One line per family: validation AUROC of its chosen score at each temperature, with bootstrap intervals."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for offset, (family, result) in enumerate(results.items()):
+        by_temperature = sorted(result["validation_auroc_by_temperature"].items(), key=lambda item: float(item[0]))
+        x = np.array([float(t) for t, _ in by_temperature]) + 0.015 * (offset - (len(results) - 1) / 2)
+        y = np.array([r["auroc"] for _, r in by_temperature])
+        spread = np.array([[r["auroc"] - r["low"] for _, r in by_temperature],
+                           [r["high"] - r["auroc"] for _, r in by_temperature]])
+        ax.errorbar(x, y, yerr=spread, marker="o", capsize=3, label=f"{family}: {result['chosen']}")
+    ax.axhline(0.5, color="grey", ls="--", lw=0.8)
+    ax.set_xlabel("sampling temperature (0 = greedy)")
+    ax.set_ylabel("validation AUROC (95% CI)")
+    ax.set_title("Does the score still predict when the code is sampled?", fontsize=10)
+    ax.legend(fontsize=7)
+    save_figure(fig, path)

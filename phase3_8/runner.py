@@ -27,7 +27,7 @@ from common.phases import get_phase
 from common.saes import encode_rows, load_sae
 from common.utils import discover_latest_phase_output, load_json, phase_dir, save_json, upstream_inputs, \
     write_manifest
-from phase3_8.plots import plot_roc_curves, plot_score_histograms
+from phase3_8.plots import plot_auroc_by_temperature, plot_roc_curves, plot_score_histograms
 
 logger = get_logger("phase3_8")
 
@@ -92,9 +92,10 @@ def run(config: Config) -> Path:
     results_path = out_dir / "evaluation_results.json"
     save_json({"families": results, "n_hyperparams": len(tuning_passed), "n_validation": len(validation_passed),
                "warnings": warnings}, results_path)
-    plot_paths = [out_dir / "roc_curves.png", out_dir / "score_histograms.png"]
+    plot_paths = [out_dir / "roc_curves.png", out_dir / "score_histograms.png", out_dir / "auroc_by_temperature.png"]
     plot_roc_curves(curves, plot_paths[0])
     plot_score_histograms(curves, plot_paths[1])
+    plot_auroc_by_temperature(results, plot_paths[2])
     return write_manifest(config, spec, inputs, [results_path, *plot_paths])
 
 

@@ -128,7 +128,7 @@ def test_planted_latent_predicts_held_out_rows(tmp_path: Path):
     assert set(correct["validation_auroc_by_temperature"]) == {"0", "0.6"}
     assert correct["validation_at_threshold"]["f1"] > correct["validation_at_threshold"]["trivial"]["always_positive"]["f1"]
     assert results["mean_difference"]["chosen"] == "mean_difference/layer_2"
-    for name in ("roc_curves.png", "score_histograms.png"):
+    for name in ("roc_curves.png", "score_histograms.png", "auroc_by_temperature.png"):
         assert (tmp_path / "phase3_8" / name).read_bytes().startswith(b"\x89PNG")
 
 
