@@ -2,8 +2,12 @@
 
 One engine for every generating phase. Prompts are left-padded so that position -1 is the last
 prompt token of every row; the activations are read from the output of the chosen decoder layers
-during the prefill forward pass of `generate`, so capturing them costs no extra forward pass.
-Greedy batched output is token-identical to one-prompt-at-a-time output (tested).
+during the prefill forward pass, so capturing them costs no extra forward pass. The decode loop is
+our own rather than HF `generate` so that a finished row leaves the batch: on a CPU one decode step
+of 8 rows costs about 2.3 of 1 row (SmolLM2-135M, 2 cores), and a row that runs to max_new_tokens
+would otherwise keep all 8 computing. Greedy output is token-identical to HF `generate` and to
+one-prompt-at-a-time output (tested); sampling draws from softmax(logits / T) with a generator
+seeded per batch.
 
 Hook site: "layer L" always means the output of decoder layer L (common/hooks.py). With a
 `Steering`, the batch is generated with its vector added there (common/steering.py).
@@ -14,10 +18,9 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from common.hooks import layer_forward_hooks, layer_output
 from common.prompt_utils import Stopper
@@ -46,23 +49,6 @@ def capture_last_prompt_token(model: torch.nn.Module, layers: Sequence[int]) -> 
         yield captured
 
 
-class _TextStop(StoppingCriteria):
-    """Per-row stop when the row's decoded new text satisfies its stopper."""
-
-    def __init__(self, tokenizer, prompt_length: int, stoppers: Sequence[Stopper | None]):
-        self.tokenizer = tokenizer
-        self.prompt_length = prompt_length
-        self.stoppers = stoppers
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for row, stopper in enumerate(self.stoppers):
-            if stopper is not None:
-                text = self.tokenizer.decode(input_ids[row, self.prompt_length:], skip_special_tokens=True)
-                done[row] = stopper(text) is not None
-        return done
-
-
 def eos_token_ids(model, tokenizer) -> list[int]:
     ids = model.generation_config.eos_token_id
     ids = [ids] if isinstance(ids, int) else list(ids or [])
@@ -84,35 +70,62 @@ def generate_batch(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     device = next(model.parameters()).device
     encoded = tokenizer(list(prompts), return_tensors="pt", padding=True,
                         add_special_tokens=add_special_tokens).to(device)
-    prompt_length = encoded["input_ids"].shape[1]
-    eos_ids = eos_token_ids(model, tokenizer)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                              temperature=temperature if temperature > 0 else None,
-                              top_p=None, top_k=None, eos_token_id=eos_ids,
-                              pad_token_id=tokenizer.pad_token_id)
-    criteria = StoppingCriteriaList([_TextStop(tokenizer, prompt_length, stoppers)]) if stoppers else None
-    if temperature > 0:
-        torch.manual_seed(seed)
+    stoppers = list(stoppers) if stoppers else [None] * len(prompts)
+    eos_ids = set(eos_token_ids(model, tokenizer))
+    generator = torch.Generator(device).manual_seed(seed) if temperature > 0 else None
+
+    def finished(row: int, tokens: list[int]) -> bool:
+        if tokens[-1] in eos_ids:
+            return True
+        stopper = stoppers[row]
+        return stopper is not None and stopper(tokenizer.decode(tokens, skip_special_tokens=True)) is not None
+
     steered = steering_applied(model, steering, encoded["attention_mask"]) if steering else contextlib.nullcontext()
     with steered, capture_last_prompt_token(model, capture_layers) as captured:
-        output = model.generate(**encoded, generation_config=config, stopping_criteria=criteria)
-    new_tokens = output[:, prompt_length:].cpu()
+        new_tokens = _decode(model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens, temperature,
+                             generator, finished)
     per_row_s = (time.perf_counter() - started) / len(prompts)
     results = []
-    for row in range(len(prompts)):
-        n_new = _length_before_eos(new_tokens[row], eos_ids)
-        text = tokenizer.decode(new_tokens[row, :n_new], skip_special_tokens=True)
-        if stoppers and stoppers[row] is not None:
-            cut = stoppers[row](text)
-            text = text[:cut] if cut is not None else text
-        results.append(GenerationResult(text=text, n_new_tokens=n_new, generation_time_s=per_row_s,
+    for row, tokens in enumerate(new_tokens):
+        tokens = tokens[:-1] if tokens and tokens[-1] in eos_ids else tokens
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        cut = stoppers[row](text) if stoppers[row] is not None else None
+        results.append(GenerationResult(text=text[:cut] if cut is not None else text, n_new_tokens=len(tokens),
+                                        generation_time_s=per_row_s,
                                         activations={layer: captured[layer][row].clone() for layer in capture_layers}))
     return results
 
 
-def _length_before_eos(tokens: torch.Tensor, eos_ids: Sequence[int]) -> int:
-    """Generated tokens before the first end-of-sequence token. The EOS itself is not counted: when the
-    pad token is the EOS token, a row stopped early is followed by padding that looks exactly like it."""
-    is_eos = torch.isin(tokens, torch.tensor(list(eos_ids), dtype=tokens.dtype))
-    hits = torch.nonzero(is_eos)
-    return int(hits[0]) if len(hits) else int(tokens.shape[0])
+def _decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, temperature: float,
+            generator: torch.Generator | None, finished: Callable[[int, list[int]], bool]) -> list[list[int]]:
+    """Prefill the left-padded batch, then one token per step with the KV cache. A row that has finished
+    leaves the batch (its cache rows are dropped), so one long row no longer makes the others compute
+    to its end. Position ids count real tokens only, as in HF generate."""
+    tokens: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    rows = list(range(input_ids.shape[0]))
+    mask = attention_mask
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    output = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                   logits_to_keep=1)
+    for step in range(max_new_tokens):
+        logits = output.logits[:, -1, :].float()
+        if generator is None:
+            picked = logits.argmax(-1)
+        else:
+            picked = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator).squeeze(1)
+        keep = []
+        for i, (row, token) in enumerate(zip(rows, picked.tolist())):
+            tokens[row].append(token)
+            if not finished(row, tokens[row]):
+                keep.append(i)
+        if not keep or step == max_new_tokens - 1:
+            break
+        cache = output.past_key_values
+        if len(keep) < len(rows):
+            index = torch.tensor(keep, device=mask.device)
+            cache.batch_select_indices(index)
+            rows, mask, picked = [rows[i] for i in keep], mask[index], picked[index]
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+        output = model(input_ids=picked[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
+                       past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return tokens

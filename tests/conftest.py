@@ -134,6 +134,13 @@ def tiny_model(tiny_model_dir: Path):
 
 
 @pytest.fixture(scope="session")
+def tiny_gemma(tiny_gemma_dir: Path):
+    from common_simplified.model_loader import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(str(tiny_gemma_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
 def planted_model_dir(tmp_path_factory, smollm_tokenizer_dir: Path) -> Path:
     """A tiny Llama that writes "1" or "x" by the sign of one residual coordinate (tests/planted.py)."""
     from tests.planted import save_planted_model

@@ -1,11 +1,11 @@
 import pytest
 import torch
+from transformers import GenerationConfig
 
 from common.errors import PipelineError
 from common.generation import capture_last_prompt_token, generate_batch
 from common.hooks import check_layers, decoder_layers
 from common.prompt_utils import PromptBuilder
-from common_simplified.model_loader import load_model_and_tokenizer
 
 PROMPTS = ["def add(a, b):", "Write a function that reverses a list of numbers and returns it.",
            "x", "Sort the words of a sentence by length, then alphabetically, and join them."]
@@ -22,6 +22,27 @@ def test_batched_greedy_equals_one_at_a_time(tiny_model):
             torch.testing.assert_close(together.activations[layer], alone.activations[layer], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("model_fixture", ["tiny_model", "tiny_gemma"])
+def test_greedy_tokens_equal_hf_generate_when_rows_leave_the_batch_early(model_fixture, request):
+    """Rows 0 and 2 stop after a few characters and leave the batch; rows 1 and 3 must go on exactly as
+    in HF generate, where every row stays to the end."""
+    model, tokenizer = request.getfixturevalue(model_fixture)
+    encoded = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    config = GenerationConfig(max_new_tokens=20, do_sample=False, eos_token_id=[], pad_token_id=tokenizer.pad_token_id)
+    with torch.inference_mode():
+        reference = model.generate(**encoded, generation_config=config)[:, encoded["input_ids"].shape[1]:]
+    expected = [tokenizer.decode(row, skip_special_tokens=True) for row in reference]
+    stop_after = {0: 3, 2: 8}
+    stoppers = [(lambda text, n=stop_after[row]: len(text) if len(text) >= n else None) if row in stop_after else None
+                for row in range(len(PROMPTS))]
+    results = generate_batch(model, tokenizer, PROMPTS, max_new_tokens=20, stoppers=stoppers)
+    for row, result in enumerate(results):
+        if row in stop_after:
+            assert result.n_new_tokens < 20 and expected[row].startswith(result.text)
+        else:
+            assert (result.text, result.n_new_tokens) == (expected[row], 20)
+
+
 def test_capture_is_the_output_of_layer_l_at_the_last_prompt_token(tiny_model):
     model, tokenizer = tiny_model
     encoded = tokenizer(["def add(a, b):"], return_tensors="pt")
@@ -32,8 +53,8 @@ def test_capture_is_the_output_of_layer_l_at_the_last_prompt_token(tiny_model):
         torch.testing.assert_close(result.activations[layer], reference[layer + 1][0, -1], rtol=1e-5, atol=1e-5)
 
 
-def test_gemma2_layers_are_found_and_captured(tiny_gemma_dir):
-    model, tokenizer = load_model_and_tokenizer(str(tiny_gemma_dir), device="cpu")
+def test_gemma2_layers_are_found_and_captured(tiny_gemma):
+    model, tokenizer = tiny_gemma
     assert len(decoder_layers(model)) == 4
     results = generate_batch(model, tokenizer, PROMPTS[:2], max_new_tokens=4, capture_layers=[3])
     assert results[0].activations[3].shape == (64,)
