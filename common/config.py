@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from common.degeneration import DegenerationLimits
 from common.errors import PipelineError
 
 DEFAULT_MODEL_ALIAS = "smollm2-135m-instruct"
@@ -59,6 +60,13 @@ class Config:
     samples_per_task: int = 0  # extra sampled generations per task, on top of the greedy one
     batch_size: int = 8
     seed: int = 42
+    # Degenerate output stops early (common/degeneration.py; 0 turns a rule off). Set on unsteered passing
+    # programs of the default model so that almost none would be cut (README, "Stopping degenerate output").
+    stop_repeat_copies: int = 0  # the output ends in this many copies of one span of at most stop_repeat_period
+    stop_repeat_period: int = 0  # tokens, together at least stop_repeat_tokens long
+    stop_repeat_tokens: int = 0
+    stop_no_code_tokens: int = 0  # this many tokens and no code block opened (chat prompts)
+    stop_code_tokens: int = 0  # the open code block holds this many tokens and is not closed
 
     # --- validation generations (phase 3.5 on the validation split; 3.6 is greedy on hyperparams)
     temperatures: list[float] = field(default_factory=lambda: [0.3, 0.6, 0.9, 1.2])  # besides the greedy sample
@@ -118,6 +126,9 @@ class Config:
         _check(0.0 < self.temperature <= 5.0, "temperature", self.temperature, "in (0, 5]")
         _check(self.samples_per_task >= 0, "samples_per_task", self.samples_per_task, ">= 0")
         _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+        for key in ("stop_repeat_tokens", "stop_repeat_copies", "stop_repeat_period", "stop_no_code_tokens",
+                    "stop_code_tokens"):
+            _check(getattr(self, key) >= 0, key, getattr(self, key), ">= 0 (0 turns the rule off)")
         _check(0 < self.exec_timeout <= 600, "exec_timeout", self.exec_timeout, "in (0, 600] seconds")
         _check(self.task_start >= 0, "task_start", self.task_start, ">= 0")
         _check(self.task_end is None or self.task_end > self.task_start, "task_end", self.task_end,
@@ -152,6 +163,11 @@ class Config:
         if self.data_file is not None and not Path(self.data_file).is_file():
             raise PipelineError(f"data_file '{self.data_file}' is not a readable file")
         return self
+
+    @property
+    def degeneration_limits(self) -> DegenerationLimits:
+        return DegenerationLimits(self.stop_repeat_tokens, self.stop_repeat_copies, self.stop_repeat_period,
+                                  self.stop_no_code_tokens, self.stop_code_tokens)
 
     @property
     def data_path(self) -> Path:

@@ -1,37 +1,72 @@
-"""Batched generation, with the residual stream at the last prompt token captured on the way.
+"""Continuous batching: every generating phase's engine, with the last prompt token's activations on the way.
 
-One engine for every generating phase. Prompts are left-padded so that position -1 is the last
-prompt token of every row; the activations are read from the output of the chosen decoder layers
-during the prefill forward pass, so capturing them costs no extra forward pass. The decode loop is
-our own rather than HF `generate` so that a finished row leaves the batch: on a CPU one decode step
-of 8 rows costs about 2.3 of 1 row (SmolLM2-135M, 2 cores), and a row that runs to max_new_tokens
-would otherwise keep all 8 computing. Greedy output is token-identical to HF `generate` and to
-one-prompt-at-a-time output (tested); sampling draws from softmax(logits / T) with a generator
-seeded per batch.
+A run keeps up to `batch_size` rows decoding together. When a row finishes (end of sequence, its
+code block closed, a degenerate loop, or `max_new_tokens`) it leaves at once and the next request
+takes its slot, so the batch stays full until the requests run out: on a CPU one decode step of 64
+rows costs about 4 of 1 row (SmolLM2-135M, 2 cores), and a batch that waits for its longest row
+wastes most of that.
 
-Hook site: "layer L" always means the output of decoder layer L (common/hooks.py). With a
-`Steering`, the batch is generated with its vector added there (common/steering.py).
+Each request is prefilled alone (batch of one, no padding) and its keys and values are copied into
+a slot of a `SlotCache`. So its activations, read from that prefill at the last prompt token, do not
+depend on which requests share its run, bit for bit, and a request whose prompt and steering were
+just prefilled reuses that prefill (phase 3.5's thirteen samples of a task share one). Greedy rows
+give the tokens of one-prompt-at-a-time generation; a sampled row draws from a generator seeded by
+its own request, so its tokens do not depend on its batch-mates either (both tested).
+
+Hook site: "layer L" always means the output of decoder layer L (common/hooks.py). A request's
+`Steering` adds its vector there: in its own prefill through `steering_applied`, in decode steps
+through `RowSteering`, which gives each row of the batch its own vector.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
+from transformers import DynamicCache
 
-from common.hooks import layer_forward_hooks, layer_output
+from common.degeneration import CodeOpened, DegenerationGuard, DegenerationLimits
+from common.hooks import decoder_layers, layer_forward_hooks, layer_output
+from common.kv_slots import SlotCache
 from common.prompt_utils import Stopper
-from common.steering import Steering, steering_applied
+from common.steering import RowSteering, Steering, steering_applied
+
+PREFILL_CACHE_ENTRIES = 4  # prompts whose prefill is kept for reuse (requests arrive grouped by prompt)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    temperature: float = 0.0  # 0 = greedy
+    seed: int = 0  # a sampled request draws from its own generator, seeded with this
+    stopper: Stopper | None = None  # text -> where to cut once the answer is complete, else None
+    code_opened: CodeOpened | None = None  # text -> has the code started? None: from the first token
+    steering: Steering | None = None
+    key: Any = None  # the caller's own tag (a result carries its request)
+
 
 @dataclass
 class GenerationResult:
+    request: GenerationRequest
     text: str
     n_new_tokens: int
-    generation_time_s: float  # wall time of the batch, divided evenly over its rows
+    stop_reason: str  # one of common.degeneration.STOP_REASONS
+    generation_time_s: float  # own prefill + 1/n of every decode step shared with n rows
     activations: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [d_model] float32
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    max_new_tokens: int
+    batch_size: int = 32
+    capture_layers: tuple[int, ...] = ()
+    add_special_tokens: bool = True
+    limits: DegenerationLimits = DegenerationLimits()
 
 
 @contextlib.contextmanager
@@ -57,75 +92,172 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return ids
 
 
-@torch.inference_mode()
+def generate(model, tokenizer, requests: Iterable[GenerationRequest], settings: EngineSettings
+             ) -> Iterator[GenerationResult]:
+    """Results in the order the requests finish; the next request is taken when a slot frees up."""
+    return _Engine(model, tokenizer, settings).run(iter(requests))
+
+
 def generate_batch(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
                    seed: int = 0, stoppers: Sequence[Stopper | None] | None = None,
                    capture_layers: Sequence[int] = (), add_special_tokens: bool = True,
-                   steering: Steering | None = None) -> list[GenerationResult]:
-    """Generate for `prompts` in one batch; greedy when temperature is 0, else sampled with `seed`.
-
-    With `steering`, its vector is added at its layer during prefill and decoding (padding untouched);
-    captured activations are then those of the steered stream."""
-    started = time.perf_counter()
-    device = next(model.parameters()).device
-    encoded = tokenizer(list(prompts), return_tensors="pt", padding=True,
-                        add_special_tokens=add_special_tokens).to(device)
+                   steering: Steering | None = None, batch_size: int | None = None) -> list[GenerationResult]:
+    """The results for `prompts`, in their order; greedy when temperature is 0, else row i samples with seed
+    `seed + i`. With `steering`, every row is steered (padding never is)."""
     stoppers = list(stoppers) if stoppers else [None] * len(prompts)
-    eos_ids = set(eos_token_ids(model, tokenizer))
-    generator = torch.Generator(device).manual_seed(seed) if temperature > 0 else None
-
-    def finished(row: int, tokens: list[int]) -> bool:
-        if tokens[-1] in eos_ids:
-            return True
-        stopper = stoppers[row]
-        return stopper is not None and stopper(tokenizer.decode(tokens, skip_special_tokens=True)) is not None
-
-    steered = steering_applied(model, steering, encoded["attention_mask"]) if steering else contextlib.nullcontext()
-    with steered, capture_last_prompt_token(model, capture_layers) as captured:
-        new_tokens = _decode(model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens, temperature,
-                             generator, finished)
-    per_row_s = (time.perf_counter() - started) / len(prompts)
-    results = []
-    for row, tokens in enumerate(new_tokens):
-        tokens = tokens[:-1] if tokens and tokens[-1] in eos_ids else tokens
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
-        cut = stoppers[row](text) if stoppers[row] is not None else None
-        results.append(GenerationResult(text=text[:cut] if cut is not None else text, n_new_tokens=len(tokens),
-                                        generation_time_s=per_row_s,
-                                        activations={layer: captured[layer][row].clone() for layer in capture_layers}))
-    return results
+    requests = [GenerationRequest(prompt, temperature, seed + i, stoppers[i], steering=steering, key=i)
+                for i, prompt in enumerate(prompts)]
+    settings = EngineSettings(max_new_tokens, batch_size or max(1, len(prompts)), tuple(capture_layers),
+                              add_special_tokens)
+    return sorted(generate(model, tokenizer, requests, settings), key=lambda result: result.request.key)
 
 
-def _decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, temperature: float,
-            generator: torch.Generator | None, finished: Callable[[int, list[int]], bool]) -> list[list[int]]:
-    """Prefill the left-padded batch, then one token per step with the KV cache. A row that has finished
-    leaves the batch (its cache rows are dropped), so one long row no longer makes the others compute
-    to its end. Position ids count real tokens only, as in HF generate."""
-    tokens: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
-    rows = list(range(input_ids.shape[0]))
-    mask = attention_mask
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    output = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                   logits_to_keep=1)
-    for step in range(max_new_tokens):
-        logits = output.logits[:, -1, :].float()
-        if generator is None:
-            picked = logits.argmax(-1)
-        else:
-            picked = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator).squeeze(1)
-        keep = []
-        for i, (row, token) in enumerate(zip(rows, picked.tolist())):
-            tokens[row].append(token)
-            if not finished(row, tokens[row]):
-                keep.append(i)
-        if not keep or step == max_new_tokens - 1:
-            break
-        cache = output.past_key_values
-        if len(keep) < len(rows):
-            index = torch.tensor(keep, device=mask.device)
-            cache.batch_select_indices(index)
-            rows, mask, picked = [rows[i] for i in keep], mask[index], picked[index]
-        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
-        output = model(input_ids=picked[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
-                       past_key_values=cache, use_cache=True, logits_to_keep=1)
-    return tokens
+@dataclass
+class _Prefill:
+    keys_values: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, [1, heads, prompt_len, head_dim]
+    last_logits: torch.Tensor  # [vocab] float32
+    activations: dict[int, torch.Tensor]
+    time_s: float
+
+
+@dataclass
+class _Row:
+    request: GenerationRequest
+    guard: DegenerationGuard
+    generator: torch.Generator | None
+    activations: dict[int, torch.Tensor]
+    time_s: float
+    tokens: list[int] = field(default_factory=list)
+
+
+class _Engine:
+    def __init__(self, model, tokenizer, settings: EngineSettings):
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+        self.device = next(model.parameters()).device
+        self.eos_ids = set(eos_token_ids(model, tokenizer))
+        parameters = inspect.signature(type(model).forward).parameters
+        self.cache_keyword = "cache" if "cache" in parameters else "past_key_values"  # renamed in transformers 5
+        self.n_layers = len(decoder_layers(model))
+        self.window_limit = getattr(model.config, "sliding_window", None)
+        self.prefills: OrderedDict[tuple[str, str], _Prefill] = OrderedDict()
+
+    @torch.inference_mode()
+    def run(self, requests: Iterator[GenerationRequest]) -> Iterator[GenerationResult]:
+        cache = SlotCache(self.n_layers, self.settings.batch_size)
+        rows: list[_Row] = []
+        with RowSteering(self.model) as row_steering:
+            changed = False
+            while True:
+                while len(rows) < self.settings.batch_size:
+                    request = next(requests, None)
+                    if request is None:
+                        break
+                    row, prefill = self._start(request)
+                    reason = self._append(row, self._pick(prefill.last_logits[None], [row])[0])
+                    if reason:
+                        yield self._result(row, reason)
+                        continue
+                    cache.add_row(prefill.keys_values, self.settings.max_new_tokens)
+                    rows.append(row)
+                    changed = True
+                if not rows:
+                    return
+                started = time.perf_counter()
+                if changed:
+                    row_steering.update([row.request.steering for row in rows])
+                finished = self._decode_step(cache, rows, row_steering)
+                share_s = (time.perf_counter() - started) / len(rows)
+                for row in rows:
+                    row.time_s += share_s
+                for slot, reason in sorted(finished, reverse=True):  # a removed slot takes the last row
+                    row = rows[slot]
+                    cache.remove_row(slot)
+                    rows[slot] = rows[-1]
+                    rows.pop()
+                    yield self._result(row, reason)
+                changed = bool(finished)
+
+    def _decode_step(self, cache: SlotCache, rows: list[_Row], row_steering: RowSteering) -> list[tuple[int, str]]:
+        """One token for every row; returns (slot, stop reason) of the rows that finished."""
+        cache.make_room(1)
+        inputs = torch.tensor([[row.tokens[-1]] for row in rows], device=self.device)
+        row_steering.active = True
+        try:
+            output = self.model(input_ids=inputs, attention_mask=cache.attention_mask().to(self.device),
+                                position_ids=cache.positions().to(self.device), use_cache=True, logits_to_keep=1,
+                                **{self.cache_keyword: cache})
+        finally:
+            row_steering.active = False
+        cache.advance(1)
+        picked = self._pick(output.logits[:, -1, :], rows)
+        finished = []
+        for slot, (row, token) in enumerate(zip(rows, picked)):
+            reason = self._append(row, token)
+            if reason:
+                finished.append((slot, reason))
+        return finished
+
+    def _start(self, request: GenerationRequest) -> tuple[_Row, _Prefill]:
+        prefill = self._prefill(request.prompt, request.steering)
+        generator = None
+        if request.temperature > 0:
+            generator = torch.Generator(self.device).manual_seed(request.seed)
+        guard = DegenerationGuard(self.settings.limits, request.code_opened, self.settings.max_new_tokens)
+        row = _Row(request, guard, generator, prefill.activations, prefill.time_s)
+        prefill.time_s = 0.0  # a reused prefill costs the next row nothing
+        return row, prefill
+
+    def _prefill(self, prompt: str, steering: Steering | None) -> _Prefill:
+        key = (prompt, steering.label if steering else "")
+        if key in self.prefills:
+            self.prefills.move_to_end(key)
+            return self.prefills[key]
+        started = time.perf_counter()
+        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=self.settings.add_special_tokens)
+        ids = ids["input_ids"].to(self.device)
+        if self.window_limit and ids.shape[1] + self.settings.max_new_tokens > self.window_limit:
+            raise ValueError(f"a prompt of {ids.shape[1]} tokens plus {self.settings.max_new_tokens} new ones exceeds "
+                             f"the model's sliding attention window ({self.window_limit})")
+        kv = DynamicCache(config=self.model.config)
+        steered = steering_applied(self.model, steering) if steering else contextlib.nullcontext()
+        with steered, capture_last_prompt_token(self.model, self.settings.capture_layers) as captured:
+            output = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self.cache_keyword: kv})
+        prefill = _Prefill([(layer.keys, layer.values) for layer in kv.layers], output.logits[0, -1].float(),
+                           {layer: captured[layer][0].clone() for layer in self.settings.capture_layers},
+                           time.perf_counter() - started)
+        self.prefills[key] = prefill
+        if len(self.prefills) > PREFILL_CACHE_ENTRIES:
+            self.prefills.popitem(last=False)
+        return prefill
+
+    def _pick(self, logits: torch.Tensor, rows: Sequence[_Row]) -> list[int]:
+        """Greedy rows take the argmax; a sampled row draws from softmax(logits / T) with its own generator."""
+        logits = logits.float()
+        picked = logits.argmax(-1)
+        sampled = [i for i, row in enumerate(rows) if row.generator is not None]
+        if sampled:
+            temperatures = torch.tensor([rows[i].request.temperature for i in sampled], device=logits.device)
+            probabilities = torch.softmax(logits[sampled] / temperatures[:, None], dim=-1)
+            for j, i in enumerate(sampled):
+                picked[i] = torch.multinomial(probabilities[j], 1, generator=rows[i].generator)[0]
+        return picked.tolist()
+
+    def _append(self, row: _Row, token: int) -> str | None:
+        """Add the token; the reason the row stops here, or None."""
+        row.tokens.append(token)
+        if token in self.eos_ids:
+            return "eos"
+        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+        if row.request.stopper is not None and row.request.stopper(text) is not None:
+            return "code_end"
+        reason = row.guard.step(token, text)
+        if reason:
+            return reason
+        return "max_new_tokens" if len(row.tokens) >= self.settings.max_new_tokens else None
+
+    def _result(self, row: _Row, reason: str) -> GenerationResult:
+        tokens = row.tokens[:-1] if reason == "eos" else row.tokens
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        cut = row.request.stopper(text) if row.request.stopper is not None else None
+        return GenerationResult(row.request, text[:cut] if cut is not None else text, len(tokens), reason,
+                                row.time_s, row.activations)

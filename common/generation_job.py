@@ -1,18 +1,24 @@
-"""Generate, extract and test solutions for a list of work items, batch by batch, resumably.
+"""Generate, extract and test solutions for a list of work items, resumably.
 
-Every generating phase goes through `run_items`: build prompts, generate a batch (activations
-optional), extract each program, run it in the sandbox, save the batch to the checkpoint. Items are
-batched in a fixed order (greedy items first, then sampled ones), so a run killed and resumed forms
-the same batches and gives byte-identical outputs.
+Every generating phase goes through `run_items`: the items stream through the continuously batched
+engine (common/generation.py); each finished program is extracted and handed to the sandbox at
+once, which runs it while generation goes on; tested records are saved to the checkpoint in groups
+of `batch_size`. An item's output does not depend on which items shared its batch (greedy rows
+are batch-invariant, a sampled row seeds its own generator from its key), so a run killed and
+resumed, or sharded over processes, gives the same rows as one uninterrupted run.
 """
 
 from __future__ import annotations
 
+import time
 import zlib
+from collections import Counter
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
@@ -21,14 +27,15 @@ from common.activations import save_activations
 from common.checkpoint import BatchCheckpoint, phase_checkpoint
 from common.code_extraction import extract_code
 from common.config import Config
+from common.degeneration import DegenerationLimits
 from common.distributed import Shard, current_shard, shard_device, wait_for_everyone
 from common.errors import PipelineError
-from common.generation import generate_batch
+from common.generation import EngineSettings, GenerationRequest, GenerationResult, generate
 from common.hooks import HOOK_SITE, check_layers
 from common.logging import get_logger
 from common.phases import PhaseSpec
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
-from common.sandbox import Program, evaluate_many
+from common.sandbox import ExecutionResult, Program, SandboxPool
 from common.steering import Steering
 from common.utils import atomic_path, phase_dir
 from common_simplified.model_loader import load_model_and_tokenizer
@@ -45,13 +52,39 @@ class WorkItem:
 
     @property
     def condition(self) -> str:
-        """'' when unsteered; else the steering's label. Items of one batch share it."""
+        """'' when unsteered; else the steering's label."""
         return self.steering.label if self.steering else ""
 
     @property
     def key(self) -> str:
         task = f"{self.problem['task_id']}#{self.sample_idx}"
         return f"{self.condition}|{task}" if self.steering else task
+
+    @property
+    def order(self) -> tuple[str, int, int]:
+        """Output order (steering condition, task in split order, sample); also the order of generation, so
+        the samples of one prompt arrive together and share its prefill."""
+        return self.condition, self.problem["_order"], self.sample_idx
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """What this process generated in this run (a resumed run counts only its own part)."""
+    samples: int = 0
+    new_tokens: int = 0
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"samples": self.samples, "new_tokens": self.new_tokens, "wall_s": round(self.wall_s, 1),
+                "tokens_per_s": round(self.new_tokens / self.wall_s, 1) if self.wall_s else None}
+
+
+def generation_report(rows: Sequence[dict[str, Any]], throughput: Throughput) -> dict[str, Any]:
+    """For a phase summary: how generation ended (stop reasons), its length, and this run's speed."""
+    lengths = [row["n_new_tokens"] for row in rows]
+    return {"stop_reasons": dict(Counter(row["stop_reason"] for row in rows)),
+            "new_tokens": int(sum(lengths)), "mean_new_tokens": float(np.mean(lengths)) if lengths else None,
+            "this_run": throughput.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -62,6 +95,7 @@ class JobSettings:
     exec_timeout: float
     exec_workers: int
     capture_layers: tuple[int, ...] = ()
+    limits: DegenerationLimits = DegenerationLimits()
 
 
 def make_items(problems: Sequence[dict[str, Any]], samples_per_task: int, temperature: float) -> list[WorkItem]:
@@ -99,69 +133,90 @@ def drop_long_prompts(items: list[WorkItem], builder: PromptBuilder, tokenizer, 
     return kept, too_long
 
 
-def _batches(items: list[WorkItem], batch_size: int) -> list[list[WorkItem]]:
-    """Consecutive runs of items with the same temperature and steering, at most batch_size long."""
-    batches: list[list[WorkItem]] = []
-    for item in items:
-        if batches and len(batches[-1]) < batch_size and batches[-1][0].temperature == item.temperature \
-                and batches[-1][0].condition == item.condition:
-            batches[-1].append(item)
-        else:
-            batches.append([item])
-    return batches
-
-
 def run_items(model, tokenizer, builder: PromptBuilder, items: list[WorkItem], settings: JobSettings,
-              checkpoint: BatchCheckpoint, description: str = "generating", shard: Shard = Shard(0, 1)) -> None:
+              checkpoint: BatchCheckpoint, description: str = "generating", shard: Shard = Shard(0, 1)) -> Throughput:
     """Process every item of `items` that the checkpoint does not hold yet; with several processes, this
-    one takes every `shard.count`-th batch."""
+    one takes every `shard.count`-th batch of `batch_size` items."""
     done = checkpoint.done_keys()
-    pending = [item for item in items if item.key not in done]
+    pending = sorted((item for item in items if item.key not in done), key=lambda item: item.order)
     if len(pending) < len(items):
         logger.info("resuming: %d of %d items already done", len(items) - len(pending), len(items))
     wait_for_everyone()  # every process has read the same checkpoint before any of them adds to it
-    batches = _batches(pending, settings.batch_size)
+    batches = [pending[i:i + settings.batch_size] for i in range(0, len(pending), settings.batch_size)]
     mine = batches[shard.index::shard.count]
     if shard.count > 1:
         logger.info("process %d of %d takes %d of %d batches", shard.index, shard.count, len(mine), len(batches))
-    passed = failed = 0
-    with tqdm(total=sum(len(b) for b in mine), desc=description, unit="sample", disable=not shard.is_main) as bar:
-        for batch in mine:
-            records, activations = _process_batch(model, tokenizer, builder, batch, settings)
-            checkpoint.save(_file_safe(batch[0].key), [i.key for i in batch], records, activations)
-            passed += sum(r["test_passed"] for r in records)
-            failed += sum(not r["test_passed"] for r in records)
-            bar.update(len(batch))
-            bar.set_postfix(passed=passed, failed=failed)
+    if not mine:
+        return Throughput()
+    started, new_tokens = time.perf_counter(), 0
+    engine = EngineSettings(settings.max_new_tokens, settings.batch_size, settings.capture_layers,
+                            builder.adds_special_tokens, settings.limits)
+    requests = (GenerationRequest(builder.build(item.problem), item.temperature,
+                                  zlib.crc32(f"{settings.seed}:{item.key}".encode()), builder.stopper(item.problem),
+                                  builder.code_opened, item.steering, key=item)
+                for batch in mine for item in batch)
+    with (SandboxPool(settings.exec_timeout, settings.exec_workers) as sandbox,
+          tqdm(total=sum(map(len, mine)), desc=description, unit="sample", disable=not shard.is_main) as bar):
+        saver = _TestedSaver(checkpoint, settings.batch_size, bar)
+        for output in generate(model, tokenizer, requests, engine):
+            item = output.request.key
+            code = extract_code(output.text, item.problem["entry_point"], builder.code_prefix(item.problem))
+            saver.add(output, code, sandbox.submit(Program(code, item.problem["tests"])))
+            new_tokens += output.n_new_tokens
+        saver.finish()
+    throughput = Throughput(sum(map(len, mine)), new_tokens, time.perf_counter() - started)
+    logger.info("%s: %d samples, %d new tokens in %.0f s = %.1f tokens/s", description, throughput.samples,
+                throughput.new_tokens, throughput.wall_s, throughput.new_tokens / max(throughput.wall_s, 1e-9))
+    return throughput
 
 
-def _process_batch(model, tokenizer, builder: PromptBuilder, batch: list[WorkItem], settings: JobSettings
-                   ) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
-    prompts = [builder.build(item.problem) for item in batch]
-    seed = zlib.crc32(f"{settings.seed}:{batch[0].key}".encode())
-    outputs = generate_batch(model, tokenizer, prompts, max_new_tokens=settings.max_new_tokens,
-                             temperature=batch[0].temperature, seed=seed,
-                             stoppers=[builder.stopper(item.problem) for item in batch],
-                             capture_layers=settings.capture_layers, add_special_tokens=builder.adds_special_tokens,
-                             steering=batch[0].steering)
-    codes = [extract_code(out.text, item.problem["entry_point"], builder.code_prefix(item.problem))
-             for out, item in zip(outputs, batch)]
-    results = evaluate_many([Program(code, item.problem["tests"]) for code, item in zip(codes, batch)],
-                            timeout=settings.exec_timeout, workers=settings.exec_workers, progress=False)
-    records = []
-    for item, prompt, out, code, result in zip(batch, prompts, outputs, codes, results):
-        records.append({
-            "task_id": item.problem["task_id"], "sample_idx": item.sample_idx, "temperature": item.temperature,
-            "prompt": prompt, "generated_code": code, "raw_output": out.text, "test_passed": result.passed,
-            "error_type": result.error_type, "error_message": result.error_message,
-            "n_new_tokens": out.n_new_tokens, "generation_time": out.generation_time_s,
-            "exec_time": result.duration_s, "cyclomatic_complexity": int(item.problem["cyclomatic_complexity"]),
-            "difficulty": int(item.problem.get("difficulty", 0)), "family": str(item.problem.get("family", "")),
-            **({"steering": item.condition} if item.steering else {}),
-        })
-    activations = {f"layer_{layer}": torch.stack([out.activations[layer] for out in outputs])
-                   for layer in settings.capture_layers}
-    return records, activations
+class _TestedSaver:
+    """Holds generated programs until the sandbox has tested them, then saves them to the checkpoint,
+    `batch_size` to a file: generation never waits for the tests of a group to finish."""
+
+    def __init__(self, checkpoint: BatchCheckpoint, batch_size: int, bar: tqdm):
+        self.checkpoint, self.batch_size, self.bar = checkpoint, batch_size, bar
+        self.waiting: list[tuple[GenerationResult, str, Future]] = []
+        self.passed = self.failed = 0
+
+    def add(self, output: GenerationResult, code: str, tested: Future) -> None:
+        self.waiting.append((output, code, tested))
+        self._save(finish=False)
+
+    def finish(self) -> None:
+        wait([tested for _, _, tested in self.waiting])
+        self._save(finish=True)
+
+    def _save(self, finish: bool) -> None:
+        ready = [entry for entry in self.waiting if entry[2].done()]
+        while len(ready) >= self.batch_size or (finish and ready):
+            group, ready = ready[:self.batch_size], ready[self.batch_size:]
+            records = [_record(output, code, tested.result()) for output, code, tested in group]
+            layers = group[0][0].activations
+            activations = {f"layer_{layer}": torch.stack([output.activations[layer] for output, _, _ in group])
+                           for layer in layers}
+            keys = [output.request.key.key for output, _, _ in group]
+            self.checkpoint.save(_file_safe(keys[0]), keys, records, activations)
+            saved = {id(entry) for entry in group}
+            self.waiting = [entry for entry in self.waiting if id(entry) not in saved]
+            self.passed += sum(record["test_passed"] for record in records)
+            self.failed += sum(not record["test_passed"] for record in records)
+            self.bar.update(len(group))
+            self.bar.set_postfix(passed=self.passed, failed=self.failed)
+
+
+def _record(output: GenerationResult, code: str, result: ExecutionResult) -> dict[str, Any]:
+    item: WorkItem = output.request.key
+    return {
+        "task_id": item.problem["task_id"], "sample_idx": item.sample_idx, "temperature": item.temperature,
+        "prompt": output.request.prompt, "generated_code": code, "raw_output": output.text,
+        "test_passed": result.passed, "error_type": result.error_type, "error_message": result.error_message,
+        "n_new_tokens": output.n_new_tokens, "stop_reason": output.stop_reason,
+        "generation_time": output.generation_time_s, "exec_time": result.duration_s,
+        "cyclomatic_complexity": int(item.problem["cyclomatic_complexity"]),
+        "difficulty": int(item.problem.get("difficulty", 0)), "family": str(item.problem.get("family", "")),
+        **({"steering": item.condition} if item.steering else {}),
+    }
 
 
 @dataclass
@@ -171,6 +226,11 @@ class SplitGeneration:
     prompt_style: str
     too_long: list[str]  # task ids left out because their prompt is over max_prompt_tokens
     checkpoint: BatchCheckpoint  # cleared by the phase once its outputs are written
+    throughput: Throughput  # of this run's own generations
+
+    @property
+    def report(self) -> dict[str, Any]:
+        return generation_report(self.rows, self.throughput)
 
 
 def generate_split(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, str]], problems: pd.DataFrame,
@@ -201,9 +261,9 @@ def generate_split(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, 
     items, too_long = drop_long_prompts(plan(records), builder, tokenizer, config.max_prompt_tokens)
     sliced_ids = {r["task_id"] for r in records[config.task_start:config.task_end]}
     settings = JobSettings(config.max_new_tokens, config.batch_size, config.seed, config.exec_timeout,
-                           config.n_exec_workers, tuple(config.layers) if capture else ())
-    run_items(model, tokenizer, builder, [i for i in items if i.problem["task_id"] in sliced_ids], settings,
-              checkpoint, description=description, shard=shard)
+                           config.n_exec_workers, tuple(config.layers) if capture else (), config.degeneration_limits)
+    throughput = run_items(model, tokenizer, builder, [i for i in items if i.problem["task_id"] in sliced_ids],
+                           settings, checkpoint, description=description, shard=shard)
     wait_for_everyone()
     if not shard.is_main:  # the main process writes the outputs
         return None
@@ -213,9 +273,9 @@ def generate_split(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, 
         logger.warning("%d of %d samples are still to do: run `%s` without --start/--end (or the remaining "
                        "slices) to finish and write the outputs", len(missing), len(items), spec.command)
         return None
-    ordered = sorted(items, key=lambda i: (i.condition, i.problem["_order"], i.sample_idx))
+    ordered = sorted(items, key=lambda item: item.order)
     return SplitGeneration([done[i.key][0] for i in ordered], [done[i.key][1] for i in ordered], builder.style,
-                           too_long, checkpoint)
+                           too_long, checkpoint, throughput)
 
 
 def write_split_outputs(config: Config, out_dir: Path, table_name: str, rows: list[dict[str, Any]],

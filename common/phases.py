@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from common.errors import PipelineError
 
-_GENERATION_KEYS = ("model_name", "prompt_style", "max_new_tokens", "max_prompt_tokens", "seed", "exec_timeout")
+_GENERATION_KEYS = ("model_name", "prompt_style", "max_new_tokens", "max_prompt_tokens", "seed", "exec_timeout",
+                    "stop_repeat_tokens", "stop_repeat_copies", "stop_repeat_period", "stop_no_code_tokens",
+                    "stop_code_tokens")
 
 _SAE_KEYS = ("sae_source", "sae_id_template", "sae_width", "sae_k", "sae_epochs", "sae_train_tokens", "sae_eval_tokens",
              "sae_delta_ce_tokens", "sae_context_tokens", "sae_batch_tokens", "sae_lr")

@@ -78,9 +78,19 @@ class PromptBuilder:
             return _after_closed_fence
         return _at_first(_BASE_HUMANEVAL_STOPS if _is_completion_problem(problem) else _BASE_MBPP_STOPS)
 
+    @property
+    def code_opened(self) -> Callable[[str], bool] | None:
+        """Has the answer's code started? A chat answer's code starts at its first fence; a base prompt is
+        continued with code from the first token (None)."""
+        return _has_fence if self.style == "chat" else None
+
 
 def _is_completion_problem(problem: Mapping[str, Any]) -> bool:
     return problem.get("source") == "humaneval"
+
+
+def _has_fence(text: str) -> bool:
+    return "```" in text
 
 
 def _after_closed_fence(text: str) -> int | None:

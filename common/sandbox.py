@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -188,11 +188,29 @@ def _result(report: dict | None, returncode: int | None, timed_out: bool, timeou
                                             "(os._exit or a crash)", duration_s)
 
 
+class SandboxPool:
+    """Programs run in the background while the caller goes on: a generating phase submits each finished
+    program and keeps generating. Each worker thread only waits on its own sandboxed process."""
+
+    def __init__(self, timeout: float = 5.0, workers: int | None = None):
+        self.timeout = timeout
+        sandbox_mode()  # probe once, before the threads start
+        self._pool = ThreadPoolExecutor(max_workers=max(1, (workers or os.cpu_count() or 1) * 2))
+
+    def submit(self, program: Program) -> Future:
+        """A future of the program's ExecutionResult."""
+        return self._pool.submit(evaluate_code, program.code, program.tests, self.timeout)
+
+    def __enter__(self) -> SandboxPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def evaluate_many(programs: Sequence[Program], timeout: float = 5.0, workers: int | None = None,
                   progress: bool = True, description: str = "executing") -> list[ExecutionResult]:
-    """`evaluate_code` over many programs in parallel threads (each waits on its own process)."""
-    workers = workers or os.cpu_count() or 1
-    sandbox_mode()  # probe once, before the threads start
-    with ThreadPoolExecutor(max_workers=max(1, workers * 2)) as pool:
-        jobs = pool.map(lambda p: evaluate_code(p.code, p.tests, timeout), programs)
-        return list(tqdm(jobs, total=len(programs), desc=description, disable=not progress, leave=False))
+    """`evaluate_code` over many programs in parallel; results in the programs' order."""
+    with SandboxPool(timeout, workers) as pool:
+        futures = [pool.submit(program) for program in programs]
+        return [future.result() for future in tqdm(futures, desc=description, disable=not progress, leave=False)]

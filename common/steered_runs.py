@@ -40,9 +40,9 @@ class Arm:
 
 def run_arms(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, str]], problems: pd.DataFrame,
              baseline: pd.DataFrame, arms: Sequence[Arm], description: str,
-             loaded: tuple[Any, Any] | None = None) -> pd.DataFrame | None:
-    """One row per (arm, task): baseline and steered outcome side by side. None while a --start/--end slice
-    leaves work.
+             loaded: tuple[Any, Any] | None = None) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+    """One row per (arm, task): baseline and steered outcome side by side, and the generation report (stop
+    reasons, tokens, speed). None while a --start/--end slice leaves work.
 
     Arms that share a steering share its generations: each (steering, task) is generated once. The
     generations stay in the phase's checkpoint, keyed by steering label (direction, digest of its vector,
@@ -88,8 +88,9 @@ def run_arms(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, str]],
                      "steered_valid_code": defines_function(steered["generated_code"], entry_points[task_id]),
                      "baseline_code": before["generated_code"], "steered_code": steered["generated_code"],
                      "prompt": steered["prompt"], "n_new_tokens": steered["n_new_tokens"],
+                     "stop_reason": steered["stop_reason"],
                      **divergence(before["generated_code"], steered["generated_code"])})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), generated.report
 
 
 def _frame_hash(frame: pd.DataFrame) -> str:

@@ -42,7 +42,7 @@ def run(config: Config) -> Path | None:
     rows = generated.rows
     outputs = write_split_outputs(config, out_dir, "dataset_sae.parquet", rows, generated.tensors)
     summary_path = out_dir / "phase_1_summary.json"
-    summary = _summary(config, generated.prompt_style, rows, generated.too_long)
+    summary = {**_summary(config, generated.prompt_style, rows, generated.too_long), "generation": generated.report}
     save_json(summary, summary_path)
     title = f"Phase 1: {config.model_name} on the {config.dataset} sae split ({generated.prompt_style} prompt)"
     plots = {"complexity": ("pass_rate_by_complexity.png", "cyclomatic complexity of the reference (10 = 10 or more)"),

@@ -57,7 +57,7 @@ def run(config: Config) -> Path | None:
     summary_path = out_dir / "phase_3_5_summary.json"
     save_json({"split": "validation", "prompt_style": generated.prompt_style, "n_tasks": len(problems),
                "samples_per_temperature": config.samples_per_temperature, "by_temperature": by_temperature,
-               "tasks_left_out_prompt_too_long": generated.too_long}, summary_path)
+               "tasks_left_out_prompt_too_long": generated.too_long, "generation": generated.report}, summary_path)
     manifest = write_manifest(config, spec, inputs, outputs + [summary_path], {"prompt_style": generated.prompt_style})
     generated.checkpoint.clear()
     return manifest

@@ -39,7 +39,7 @@ def run(config: Config) -> Path | None:
     n_passed = sum(row["test_passed"] for row in rows)
     summary = {"split": "hyperparams", "temperature": 0.0, "prompt_style": generated.prompt_style,
                "n_tasks": len(rows), "n_passed": n_passed, "pass_rate": rate(n_passed, len(rows)).to_dict(),
-               "tasks_left_out_prompt_too_long": generated.too_long}
+               "tasks_left_out_prompt_too_long": generated.too_long, "generation": generated.report}
     logger.info("hyperparams split: %s", rate(n_passed, len(rows)))
     summary_path = out_dir / "phase_3_6_summary.json"
     save_json(summary, summary_path)

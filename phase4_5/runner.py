@@ -58,10 +58,11 @@ def run(config: Config) -> Path | None:
     arms = [Arm(f"{kind}@{c:g}", Steering(best[kind], _alpha(config, c, norms[best[kind].layer]),
                                             config.steering_positions), tuple(selected[kind]["task_id"]))
             for kind in selected for c in grid]
-    rows = run_arms(config, spec, inputs, problems, baseline, arms, "phase 4.5 (coefficient grid)",
-                    loaded=(model, tokenizer))
-    if rows is None:
+    steered = run_arms(config, spec, inputs, problems, baseline, arms, "phase 4.5 (coefficient grid)",
+                       loaded=(model, tokenizer))
+    if steered is None:
         return None
+    rows, generation = steered
 
     out_dir = phase_dir(config, spec.id)
     grid_path = out_dir / "coefficient_grid_results.parquet"
@@ -91,7 +92,7 @@ def run(config: Config) -> Path | None:
     summary_path = out_dir / "phase_4_5_summary.json"
     save_json({"grid": grid, "coefficient_scale": config.coefficient_scale, "positions": config.steering_positions,
                "mean_residual_norm": {str(layer): norm for layer, norm in norms.items()},
-               "n_generations": int(len(rows)), "warnings": warnings,
+               "n_generations": int(len(rows)), "generation": generation, "warnings": warnings,
                "by_direction": {kind: {"direction": r["direction"], "selected_coefficient": r["coefficient"],
                                        "chosen_by": r["chosen_by"], "grid": r["grid"]} for kind, r in results.items()}},
               summary_path)

@@ -52,9 +52,10 @@ def run(config: Config) -> Path | None:
         logger.warning(warning)
     if not arms:
         raise PipelineError("phase 4.8 has nothing to steer: phase 4.5 chose no coefficient")
-    rows = run_arms(config, spec, inputs, problems, baseline, arms, "phase 4.8 (steering effects)")
-    if rows is None:
+    steered = run_arms(config, spec, inputs, problems, baseline, arms, "phase 4.8 (steering effects)")
+    if steered is None:
         return None
+    rows, generation = steered
 
     out_dir = phase_dir(config, spec.id)
     rows_path = out_dir / "steered_results.parquet"
@@ -77,7 +78,8 @@ def run(config: Config) -> Path | None:
     example_paths = _write_examples(out_dir / "examples", rows)
     summary_path = out_dir / "phase_4_8_summary.json"
     save_json({"headline": _headline(effects), "coefficients": analysis["coefficients"],
-               "n_generations": analysis["n_generations"], "warnings": warnings}, summary_path)
+               "n_generations": analysis["n_generations"], "generation": generation, "warnings": warnings},
+              summary_path)
     for line in _headline(effects):
         logger.info(line)
     return write_manifest(config, spec, inputs, [rows_path, analysis_path, plot_path, summary_path, *example_paths])

@@ -103,20 +103,20 @@ def test_resume_after_a_crash_and_after_a_slice_gives_identical_outputs(tmp_path
         _run_upstream(folder, tiny_args)
     assert run.main(["phase", "1", "--data-dir", str(straight), *tiny_args]) == 0
 
-    real_evaluate = generation_job.evaluate_many
+    real_save = generation_job.BatchCheckpoint.save
     calls = {"n": 0}
 
     def crash_on_third_batch(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C in the middle of the run
-        return real_evaluate(*args, **kwargs)
+        return real_save(*args, **kwargs)
 
-    monkeypatch.setattr(generation_job, "evaluate_many", crash_on_third_batch)
+    monkeypatch.setattr(generation_job.BatchCheckpoint, "save", crash_on_third_batch)
     assert run.main(["phase", "1", "--data-dir", str(crashed), *tiny_args]) == 130
     assert not (crashed / "phase1" / "phase_output.json").exists()
     assert len(list((crashed / "phase1" / "checkpoint").glob("batch_*.pt"))) == 2
-    monkeypatch.setattr(generation_job, "evaluate_many", real_evaluate)
+    monkeypatch.setattr(generation_job.BatchCheckpoint, "save", real_save)
     assert run.main(["phase", "1", "--data-dir", str(crashed), *tiny_args]) == 0
 
     assert run.main(["phase", "1", "--data-dir", str(sliced), "--end", "2", *tiny_args]) == 0

@@ -93,14 +93,14 @@ def test_viz_only_redraws_without_generating(steered_run, monkeypatch):
     data_dir, args = steered_run
     figure = data_dir / "phase4_8" / "steering_effect_analysis.png"
     figure.unlink()
-    monkeypatch.setattr("common.generation_job.generate_batch", _refuse)
+    monkeypatch.setattr("common.generation_job.generate", _refuse)
     assert run.main(["phase", "4.8", "--viz-only", "--data-dir", str(data_dir), *args]) == 0
     assert figure.read_bytes().startswith(b"\x89PNG")
 
 
 def test_a_hand_chosen_coefficient_reuses_the_grid_generations(steered_run, monkeypatch):
     data_dir, args = steered_run
-    monkeypatch.setattr("common.generation_job.generate_batch", _refuse)
+    monkeypatch.setattr("common.generation_job.generate", _refuse)
     assert run.main(["phase", "4.5", "--data-dir", str(data_dir), *args, "--set", "incorrect_coefficient=0.001"]) == 0
     chosen = json.loads((data_dir / "phase4_5" / "selected_coefficients.json").read_text())
     assert chosen["incorrect"]["chosen_by"] == "override" and chosen["incorrect"]["coefficient"] == 0.001
@@ -134,7 +134,7 @@ def test_rerunning_the_baseline_phase_without_changing_its_greedy_rows_reuses_ev
     before = json.loads((data_dir / "phase4_8" / "steering_effect_analysis.json").read_text())
     more_samples = [*args, "--set", "samples_per_temperature=1", "--set", "temperatures=0.7"]
     assert run.main(["phase", "3.5", "--data-dir", str(data_dir), *more_samples]) == 0
-    monkeypatch.setattr("common.generation_job.generate_batch", _refuse)
+    monkeypatch.setattr("common.generation_job.generate", _refuse)
     assert run.main(["phase", "4.8", "--data-dir", str(data_dir), *more_samples]) == 0
     after = json.loads((data_dir / "phase4_8" / "steering_effect_analysis.json").read_text())
     assert after["effects"] == before["effects"]
