@@ -22,6 +22,7 @@ from common.distributed import current_shard, launched
 from common.errors import PipelineError
 from common.logging import add_phase_log_file, configure_console, get_logger
 from common.phases import PHASES, PhaseSpec, get_phase
+from common.plan import plan_lines
 from common.utils import all_phase_statuses, phase_status, upstream_inputs
 
 logger = get_logger("run")
@@ -29,7 +30,9 @@ logger = get_logger("run")
 
 def _parser() -> argparse.ArgumentParser:
     shared = argparse.ArgumentParser(add_help=False)
-    shared.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys")
+    shared.add_argument("--profile", metavar="NAME", help="a shipped set of config keys (profiles/NAME.yaml), e.g. "
+                                                         "'quick': every phase in minutes, a smoke view")
+    shared.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (over the profile's)")
     shared.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                         help="override one config key (repeatable), e.g. --set layers=5,10")
     shared.add_argument("--data-dir", metavar="DIR", help="folder for every phase's output (default: data)")
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(f"task_end={args.end}")
         if args.force:
             overrides.append("force=true")
-        config = load_config(args.config, overrides, args.data_dir)
+        config = load_config(args.config, overrides, args.data_dir, args.profile)
 
         if args.command == "pipeline" and launched():
             raise PipelineError("under torchrun / accelerate launch run one phase at a time (`run.py phase 1`); "
@@ -100,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 run_phase(config, spec)
             return 0
+        to_run = [spec for spec, state, _ in all_phase_statuses(config) if state != "done" or config.force]
+        for line in plan_lines(config, to_run):
+            logger.info(line)
         for spec in PHASES:
             state, reason = phase_status(config, spec)  # fresh: an upstream rerun makes this one stale
             if state == "done" and not config.force:

@@ -3,10 +3,10 @@
     python -m benchmarks.steered_generation [--prompts 64] [--batch-size 32] [--alpha 10] [--layer 15]
 
 Same prompts (the first problems of the synthetic set, built as the pipeline builds them), greedy, the
-same steering in both runs; reports generated tokens per second of each, their ratio, and how many
-generations are token-identical (the texts are decoded from the tokens, so equal text = equal tokens
-here). Then the batched run with the steering at alpha 0 against no steering at all: the cost of
-the hooks themselves.
+same steering and the pipeline's default stop rules in both runs; reports generated tokens per second
+of each, their ratio, and how many generations are token-identical (same token count and text). Then
+the batched run with the steering at alpha 0 against no steering at all: the cost of the hooks
+themselves.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import pandas as pd
 import torch
 
 from benchmarks.report import report
-from common.config import DEFAULT_MODEL_ALIAS
+from common.config import DEFAULT_MODEL_ALIAS, Config
 from common.datasets import load_problems
 from common.directions import random_directions
-from common.generation import generate_batch
+from common.generation import EngineSettings, GenerationRequest, generate
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
 from common.steering import Steering
 from common_simplified.model_loader import load_model_and_tokenizer
@@ -30,13 +30,13 @@ from common_simplified.model_loader import load_model_and_tokenizer
 def _generate(model, tokenizer, builder, problems, batch_size: int, max_new_tokens: int, steering,
               repeats: int) -> tuple[list, float]:
     """The outputs, and the best wall time of `repeats` identical runs (greedy: the outputs repeat too)."""
+    requests = [GenerationRequest(builder.build(p), stopper=builder.stopper(p), code_opened=builder.code_opened,
+                                  steering=steering, key=i) for i, p in enumerate(problems)]
+    settings = EngineSettings(max_new_tokens, batch_size, (), builder.adds_special_tokens, Config().degeneration_limits)
     best_s = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        outputs = generate_batch(model, tokenizer, [builder.build(p) for p in problems], max_new_tokens=max_new_tokens,
-                                 stoppers=[builder.stopper(p) for p in problems],
-                                 add_special_tokens=builder.adds_special_tokens, steering=steering,
-                                 batch_size=batch_size)
+        outputs = sorted(generate(model, tokenizer, requests, settings), key=lambda result: result.request.key)
         best_s = min(best_s, time.perf_counter() - started)
     return outputs, best_s
 
@@ -44,7 +44,7 @@ def _generate(model, tokenizer, builder, problems, batch_size: int, max_new_toke
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=Config().batch_size)
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--alpha", type=float, default=10.0)
     parser.add_argument("--layer", type=int, default=15)

@@ -15,11 +15,20 @@ import re
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _KEPT_NODES = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+# A fence, or a line that can only be Python: what `extract_code` would take as the program.
+_CODE_START = re.compile(r"```|^(?:async\s+)?def\s+\w+\s*\(|^class\s+\w+\s*[(:]|^from\s+[\w.]+\s+import\s"
+                         r"|^import\s+[\w.]+(?:\s+as\s+\w+)?(?:\s*,\s*[\w.]+(?:\s+as\s+\w+)?)*[ \t]*\n", re.MULTILINE)
 
 
 def fenced_blocks(text: str) -> list[str]:
     """Bodies of ``` fenced blocks tagged python/py or untagged; an unclosed last block counts."""
     return [body for lang, body in _FENCE.findall(text) if lang.lower() in ("", "python", "py", "python3")]
+
+
+def code_started(text: str) -> bool:
+    """Has a chat answer begun its code? Usually with a fence, but the model sometimes writes a bare
+    `def` with no fence at all, which `extract_code` takes whole; both count."""
+    return _CODE_START.search(text) is not None
 
 
 def extract_code(raw_output: str, entry_point: str | None = None, prefix: str = "") -> str:

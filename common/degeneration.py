@@ -1,11 +1,12 @@
 """When a generation has gone wrong and every further token is wasted: stop rules with measured thresholds.
 
-Three signs, each with a threshold in the config (0 turns it off):
+Three signs, each with thresholds in the config (`repeat_copies` or `repeat_max_period`, `no_code_tokens`,
+`code_tokens` at 0 turn their rule off; `repeat_tokens` 0 sets no minimum length):
 - `repetition`: the output ends in `repeat_copies` copies of one span of at most `repeat_max_period`
   tokens, together at least `repeat_tokens` long: a loop the model will not leave ("1 1 1 1", the
   alphabet again and again, the same function written a third time);
-- `no_code`: `no_code_tokens` tokens written and no code block opened (chat prompts only: a
-  completion prompt is code from its first token);
+- `no_code`: `no_code_tokens` tokens written and no code begun, fenced or a bare `def` (chat prompts
+  only: a completion prompt is code from its first token);
 - `overlong_code`: the open code block holds `code_tokens` tokens and is still not closed.
 The defaults were set on unsteered programs of the default model that pass, so that almost none
 of them would have been cut (README, "Stopping degenerate output"); `replay` measures that.

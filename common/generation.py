@@ -3,15 +3,16 @@
 A run keeps up to `batch_size` rows decoding together. When a row finishes (end of sequence, its
 code block closed, a degenerate loop, or `max_new_tokens`) it leaves at once and the next request
 takes its slot, so the batch stays full until the requests run out: on a CPU one decode step of 64
-rows costs about 4 of 1 row (SmolLM2-135M, 2 cores), and a batch that waits for its longest row
-wastes most of that.
+rows costs about 6 of 1 row (SmolLM2-135M, 2 cores: 377 against 65 ms), and a batch that waits for
+its longest row wastes most of that.
 
-Each request is prefilled alone (batch of one, no padding) and its keys and values are copied into
-a slot of a `SlotCache`. So its activations, read from that prefill at the last prompt token, do not
-depend on which requests share its run, bit for bit, and a request whose prompt and steering were
-just prefilled reuses that prefill (phase 3.5's thirteen samples of a task share one). Greedy rows
-give the tokens of one-prompt-at-a-time generation; a sampled row draws from a generator seeded by
-its own request, so its tokens do not depend on its batch-mates either (both tested).
+Each request is prefilled alone (batch of one, no padding; common/prefill.py, which also reuses
+prefills) and its keys and values are copied into a slot of a `SlotCache`. So its activations, read
+from that prefill at the last prompt token, do not depend on which requests share its run, bit for
+bit. Greedy rows give the tokens of one-prompt-at-a-time generation; a sampled row draws from a
+generator seeded by its own request, so its tokens do not depend on its batch-mates either (both
+tested on CPU in float32; on a GPU, kernels picked by batch shape may change the last bits, and with
+them an occasional token).
 
 Hook site: "layer L" always means the output of decoder layer L (common/hooks.py). A request's
 `Steering` adds its vector there: in its own prefill through `steering_applied`, in decode steps
@@ -20,23 +21,19 @@ through `RowSteering`, which gives each row of the batch its own vector.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
-from transformers import DynamicCache
 
 from common.degeneration import CodeOpened, DegenerationGuard, DegenerationLimits
-from common.hooks import decoder_layers, layer_forward_hooks, layer_output
+from common.hooks import decoder_layers
 from common.kv_slots import SlotCache
+from common.prefill import Prefill, Prefiller, PrefillStats
 from common.prompt_utils import Stopper
-from common.steering import RowSteering, Steering, steering_applied
-
-PREFILL_CACHE_ENTRIES = 4  # prompts whose prefill is kept for reuse (requests arrive grouped by prompt)
+from common.steering import RowSteering, Steering
 
 
 @dataclass(frozen=True)
@@ -56,32 +53,33 @@ class GenerationResult:
     text: str
     n_new_tokens: int
     stop_reason: str  # one of common.degeneration.STOP_REASONS
-    generation_time_s: float  # own prefill + 1/n of every decode step shared with n rows
+    generation_time_s: float  # its prefill if not reused (the first sample of a prompt pays it) + 1/n of each
+    # decode step shared with n rows
     activations: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [d_model] float32
 
 
 @dataclass(frozen=True)
 class EngineSettings:
     max_new_tokens: int
-    batch_size: int = 32
+    batch_size: int
     capture_layers: tuple[int, ...] = ()
     add_special_tokens: bool = True
     limits: DegenerationLimits = DegenerationLimits()
 
 
-@contextlib.contextmanager
-def capture_last_prompt_token(model: torch.nn.Module, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
-    """Record each layer's output at position -1 on the first forward pass inside the block (the prefill)."""
-    captured: dict[int, torch.Tensor] = {}
+@dataclass
+class EngineStats:
+    """Where a run's time went: prefills (new prompts) against decode steps (all rows, one token each)."""
+    prefill: PrefillStats = field(default_factory=PrefillStats)
+    decode_steps: int = 0
+    decoded_rows: int = 0  # rows summed over steps: decoded_rows / decode_steps is the mean batch
+    decode_s: float = 0.0
 
-    def make_hook(layer: int):
-        def hook(_module, _inputs, output):
-            if layer not in captured:
-                captured[layer] = layer_output(output)[:, -1, :].detach().to(torch.float32).cpu()
-        return hook
-
-    with layer_forward_hooks(model, {layer: make_hook(layer) for layer in layers}):
-        yield captured
+    def to_dict(self) -> dict[str, float]:
+        return {**{key: round(value, 1) for key, value in asdict(self.prefill).items()},
+                "decode_steps": self.decode_steps,
+                "mean_rows_per_step": round(self.decoded_rows / self.decode_steps, 1) if self.decode_steps else None,
+                "decode_s": round(self.decode_s, 1)}
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -92,10 +90,11 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return ids
 
 
-def generate(model, tokenizer, requests: Iterable[GenerationRequest], settings: EngineSettings
-             ) -> Iterator[GenerationResult]:
-    """Results in the order the requests finish; the next request is taken when a slot frees up."""
-    return _Engine(model, tokenizer, settings).run(iter(requests))
+def generate(model, tokenizer, requests: Iterable[GenerationRequest], settings: EngineSettings,
+             stats: EngineStats | None = None) -> Iterator[GenerationResult]:
+    """Results in the order the requests finish; the next request is taken when a slot frees up. `stats`,
+    if given, is filled in as the run goes."""
+    return _Engine(model, tokenizer, settings, stats or EngineStats()).run(iter(requests))
 
 
 def generate_batch(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
@@ -113,14 +112,6 @@ def generate_batch(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
 
 
 @dataclass
-class _Prefill:
-    keys_values: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, [1, heads, prompt_len, head_dim]
-    last_logits: torch.Tensor  # [vocab] float32
-    activations: dict[int, torch.Tensor]
-    time_s: float
-
-
-@dataclass
 class _Row:
     request: GenerationRequest
     guard: DegenerationGuard
@@ -131,19 +122,19 @@ class _Row:
 
 
 class _Engine:
-    def __init__(self, model, tokenizer, settings: EngineSettings):
-        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+    def __init__(self, model, tokenizer, settings: EngineSettings, stats: EngineStats):
+        self.model, self.tokenizer, self.settings, self.stats = model, tokenizer, settings, stats
         self.device = next(model.parameters()).device
         self.eos_ids = set(eos_token_ids(model, tokenizer))
         parameters = inspect.signature(type(model).forward).parameters
         self.cache_keyword = "cache" if "cache" in parameters else "past_key_values"  # renamed in transformers 5
         self.n_layers = len(decoder_layers(model))
-        self.window_limit = getattr(model.config, "sliding_window", None)
-        self.prefills: OrderedDict[tuple[str, str], _Prefill] = OrderedDict()
+        self.prefiller = Prefiller(model, tokenizer, settings.add_special_tokens, settings.capture_layers,
+                                   self.cache_keyword, settings.max_new_tokens, stats.prefill)
 
     @torch.inference_mode()
     def run(self, requests: Iterator[GenerationRequest]) -> Iterator[GenerationResult]:
-        cache = SlotCache(self.n_layers, self.settings.batch_size)
+        cache = SlotCache(self.n_layers, self.settings.batch_size, self.settings.max_new_tokens)
         rows: list[_Row] = []
         with RowSteering(self.model) as row_steering:
             changed = False
@@ -157,7 +148,7 @@ class _Engine:
                     if reason:
                         yield self._result(row, reason)
                         continue
-                    cache.add_row(prefill.keys_values, self.settings.max_new_tokens)
+                    cache.add_row(prefill.keys_values)
                     rows.append(row)
                     changed = True
                 if not rows:
@@ -166,7 +157,11 @@ class _Engine:
                 if changed:
                     row_steering.update([row.request.steering for row in rows])
                 finished = self._decode_step(cache, rows, row_steering)
-                share_s = (time.perf_counter() - started) / len(rows)
+                step_s = time.perf_counter() - started
+                self.stats.decode_steps += 1
+                self.stats.decoded_rows += len(rows)
+                self.stats.decode_s += step_s
+                share_s = step_s / len(rows)
                 for row in rows:
                     row.time_s += share_s
                 for slot, reason in sorted(finished, reverse=True):  # a removed slot takes the last row
@@ -197,8 +192,8 @@ class _Engine:
                 finished.append((slot, reason))
         return finished
 
-    def _start(self, request: GenerationRequest) -> tuple[_Row, _Prefill]:
-        prefill = self._prefill(request.prompt, request.steering)
+    def _start(self, request: GenerationRequest) -> tuple[_Row, Prefill]:
+        prefill = self.prefiller.get(request.prompt, request.steering)
         generator = None
         if request.temperature > 0:
             generator = torch.Generator(self.device).manual_seed(request.seed)
@@ -206,29 +201,6 @@ class _Engine:
         row = _Row(request, guard, generator, prefill.activations, prefill.time_s)
         prefill.time_s = 0.0  # a reused prefill costs the next row nothing
         return row, prefill
-
-    def _prefill(self, prompt: str, steering: Steering | None) -> _Prefill:
-        key = (prompt, steering.label if steering else "")
-        if key in self.prefills:
-            self.prefills.move_to_end(key)
-            return self.prefills[key]
-        started = time.perf_counter()
-        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=self.settings.add_special_tokens)
-        ids = ids["input_ids"].to(self.device)
-        if self.window_limit and ids.shape[1] + self.settings.max_new_tokens > self.window_limit:
-            raise ValueError(f"a prompt of {ids.shape[1]} tokens plus {self.settings.max_new_tokens} new ones exceeds "
-                             f"the model's sliding attention window ({self.window_limit})")
-        kv = DynamicCache(config=self.model.config)
-        steered = steering_applied(self.model, steering) if steering else contextlib.nullcontext()
-        with steered, capture_last_prompt_token(self.model, self.settings.capture_layers) as captured:
-            output = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self.cache_keyword: kv})
-        prefill = _Prefill([(layer.keys, layer.values) for layer in kv.layers], output.logits[0, -1].float(),
-                           {layer: captured[layer][0].clone() for layer in self.settings.capture_layers},
-                           time.perf_counter() - started)
-        self.prefills[key] = prefill
-        if len(self.prefills) > PREFILL_CACHE_ENTRIES:
-            self.prefills.popitem(last=False)
-        return prefill
 
     def _pick(self, logits: torch.Tensor, rows: Sequence[_Row]) -> list[int]:
         """Greedy rows take the argmax; a sampled row draws from softmax(logits / T) with its own generator."""

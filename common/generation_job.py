@@ -14,7 +14,7 @@ import time
 import zlib
 from collections import Counter
 from concurrent.futures import Future, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -30,7 +30,7 @@ from common.config import Config
 from common.degeneration import DegenerationLimits
 from common.distributed import Shard, current_shard, shard_device, wait_for_everyone
 from common.errors import PipelineError
-from common.generation import EngineSettings, GenerationRequest, GenerationResult, generate
+from common.generation import EngineSettings, EngineStats, GenerationRequest, GenerationResult, generate
 from common.hooks import HOOK_SITE, check_layers
 from common.logging import get_logger
 from common.phases import PhaseSpec
@@ -62,9 +62,13 @@ class WorkItem:
 
     @property
     def order(self) -> tuple[str, int, int]:
-        """Output order (steering condition, task in split order, sample); also the order of generation, so
-        the samples of one prompt arrive together and share its prefill."""
+        """Output order: steering condition, task in split order, sample."""
         return self.condition, self.problem["_order"], self.sample_idx
+
+    @property
+    def generation_order(self) -> tuple[int, int, str]:
+        """Task first, so the samples and steerings of one prompt arrive together and share its prefill."""
+        return self.problem["_order"], self.sample_idx, self.condition
 
 
 @dataclass(frozen=True)
@@ -73,10 +77,12 @@ class Throughput:
     samples: int = 0
     new_tokens: int = 0
     wall_s: float = 0.0
+    engine: EngineStats = field(default_factory=EngineStats)
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, Any]:
         return {"samples": self.samples, "new_tokens": self.new_tokens, "wall_s": round(self.wall_s, 1),
-                "tokens_per_s": round(self.new_tokens / self.wall_s, 1) if self.wall_s else None}
+                "tokens_per_s": round(self.new_tokens / self.wall_s, 1) if self.wall_s else None,
+                **self.engine.to_dict()}
 
 
 def generation_report(rows: Sequence[dict[str, Any]], throughput: Throughput) -> dict[str, Any]:
@@ -113,6 +119,12 @@ def make_temperature_items(problems: Sequence[dict[str, Any]], temperatures: Seq
     return items
 
 
+def request_for(item: WorkItem, builder: PromptBuilder, seed: int) -> GenerationRequest:
+    """The engine request of a work item; a sampled item's generator is seeded from its own key."""
+    return GenerationRequest(builder.build(item.problem), item.temperature, zlib.crc32(f"{seed}:{item.key}".encode()),
+                             builder.stopper(item.problem), builder.code_opened, item.steering, key=item)
+
+
 def drop_long_prompts(items: list[WorkItem], builder: PromptBuilder, tokenizer, max_prompt_tokens: int
                       ) -> tuple[list[WorkItem], list[str]]:
     """Items whose prompt fits; the task ids of those that do not (reported, never silently lost)."""
@@ -138,7 +150,7 @@ def run_items(model, tokenizer, builder: PromptBuilder, items: list[WorkItem], s
     """Process every item of `items` that the checkpoint does not hold yet; with several processes, this
     one takes every `shard.count`-th batch of `batch_size` items."""
     done = checkpoint.done_keys()
-    pending = sorted((item for item in items if item.key not in done), key=lambda item: item.order)
+    pending = sorted((item for item in items if item.key not in done), key=lambda item: item.generation_order)
     if len(pending) < len(items):
         logger.info("resuming: %d of %d items already done", len(items) - len(pending), len(items))
     wait_for_everyone()  # every process has read the same checkpoint before any of them adds to it
@@ -148,25 +160,30 @@ def run_items(model, tokenizer, builder: PromptBuilder, items: list[WorkItem], s
         logger.info("process %d of %d takes %d of %d batches", shard.index, shard.count, len(mine), len(batches))
     if not mine:
         return Throughput()
-    started, new_tokens = time.perf_counter(), 0
+    started, new_tokens, stats = time.perf_counter(), 0, EngineStats()
     engine = EngineSettings(settings.max_new_tokens, settings.batch_size, settings.capture_layers,
                             builder.adds_special_tokens, settings.limits)
-    requests = (GenerationRequest(builder.build(item.problem), item.temperature,
-                                  zlib.crc32(f"{settings.seed}:{item.key}".encode()), builder.stopper(item.problem),
-                                  builder.code_opened, item.steering, key=item)
-                for batch in mine for item in batch)
+    requests = (request_for(item, builder, settings.seed) for batch in mine for item in batch)
     with (SandboxPool(settings.exec_timeout, settings.exec_workers) as sandbox,
           tqdm(total=sum(map(len, mine)), desc=description, unit="sample", disable=not shard.is_main) as bar):
         saver = _TestedSaver(checkpoint, settings.batch_size, bar)
-        for output in generate(model, tokenizer, requests, engine):
-            item = output.request.key
-            code = extract_code(output.text, item.problem["entry_point"], builder.code_prefix(item.problem))
-            saver.add(output, code, sandbox.submit(Program(code, item.problem["tests"])))
-            new_tokens += output.n_new_tokens
+        try:
+            for output in generate(model, tokenizer, requests, engine, stats):
+                item = output.request.key
+                code = extract_code(output.text, item.problem["entry_point"], builder.code_prefix(item.problem))
+                saver.add(output, code, sandbox.submit(Program(code, item.problem["tests"])))
+                new_tokens += output.n_new_tokens
+        except BaseException:
+            saver.keep_tested()
+            raise
         saver.finish()
-    throughput = Throughput(sum(map(len, mine)), new_tokens, time.perf_counter() - started)
-    logger.info("%s: %d samples, %d new tokens in %.0f s = %.1f tokens/s", description, throughput.samples,
-                throughput.new_tokens, throughput.wall_s, throughput.new_tokens / max(throughput.wall_s, 1e-9))
+    throughput = Throughput(sum(map(len, mine)), new_tokens, time.perf_counter() - started, stats)
+    logger.info("%s: %d samples, %d new tokens in %.0f s = %.1f tokens/s (prefill of %d prompts, %d tokens: %.0f s; "
+                "%d decode steps of %.1f rows on average: %.0f s)", description, throughput.samples,
+                throughput.new_tokens, throughput.wall_s, throughput.new_tokens / max(throughput.wall_s, 1e-9),
+                stats.prefill.prefills + stats.prefill.partial_prefills, stats.prefill.prompt_tokens,
+                stats.prefill.prefill_s, stats.decode_steps,
+                stats.decoded_rows / max(stats.decode_steps, 1), stats.decode_s)
     return throughput
 
 
@@ -178,6 +195,7 @@ class _TestedSaver:
         self.checkpoint, self.batch_size, self.bar = checkpoint, batch_size, bar
         self.waiting: list[tuple[GenerationResult, str, Future]] = []
         self.passed = self.failed = 0
+        self.saving = False  # inside checkpoint.save: left True if that raised
 
     def add(self, output: GenerationResult, code: str, tested: Future) -> None:
         self.waiting.append((output, code, tested))
@@ -186,6 +204,12 @@ class _TestedSaver:
     def finish(self) -> None:
         wait([tested for _, _, tested in self.waiting])
         self._save(finish=True)
+
+    def keep_tested(self) -> None:
+        """After an error or Ctrl-C in generation: save every finished program once tested (seconds at most),
+        so a resume need not generate it again. An error in saving itself is not retried."""
+        if not self.saving:
+            self.finish()
 
     def _save(self, finish: bool) -> None:
         ready = [entry for entry in self.waiting if entry[2].done()]
@@ -196,7 +220,9 @@ class _TestedSaver:
             activations = {f"layer_{layer}": torch.stack([output.activations[layer] for output, _, _ in group])
                            for layer in layers}
             keys = [output.request.key.key for output, _, _ in group]
+            self.saving = True
             self.checkpoint.save(_file_safe(keys[0]), keys, records, activations)
+            self.saving = False
             saved = {id(entry) for entry in group}
             self.waiting = [entry for entry in self.waiting if id(entry) not in saved]
             self.passed += sum(record["test_passed"] for record in records)

@@ -66,8 +66,10 @@ class SlotLayer(DynamicLayer):
 class SlotCache(Cache):
     """KV cache for continuous batching; see the module docstring for the layout."""
 
-    def __init__(self, n_layers: int, max_rows: int):
+    def __init__(self, n_layers: int, max_rows: int, reserve_columns: int):
+        """`reserve_columns`: decode steps a row may take (max_new_tokens); relocations leave that much room."""
         self.window = _Window(max_rows)
+        self.reserve_columns = reserve_columns
         super().__init__(layers=[SlotLayer(self.window) for _ in range(n_layers)])
 
     @property
@@ -90,28 +92,28 @@ class SlotCache(Cache):
         self.window.end += new_tokens
 
     def make_room(self, new_tokens: int = 1) -> None:
-        """Before a forward pass: columns for `new_tokens` more on the right (shift left or grow)."""
+        """Before a forward pass: columns for `new_tokens` more on the right. The window moves to column 0
+        with `reserve_columns` free after it, so this copies at most once per `reserve_columns` steps."""
         w = self.window
         capacity = self.layers[0].key_buffer.shape[2]
-        if w.end + new_tokens <= capacity:
-            return
-        length = w.end - w.start
-        grow = w.start < capacity // 4  # shifting would free too little: double instead
-        self._relocate(0, max(2 * capacity, length + new_tokens) if grow else capacity)
+        if w.end + new_tokens > capacity:
+            length = w.end - w.start
+            self._relocate(0, max(capacity, length + max(new_tokens, self.reserve_columns)))
 
-    def add_row(self, prompt_kv: list[tuple[torch.Tensor, torch.Tensor]], reserve_columns: int) -> int:
+    def add_row(self, prompt_kv: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
         """Put a prefilled row (per layer: keys and values [1, heads, prompt_len, head_dim]) into the next free
-        slot, ending at column `end`; returns its slot. `reserve_columns`: decode steps it may still take."""
+        slot, ending at column `end`; returns its slot."""
         w = self.window
         if w.n_rows >= w.max_rows:
             raise RuntimeError("no free slot")
         prompt_len = prompt_kv[0][0].shape[-2]
         if self.layers[0].key_buffer is None:
-            self._allocate(prompt_kv[0][0], prompt_len + reserve_columns)
+            self._allocate(prompt_kv, prompt_len + self.reserve_columns)
         if w.n_rows == 0:
             w.start = w.end = 0
         if w.end < prompt_len:  # not enough columns left of `end`: shift the window right
-            self._relocate(prompt_len - (w.end - w.start), self.layers[0].key_buffer.shape[2] + prompt_len)
+            capacity = self.layers[0].key_buffer.shape[2]
+            self._relocate(prompt_len - (w.end - w.start), max(capacity, prompt_len + self.reserve_columns))
         slot, first = w.n_rows, w.end - prompt_len
         for layer, (keys, values) in zip(self.layers, prompt_kv):
             layer.key_buffer[slot, :, w.start:first] = 0  # stale columns of an earlier row: masked, kept finite
@@ -136,10 +138,11 @@ class SlotCache(Cache):
         if w.n_rows:
             w.start = int(w.first_column[:w.n_rows].min())
 
-    def _allocate(self, like: torch.Tensor, columns: int) -> None:
+    def _allocate(self, prompt_kv: list[tuple[torch.Tensor, torch.Tensor]], columns: int) -> None:
+        """Buffers shaped and placed like each layer's own keys: a model split over devices keeps its split."""
         w = self.window
-        shape = (w.max_rows, like.shape[1], columns, like.shape[3])
-        for layer in self.layers:
+        for layer, (like, _values) in zip(self.layers, prompt_kv):
+            shape = (w.max_rows, like.shape[1], columns, like.shape[3])
             layer.key_buffer = like.new_zeros(shape)
             layer.value_buffer = like.new_zeros(shape)
             layer.device, layer.is_initialized = like.device, True

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+from common.code_extraction import code_started
 from common.errors import PipelineError
 
 Stopper = Callable[[str], int | None]  # generated text -> index to cut at once it should stop, else None
@@ -80,17 +81,13 @@ class PromptBuilder:
 
     @property
     def code_opened(self) -> Callable[[str], bool] | None:
-        """Has the answer's code started? A chat answer's code starts at its first fence; a base prompt is
-        continued with code from the first token (None)."""
-        return _has_fence if self.style == "chat" else None
+        """Has the answer's code started? A chat answer's code starts at its first fence or bare definition;
+        a base prompt is continued with code from the first token (None)."""
+        return code_started if self.style == "chat" else None
 
 
 def _is_completion_problem(problem: Mapping[str, Any]) -> bool:
     return problem.get("source") == "humaneval"
-
-
-def _has_fence(text: str) -> bool:
-    return "```" in text
 
 
 def _after_closed_fence(text: str) -> int | None:

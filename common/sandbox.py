@@ -192,14 +192,14 @@ class SandboxPool:
     """Programs run in the background while the caller goes on: a generating phase submits each finished
     program and keeps generating. Each worker thread only waits on its own sandboxed process."""
 
-    def __init__(self, timeout: float = 5.0, workers: int | None = None):
-        self.timeout = timeout
+    def __init__(self, timeout_s: float = 5.0, workers: int | None = None):
+        self.timeout_s = timeout_s
         sandbox_mode()  # probe once, before the threads start
         self._pool = ThreadPoolExecutor(max_workers=max(1, (workers or os.cpu_count() or 1) * 2))
 
     def submit(self, program: Program) -> Future:
         """A future of the program's ExecutionResult."""
-        return self._pool.submit(evaluate_code, program.code, program.tests, self.timeout)
+        return self._pool.submit(evaluate_code, program.code, program.tests, self.timeout_s)
 
     def __enter__(self) -> SandboxPool:
         return self

@@ -114,10 +114,10 @@ class RowSteering:
 
     def update(self, steerings: Sequence[Steering | None]) -> None:
         """The vectors of the current rows, in batch order."""
-        like = next(self.model.parameters())
         steered = [s for s in steerings if s is not None and s.steers_generated_tokens]
         self.additions = {}
         for layer in sorted({s.direction.layer for s in steered}):
+            like = next(decoder_layers(self.model)[layer].parameters())  # the layer's own device and dtype
             rows = torch.zeros(len(steerings), steered[0].added.shape[-1], dtype=like.dtype, device=like.device)
             for i, s in enumerate(steerings):
                 if s is not None and s.steers_generated_tokens and s.direction.layer == layer:

@@ -53,3 +53,28 @@ def test_bad_yaml_file(tmp_path: Path):
         load_config(str(path))
     with pytest.raises(PipelineError, match="cannot read"):
         load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_a_profile_sits_between_the_defaults_and_the_config_file(tmp_path: Path):
+    quick = load_config(profile="quick")
+    assert quick.n_tasks < Config().n_tasks and quick.data_dir != Config().data_dir  # never the default's outputs
+    path = tmp_path / "c.yaml"
+    path.write_text("n_tasks: 90\n")
+    assert load_config(str(path), profile="quick").n_tasks == 90
+    assert load_config(str(path), ["n_tasks=70"], profile="quick").n_tasks == 70
+    with pytest.raises(PipelineError, match="unknown profile 'slow'.*quick"):
+        load_config(profile="slow")
+
+
+def test_the_plan_counts_each_phases_work_and_totals_its_time(tmp_path: Path):
+    from common.phases import PHASES
+    from common.plan import estimate, plan_lines
+
+    config = load_config(data_dir=str(tmp_path), overrides=["n_tasks=100", "temperatures=0.5,1.0",
+                                                             "samples_per_temperature=2"])
+    by_phase = {e.spec.id: e for e in estimate(config, PHASES)}
+    assert by_phase["1"].units == 50 and by_phase["3.6"].units == 10
+    assert by_phase["3.5"].units == 40 * (1 + 2 * 2)
+    assert all(e.seconds > 0 for e in by_phase.values())
+    lines = plan_lines(config, PHASES)
+    assert len(lines) == len(PHASES) + 2 and lines[-1].strip().startswith("total ~")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+from transformers import DynamicCache
 
 from common.directions import SteeringDirection
 from common.generation import EngineSettings, GenerationRequest, generate, generate_batch
+from common.hooks import decoder_layers
 from common.kv_slots import SlotCache
-from common.steering import Steering
+from common.prefill import Prefiller, PrefillStats, capture_last_prompt_token
+from common.steering import Steering, steering_applied
 
 # Prompt lengths differ a lot, so rows join a running batch both shorter and longer than the window.
 PROMPTS = ["x", "def add(a, b):", "Write a function that reverses a list of numbers and returns it.", "y =",
@@ -74,6 +78,35 @@ def test_rows_with_different_steerings_share_a_batch_and_each_gets_its_own(tiny_
     assert all(together[i].text == plain[i].text for i, s in enumerate(steerings) if s is None)
 
 
+def _steered_greedy_without_cache(model, tokenizer, prompt: str, steering: Steering, max_new_tokens: int) -> str:
+    """The reference the engine must match: every step one full pass over prompt + tokens so far, steered
+    as a whole sequence (prompt positions by the policy, generated positions when it is `all`); no cache."""
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    prompt_mask = torch.ones_like(ids)
+    new_tokens: list[int] = []
+    with torch.no_grad(), steering_applied(model, steering, prompt_mask):
+        for _ in range(max_new_tokens):
+            logits = model(input_ids=torch.cat([ids, torch.tensor([new_tokens], dtype=ids.dtype)], dim=1)).logits
+            new_tokens.append(int(logits[0, -1].argmax()))
+    return tokenizer.decode(new_tokens, skip_special_tokens=True)
+
+
+def test_steered_rows_of_a_shared_batch_match_a_cacheless_steered_decode(tiny_model):
+    """An independent reference for decode-step steering: a wrong layer, a lost vector or a vector given to
+    the wrong row in the engine would each change these tokens."""
+    model, tokenizer = tiny_model
+    vectors = torch.randn(2, model.config.hidden_size, generator=torch.Generator().manual_seed(9))
+    steerings = [Steering(SteeringDirection("test/a", 1, vectors[0], "random"), 30.0, "all"),
+                 Steering(SteeringDirection("test/b", 3, vectors[1], "random"), 30.0, "all"),
+                 Steering(SteeringDirection("test/c", 2, vectors[0], "random"), 30.0, "last_prompt")]
+    requests = [GenerationRequest(prompt, steering=steerings[i % 3], key=i) for i, prompt in enumerate(PROMPTS)]
+    together = _run(model, tokenizer, requests, batch_size=3, max_new_tokens=10, capture=())
+    for request in requests:
+        expected = _steered_greedy_without_cache(model, tokenizer, request.prompt, request.steering, 10)
+        assert together[request.key].n_new_tokens == 10  # no eos here, so the texts cover the same tokens
+        assert together[request.key].text == expected
+
+
 def test_generate_batch_keeps_the_order_of_its_prompts_with_a_small_batch(tiny_model):
     model, tokenizer = tiny_model
     ordered = generate_batch(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=2)
@@ -101,16 +134,16 @@ def test_slot_cache_keeps_each_rows_keys_through_moves_and_growth():
     """Rows are written, one leaves (the last moves into its slot), a longer one joins (the window shifts
     right), and decode columns run past the capacity (the window shifts left or grows)."""
     heads, dim, n_layers = 2, 3, 2
-    cache = SlotCache(n_layers, max_rows=3)
+    cache = SlotCache(n_layers, max_rows=3, reserve_columns=4)
 
     def prompt(length: int, value: float):
         kv = torch.full((1, heads, length, dim), value)
         return [(kv, -kv) for _ in range(n_layers)]
 
-    cache.add_row(prompt(2, 1.0), reserve_columns=4)
-    cache.add_row(prompt(3, 2.0), reserve_columns=4)
+    cache.add_row(prompt(2, 1.0))
+    cache.add_row(prompt(3, 2.0))
     cache.remove_row(0)  # the 3-token row moves to slot 0
-    cache.add_row(prompt(9, 3.0), reserve_columns=4)  # longer than the window: shifts right
+    cache.add_row(prompt(9, 3.0))  # longer than the window: shifts right
     for step in range(12):  # past the buffer's columns
         cache.make_room(1)
         new = torch.full((cache.n_rows, heads, 1, dim), 10.0 + step)
@@ -125,3 +158,28 @@ def test_slot_cache_keeps_each_rows_keys_through_moves_and_growth():
         assert torch.all(real[:length] == value)
         assert real[length:, 0].tolist() == [10.0 + s for s in range(12)]
         assert torch.equal(values[row, 0][mask[row]], -real)
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_model", "tiny_gemma"])
+@pytest.mark.parametrize("positions", ["all", "last_prompt"])
+def test_a_steered_prefill_that_replays_the_layers_below_the_steering_equals_a_full_steered_pass(
+        model_fixture, positions, request):
+    model, tokenizer = request.getfixturevalue(model_fixture)
+    prompt = PROMPTS[2]
+    steering = Steering(SteeringDirection("test/s", 2, torch.randn(model.config.hidden_size), "random"), 30.0, positions)
+    prefiller = Prefiller(model, tokenizer, True, (1, 3), "cache", 8, PrefillStats())
+    prefiller.get(prompt, None)
+    partial = prefiller.get(prompt, steering)
+    assert (prefiller.stats.prefills, prefiller.stats.partial_prefills) == (1, 1)
+    assert prefiller.get(prompt, steering) is partial and prefiller.stats.reused_prefills == 2  # + the base
+
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    kv = DynamicCache(config=model.config)
+    with torch.inference_mode(), steering_applied(model, steering), capture_last_prompt_token(model, (1, 3)) as seen:
+        logits = model(input_ids=ids, cache=kv, use_cache=True, logits_to_keep=1).logits
+    assert torch.equal(partial.last_logits, logits[0, -1].float())
+    for (keys, values), layer in zip(partial.keys_values, kv.layers):
+        assert torch.equal(keys, layer.keys) and torch.equal(values, layer.values)
+    for layer in (1, 3):
+        assert torch.equal(partial.activations[layer], seen[layer][0])
+    assert all(type(block).__name__ != "_Replay" for block in decoder_layers(model))  # the real layers are back

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
+from common.code_extraction import code_started
+from common.config import Config
 from common.degeneration import DegenerationGuard, DegenerationLimits, replay
+from common.errors import PipelineError
 from common.generation import EngineSettings, GenerationRequest, generate
 from common.phases import get_phase
 
@@ -46,6 +51,23 @@ def test_no_code_and_overlong_code_count_tokens_from_where_the_code_opens():
     assert _first_stop(DegenerationGuard(limits, None, 32), list(range(10))) == (6, "overlong_code")
 
 
+def test_code_begins_at_a_fence_or_a_bare_definition_but_not_at_prose():
+    """The model sometimes answers with a bare `def` and no fence; extract_code takes that whole, so the
+    no-code rule must not cut it (two such rows passed in phase 3.5 although the fence-only rule cut them)."""
+    for text in ("Sure:\n```python\n", "def total(xs):\n", "Here:\n\nfrom math import sqrt\n", "import re\n",
+                 "class Stack:\n"):
+        assert code_started(text), text
+    for text in ("Here is the function", "from the list we take", "we define a function def f( inline",
+                 "classify the numbers", "import the module first"):
+        assert not code_started(text), text
+
+
+def test_a_repetition_rule_of_one_copy_is_refused_and_zero_turns_it_off():
+    with pytest.raises(PipelineError, match="stop_repeat_copies"):
+        Config(stop_repeat_copies=1).validate()
+    assert _first_stop(DegenerationGuard(Config(stop_repeat_copies=0).degeneration_limits, None, 256), [1] * 200) is None
+
+
 def test_replay_measures_what_the_rules_would_have_cut():
     tokens = [7, 8] + [3, 4] * 10
     row = replay(tokens, lambda ids: "```" if len(ids) > 1 else "", LOOPS, lambda text: "```" in text, track_period=4)
@@ -67,6 +89,10 @@ def test_the_engine_records_why_each_row_stopped(planted_model_dir):
     assert stopped[1].stop_reason == "code_end" and stopped[1].text == "111"
     free = {r.request.key: r for r in generate(model, tokenizer, requests, EngineSettings(40, 2))}
     assert (free[0].stop_reason, free[0].n_new_tokens) == ("max_new_tokens", 40)
+    chat = GenerationRequest("Write function number 3.", code_opened=code_started, key=2)
+    prose_only = EngineSettings(40, 1, limits=DegenerationLimits(no_code_tokens=7))
+    no_code = next(generate(model, tokenizer, [chat], prose_only))
+    assert (no_code.stop_reason, no_code.n_new_tokens) == ("no_code", 7)
 
 
 def test_stop_rules_change_what_is_generated_so_they_are_generation_keys():

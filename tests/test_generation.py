@@ -3,7 +3,8 @@ import torch
 from transformers import GenerationConfig
 
 from common.errors import PipelineError
-from common.generation import capture_last_prompt_token, generate_batch
+from common.generation import generate_batch
+from common.prefill import capture_last_prompt_token
 from common.hooks import check_layers, decoder_layers
 from common.prompt_utils import PromptBuilder
 

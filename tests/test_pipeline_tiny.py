@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 import run
 from common.activations import load_activations
@@ -128,6 +129,26 @@ def test_resume_after_a_crash_and_after_a_slice_gives_identical_outputs(tmp_path
         table, tensors = _outputs(folder)
         pd.testing.assert_frame_equal(table.drop(columns=TIMING_COLUMNS), reference_table.drop(columns=TIMING_COLUMNS))
         assert tensors == reference_tensors
+
+
+def test_ctrl_c_during_generation_keeps_every_program_already_generated(tmp_path: Path, tiny_args: list[str],
+                                                                        monkeypatch: pytest.MonkeyPatch):
+    """Programs finished before the interrupt are tested and saved on the way out, not generated again."""
+    _run_upstream(tmp_path, tiny_args)
+    real_generate = generation_job.generate
+
+    def interrupted_after_three(*args, **kwargs):
+        for n, output in enumerate(real_generate(*args, **kwargs), start=1):
+            yield output
+            if n == 3:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(generation_job, "generate", interrupted_after_three)
+    assert run.main(["phase", "1", "--data-dir", str(tmp_path), *tiny_args]) == 130
+    saved = [torch.load(path, weights_only=True) for path in (tmp_path / "phase1" / "checkpoint").glob("batch_*.pt")]
+    assert sum(len(batch["keys"]) for batch in saved) == 3
+    monkeypatch.setattr(generation_job, "generate", real_generate)
+    assert run.main(["phase", "1", "--data-dir", str(tmp_path), *tiny_args]) == 0
 
 
 def test_pipeline_skips_current_phases_and_reruns_stale_ones(tmp_path: Path, tiny_args: list[str],

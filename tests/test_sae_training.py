@@ -150,3 +150,30 @@ def test_gemma_scope_loads_through_sae_lens_from_a_local_hub_cache(tmp_path: Pat
     expected = torch.where(pre > 0.05, pre, torch.zeros_like(pre))
     with torch.no_grad():
         assert torch.allclose(sae.encode(x), expected, atol=1e-3)
+
+
+def test_the_sparse_decoder_computes_sae_lens_losses_and_gradients():
+    """Our TopK SAE decodes only the active latents; its losses and gradients are sae-lens's own."""
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.saes.sae import TrainStepInput
+
+    from phase2_0.training import SparseDecoderTopKSAE
+
+    torch.manual_seed(0)
+    config = TopKTrainingSAEConfig(d_in=16, d_sae=64, k=4, dtype="float32", device="cpu")
+    reference = TopKTrainingSAE(config)
+    ours = SparseDecoderTopKSAE(config)
+    ours.load_state_dict(reference.state_dict())
+    with torch.no_grad():  # decoder rows of unequal norm, so the rescaling by them is exercised
+        for sae in (reference, ours):
+            sae.W_dec.mul_(torch.linspace(0.5, 2.0, 64)[:, None])
+    batch = TrainStepInput(sae_in=torch.randn(32, 16), coefficients={}, dead_neuron_mask=torch.arange(64) % 3 == 0,
+                           n_training_steps=0, is_logging_step=False)
+    outputs = [sae.training_forward_pass(batch) for sae in (reference, ours)]
+    for name in ("mse_loss", "auxiliary_reconstruction_loss"):
+        torch.testing.assert_close(outputs[1].losses[name], outputs[0].losses[name], rtol=1e-5, atol=1e-6)
+    assert outputs[0].losses["auxiliary_reconstruction_loss"] > 0
+    for output in outputs:
+        output.loss.backward()
+    for name, parameter in reference.named_parameters():
+        torch.testing.assert_close(dict(ours.named_parameters())[name].grad, parameter.grad, rtol=1e-4, atol=1e-6)

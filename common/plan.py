@@ -1,0 +1,106 @@
+"""What `python run.py pipeline` is about to do, and roughly how long it will take.
+
+Each phase's work is counted in its own unit (generations, SAE training tokens, or one run of a
+phase whose cost hardly depends on the config) from the config and whatever upstream outputs
+already exist; the time is that count times a rate measured on the reference machine (2 cores,
+no GPU: README, "Performance"). On another machine the estimate scales with its speed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from common.config import Config
+from common.phases import PhaseSpec
+from common.utils import load_json, manifest_path
+
+# Seconds per unit: each phase's wall time over its units in the default pipeline run of 2026-12-01 on the
+# reference machine (README, "Performance"). Phase 2.0's unit is a token recorded or trained on.
+REFERENCE_SECONDS_PER_UNIT = {
+    "0": 2.0, "0.1": 0.1, "1": 0.74, "2.0": 3.84e-4, "2.5": 8.7, "2.6": 0.3, "3.5": 0.68, "3.6": 0.77, "3.8": 3.3,
+    "4.5": 0.50, "4.8": 0.68,
+}
+DATASET_SIZES = {"humaneval": 164, "mbpp/full": 974, "mbpp/sanitized": 427}  # before phase 0 has counted them
+ASSUMED_PASS_RATE = 0.3  # phase 4.8's split into passing and failing tasks, before phase 3.5 has measured it
+
+
+@dataclass(frozen=True)
+class PhaseEstimate:
+    spec: PhaseSpec
+    units: float
+    unit_name: str
+    seconds: float
+
+
+def estimate(config: Config, specs: Sequence[PhaseSpec]) -> list[PhaseEstimate]:
+    sizes = split_sizes(config)
+    estimates = []
+    for spec in specs:
+        units, unit_name = _work(config, spec, sizes)
+        estimates.append(PhaseEstimate(spec, units, unit_name, units * REFERENCE_SECONDS_PER_UNIT[spec.id]))
+    return estimates
+
+
+def plan_lines(config: Config, specs: Sequence[PhaseSpec]) -> list[str]:
+    """One line per phase to run and a total, for the log before anything starts."""
+    estimates = estimate(config, specs)
+    lines = [f"plan: {len(estimates)} phase(s) to run; times from rates measured on a 2-core CPU"]
+    for e in estimates:
+        lines.append(f"  phase {e.spec.id:<4} {'~' + _minutes(e.seconds):>9}  {e.units:>9,.0f} {e.unit_name:<12} "
+                     f"{e.spec.title}")
+    lines.append(f"  total ~{_minutes(sum(e.seconds for e in estimates))}")
+    return lines
+
+
+def split_sizes(config: Config) -> dict[str, int]:
+    """Problems in the sae / hyperparams / validation splits: counted if phase 0.1 ran, else from the config."""
+    split_file = manifest_path(config.data_dir, "0.1").parent / "split_metadata.json"
+    if manifest_path(config.data_dir, "0.1").is_file() and split_file.is_file():
+        return {name: split["n_problems"] for name, split in load_json(split_file)["splits"].items()}
+    n_problems = _n_problems(config)
+    return {name: round(n_problems * fraction)
+            for name, fraction in zip(("sae", "hyperparams", "validation"), config.split_fractions)}
+
+
+def _n_problems(config: Config) -> int:
+    summary = manifest_path(config.data_dir, "0").parent / "phase_0_summary.json"
+    if manifest_path(config.data_dir, "0").is_file() and summary.is_file():
+        return int(load_json(summary)["n_problems"])
+    if config.dataset == "synthetic":
+        return config.n_tasks
+    key = "mbpp/" + config.mbpp_variant if config.dataset == "mbpp" else config.dataset
+    return DATASET_SIZES.get(key, config.n_tasks)
+
+
+def _pass_rate(config: Config) -> float:
+    summary = manifest_path(config.data_dir, "3.5").parent / "phase_3_5_summary.json"
+    if manifest_path(config.data_dir, "3.5").is_file() and summary.is_file():
+        return float(load_json(summary)["by_temperature"]["0"]["pass_rate"]["rate"])
+    return ASSUMED_PASS_RATE
+
+
+def _work(config: Config, spec: PhaseSpec, sizes: dict[str, int]) -> tuple[float, str]:
+    """(units, unit name) of one phase's work."""
+    if spec.id == "1":
+        return sizes["sae"] * (1 + config.samples_per_task), "generations"
+    if spec.id == "3.5":
+        return sizes["validation"] * (1 + len(config.temperatures) * config.samples_per_temperature), "generations"
+    if spec.id == "3.6":
+        return sizes["hyperparams"], "generations"
+    if spec.id == "4.5":
+        return 2 * len(config.steering_coefficients) * config.problems_per_coefficient, "generations"
+    if spec.id == "4.8":
+        controls = config.random_controls + config.zero_discrimination_controls
+        passing = sizes["validation"] * _pass_rate(config)
+        failing = sizes["validation"] - passing
+        return 2 * sizes["validation"] + controls * failing + (2 + controls) * passing, "generations"
+    if spec.id == "2.0":
+        if config.sae_source != "train":
+            return 1, "run"
+        return config.sae_train_tokens * (1 + len(config.layers) * config.sae_epochs), "tokens"
+    return 1, "run"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
