@@ -58,8 +58,8 @@ def record_windows(model: torch.nn.Module, windows: torch.Tensor, layers: Sequen
     n_windows, context = windows.shape
     per_window = context - 1
     out: dict[int, torch.Tensor] = {}
-    with recording_layer_outputs(model, layers, stop_after_last=True) as recorded, \
-            tqdm(total=n_windows, desc=desc, unit="window") as bar:
+    with (recording_layer_outputs(model, layers, stop_after_last=True) as recorded,
+          tqdm(total=n_windows, desc=desc, unit="window") as bar):
         for start in range(0, n_windows, batch_windows):
             batch = windows[start:start + batch_windows].to(device)
             forward_until_recorded(model, batch)

@@ -31,8 +31,8 @@ from common.hooks import check_layers, decoder_layers
 from common.logging import get_logger
 from common.phases import get_phase
 from common.saes import layer_source, load_sae, massive_norm_threshold, reconstruction_stats, source_kind
-from common.utils import atomic_path, discover_latest_phase_output, load_json, phase_dir, save_json, \
-    upstream_inputs, write_manifest
+from common.utils import (atomic_path, discover_latest_phase_output, load_json, phase_dir, save_json,
+    upstream_inputs, write_manifest)
 from common_simplified.model_loader import load_model_and_tokenizer
 from phase2_0.quality import delta_cross_entropy, mean_next_token_loss
 from phase2_0.training import SaeTrainingSettings, train_sae

@@ -29,11 +29,11 @@ from common.directions import SteeringDirection, save_directions
 from common.logging import get_logger
 from common.phases import get_phase
 from common.saes import encode_rows, load_sae
-from common.utils import atomic_path, discover_latest_phase_output, load_json, phase_dir, save_json, upstream_inputs, \
-    write_manifest
+from common.utils import (atomic_path, discover_latest_phase_output, load_json, phase_dir, save_json, upstream_inputs,
+    write_manifest)
 from phase2_5_simplified.plots import plot_scores_by_layer, plot_top_latent_activations
-from phase2_5_simplified.sae_analyzer import LatentScores, bootstrap_ranks, bootstrap_separation, \
-    permutation_max_separation, separation_scores, task_bootstrap_weights
+from phase2_5_simplified.sae_analyzer import (LatentScores, bootstrap_ranks, bootstrap_separation,
+    permutation_max_separation, separation_scores, task_bootstrap_weights)
 
 logger = get_logger("phase2_5")
 
@@ -221,8 +221,8 @@ def _zero_discrimination(scores: pd.DataFrame) -> list[dict[str, Any]]:
 def _directions(listed: dict[str, list[dict[str, Any]]], controls: list[dict[str, Any]],
                 decoders: dict[int, torch.Tensor], n_correct: int, n_incorrect: int) -> list[SteeringDirection]:
     directions = []
-    groups = [("sae_latent", name, rows) for name, rows in listed.items()] + \
-             [("zero_discrimination", "control", controls)]
+    groups = ([("sae_latent", name, rows) for name, rows in listed.items()]
+              + [("zero_discrimination", "control", controls)])
     for source, group, rows in groups:
         for rank, row in enumerate(rows):
             vector = decoders[row["layer"]][row["feature_idx"]]

@@ -25,8 +25,8 @@ from common.directions import load_directions
 from common.logging import get_logger
 from common.phases import get_phase
 from common.saes import encode_rows, load_sae
-from common.utils import discover_latest_phase_output, load_json, phase_dir, save_json, upstream_inputs, \
-    write_manifest
+from common.utils import (discover_latest_phase_output, load_json, phase_dir, save_json, upstream_inputs,
+    write_manifest)
 from phase3_8.plots import plot_auroc_by_temperature, plot_roc_curves, plot_score_histograms
 
 logger = get_logger("phase3_8")

@@ -26,8 +26,8 @@ from common.phases import get_phase
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
 from common.steered_runs import BASELINE_COLUMNS, Arm, save_rows, arm_metrics, run_arms, write_examples
 from common.steering import Steering
-from common.utils import discover_latest_phase_output, phase_dir, save_json, upstream_inputs, \
-    write_manifest
+from common.utils import (discover_latest_phase_output, phase_dir, save_json, upstream_inputs,
+    write_manifest)
 from common_simplified.model_loader import load_model_and_tokenizer
 from phase4_5.plots import plot_coefficient_effects
 

@@ -26,8 +26,8 @@ from common.logging import get_logger
 from common.phases import get_phase
 from common.steered_runs import BASELINE_COLUMNS, Arm, save_rows, run_arms, write_examples
 from common.steering import Steering
-from common.utils import discover_latest_phase_output, load_json, phase_dir, save_json, \
-    upstream_inputs, write_manifest
+from common.utils import (discover_latest_phase_output, load_json, phase_dir, save_json,
+    upstream_inputs, write_manifest)
 from phase4_8.analysis import EXPERIMENTS, METHODS, arm_name, control_arm_name, steering_effects
 from phase4_8.plots import plot_steering_effects
 
@@ -127,8 +127,8 @@ def _arms(config: Config, chosen: dict[str, Any], baseline: pd.DataFrame, latent
         if len(zero_discrimination) < config.zero_discrimination_controls:
             warnings.append(f"only {len(zero_discrimination)} zero-discrimination latents at layer {direction.layer} "
                             f"(wanted {config.zero_discrimination_controls})")
-        controls = random_directions(direction.layer, direction.vector.shape[0], config.random_controls, config.seed) \
-            + zero_discrimination[:config.zero_discrimination_controls]
+        controls = (random_directions(direction.layer, direction.vector.shape[0], config.random_controls, config.seed)
+                    + zero_discrimination[:config.zero_discrimination_controls])
         arms += [Arm(control_arm_name(kind, c.name), Steering(c, alpha, positions), control_tasks) for c in controls]
     return arms, warnings
 

@@ -59,8 +59,8 @@ def test_save_and_load_round_trip(tmp_path):
                   SteeringDirection("paired_pca/layer_3", 3, -torch.ones(4), "paired_pca", {"pairs": 2})]
     save_directions(tmp_path / "d.safetensors", directions)
     loaded = load_directions(tmp_path / "d.safetensors")
-    assert [(d.name, d.layer, d.source, d.provenance) for d in loaded] == \
-        [(d.name, d.layer, d.source, d.provenance) for d in directions]
+    assert ([(d.name, d.layer, d.source, d.provenance) for d in loaded] ==
+        [(d.name, d.layer, d.source, d.provenance) for d in directions])
     assert all(torch.equal(a.vector, b.vector) for a, b in zip(loaded, directions))
     save_directions(tmp_path / "empty.safetensors", [])
     assert load_directions(tmp_path / "empty.safetensors") == []

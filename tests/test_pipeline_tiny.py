@@ -170,13 +170,13 @@ def test_pipeline_skips_current_phases_and_reruns_stale_ones(tmp_path: Path, tin
     assert run.main(["list", *data, *tiny_args, "--set", "batch_size=7"]) == 0  # speed-only key
     assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 9 + not_run
     assert run.main(["list", *data, *tiny_args, "--set", "general_freq_max=0.5"]) == 0  # 2.5, hence 3.8
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == \
-        ["done"] * 4 + ["stale", "done", "done", "done", "stale"] + not_run
+    assert ([line.split()[1] for line in capsys.readouterr().out.splitlines()] ==
+        ["done"] * 4 + ["stale", "done", "done", "done", "stale"] + not_run)
 
     assert run.main(["phase", "0.1", *data, *tiny_args, "--set", "seed=5"]) == 0
     assert run.main(["list", *data, *tiny_args, "--set", "seed=5"]) == 0
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done", "done"] + ["stale"] * 7 \
-        + not_run
+    assert ([line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done", "done"] + ["stale"] * 7
+        + not_run)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -10,10 +10,10 @@ HUMANEVAL_LIKE = {"task_id": "HumanEval/x", "source": "humaneval", "test_list": 
 
 
 def test_original_mbpp_prompt_format():
-    assert PromptBuilder.build_prompt("Add them.", ["assert f(1)", "assert f(2)"]) == \
-        "Add them.\n\nassert f(1)\nassert f(2)\n\n# Solution:"
-    assert PromptBuilder("base").build(MBPP_LIKE) == \
-        "Write a function to add two numbers.\n\nassert add(1, 2) == 3\nassert add(0, 0) == 0\n\n# Solution:"
+    assert (PromptBuilder.build_prompt("Add them.", ["assert f(1)", "assert f(2)"]) ==
+        "Add them.\n\nassert f(1)\nassert f(2)\n\n# Solution:")
+    assert (PromptBuilder("base").build(MBPP_LIKE) ==
+        "Write a function to add two numbers.\n\nassert add(1, 2) == 3\nassert add(0, 0) == 0\n\n# Solution:")
 
 
 def test_base_humaneval_prompt_is_the_stub_and_the_stub_prefixes_the_code():

@@ -18,8 +18,8 @@ from common.config import Config
 from common.directions import load_directions
 from common.phases import get_phase
 from common.utils import save_json, write_manifest
-from phase2_5_simplified.sae_analyzer import bootstrap_ranks, bootstrap_separation, permutation_max_separation, \
-    separation_scores, task_bootstrap_weights
+from phase2_5_simplified.sae_analyzer import (bootstrap_ranks, bootstrap_separation, permutation_max_separation,
+    separation_scores, task_bootstrap_weights)
 
 
 def _slow_scores(latents: np.ndarray, passed: np.ndarray) -> dict[str, list[float]]:

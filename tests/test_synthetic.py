@@ -38,8 +38,8 @@ def test_statements_are_unique_and_mbpp_style(tasks):
 
 def test_deterministic_for_a_seed(tasks):
     again = generate_tasks(500, 1234)
-    assert [(t.statement, t.reference_code, t.test_list, t.wrong_code) for t in again] == \
-        [(t.statement, t.reference_code, t.test_list, t.wrong_code) for t in tasks]
+    assert ([(t.statement, t.reference_code, t.test_list, t.wrong_code) for t in again] ==
+        [(t.statement, t.reference_code, t.test_list, t.wrong_code) for t in tasks])
     other = generate_tasks(60, 99)
     assert [t.statement for t in other] != [t.statement for t in tasks[:60]]
 

@@ -314,8 +314,8 @@ def format_numbers(rng: random.Random, level: int) -> Draft:
     item = {1: "str(x)", 2: f"str(x).zfill({width})", 3: f"'(' + str(-x).zfill({width}) + ')' if x < 0 else str(x).zfill({width})",
             4: f"'(' + str(-x).zfill({width}) + ')' if x < 0 else str(x).zfill({width})"}[level]
     source = "dict.fromkeys(numbers)" if level == 4 else "numbers"
-    body = f"    return '{sep}'.join({item} for x in {source})\n" if level < 3 else \
-        f"    parts = []\n    for x in {source}:\n        parts.append({item})\n    return '[' + '{sep}'.join(parts) + ']'\n"
+    body = (f"    return '{sep}'.join({item} for x in {source})\n" if level < 3 else
+            f"    parts = []\n    for x in {source}:\n        parts.append({item})\n    return '[' + '{sep}'.join(parts) + ']'\n")
     what = {1: f"returns them as one string joined with '{sep}'",
             2: f"writes each with at least {width} digits (zero-padded on the left) and joins them with '{sep}'",
             3: f"writes each non-negative number zero-padded to {width} digits and each negative number as its zero-padded "
@@ -443,8 +443,8 @@ def matrix_sums(rng: random.Random, level: int) -> Draft:
             2: f"returns the list of the {noun} of its columns (an empty list for an empty grid)",
             3: "returns the sum of the numbers on both diagonals, counting the centre only once",
             4: f"returns the indices of the rows whose sum is greater than {k}"}[level]
-    shape = "a square grid of integers (a list of rows of equal length)" if level == 3 else \
-        "a grid of integers (a list of rows of equal length)"
+    shape = ("a square grid of integers (a list of rows of equal length)" if level == 3 else
+             "a grid of integers (a list of rows of equal length)")
     def grid(r: random.Random) -> tuple:
         n = r.randint(1, 4)
         cols = n if level == 3 else r.randint(1, 4)
