@@ -14,6 +14,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from common.errors import PipelineError
+from common.positions import activation_path
 from common.utils import atomic_path
 
 _TENSOR = "activations"
@@ -29,3 +31,12 @@ def load_activations(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
     with safe_open(str(path), framework="pt") as handle:
         info = json.loads((handle.metadata() or {}).get(_INFO, "{}"))
         return handle.get_tensor(_TENSOR), info
+
+
+def load_position(folder: Path, position: str, layer: int) -> torch.Tensor:
+    """[n_rows, d_model] of one position and layer; a clear error when the upstream phase did not record it."""
+    path = activation_path(folder, position, layer)
+    if not path.is_file():
+        raise PipelineError(f"no activations at position '{position}', layer {layer} in {folder} (rerun the "
+                            "generating phase with this position in activation_positions)")
+    return load_activations(path)[0]

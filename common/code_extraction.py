@@ -20,9 +20,13 @@ _CODE_START = re.compile(r"```|^(?:async\s+)?def\s+\w+\s*\(|^class\s+\w+\s*[(:]|
                          r"|^import\s+[\w.]+(?:\s+as\s+\w+)?(?:\s*,\s*[\w.]+(?:\s+as\s+\w+)?)*[ \t]*\n", re.MULTILINE)
 
 
+def _python_fences(text: str) -> list[re.Match]:
+    """``` fenced blocks tagged python/py or untagged (group 2 is the body); an unclosed last block counts."""
+    return [m for m in _FENCE.finditer(text) if m.group(1).lower() in ("", "python", "py", "python3")]
+
+
 def fenced_blocks(text: str) -> list[str]:
-    """Bodies of ``` fenced blocks tagged python/py or untagged; an unclosed last block counts."""
-    return [body for lang, body in _FENCE.findall(text) if lang.lower() in ("", "python", "py", "python3")]
+    return [m.group(2) for m in _python_fences(text)]
 
 
 def code_started(text: str) -> bool:
@@ -31,16 +35,21 @@ def code_started(text: str) -> bool:
     return _CODE_START.search(text) is not None
 
 
+def code_span(raw_output: str, entry_point: str | None = None) -> tuple[int, int]:
+    """[start, end) of the code the model wrote within its raw output: the fenced block that defines the entry
+    point (else the first fenced block), or the whole output when there is no fence."""
+    blocks = _python_fences(raw_output)
+    if not blocks:
+        return 0, len(raw_output)
+    defining = [m for m in blocks if entry_point and re.search(rf"\bdef\s+{re.escape(entry_point)}\s*\(", m.group(2))]
+    return (defining or blocks)[0].span(2)
+
+
 def extract_code(raw_output: str, entry_point: str | None = None, prefix: str = "") -> str:
     """The program to test: `prefix` (a completion's stub, or the imports a chat answer omits) followed by
-    the model's code, trimmed. A stub followed by a full definition is harmless: the later def wins."""
-    blocks = fenced_blocks(raw_output)
-    if blocks:
-        defining = [b for b in blocks if entry_point and re.search(rf"\bdef\s+{re.escape(entry_point)}\s*\(", b)]
-        code = (defining or blocks)[0]
-    else:
-        code = raw_output
-    return keep_definitions(prefix + code)
+    the model's code (`code_span`), trimmed. A stub followed by a full definition is harmless: the later def wins."""
+    start, end = code_span(raw_output, entry_point)
+    return keep_definitions(prefix + raw_output[start:end])
 
 
 def keep_definitions(code: str) -> str:

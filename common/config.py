@@ -18,6 +18,7 @@ import yaml
 
 from common.degeneration import DegenerationLimits
 from common.errors import PipelineError
+from common.positions import LAST_PROMPT, POSITIONS
 
 DEFAULT_MODEL_ALIAS = "smollm2-135m-instruct"
 DATASETS = ("synthetic", "humaneval", "mbpp")
@@ -26,6 +27,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MBPP_VARIANTS = ("full", "sanitized")
 COEFFICIENT_SCALES = ("absolute", "residual_norm")
+SPLIT_BY = ("complexity", "family")
 POSITION_POLICIES = ("all", "last_prompt")
 
 
@@ -51,13 +53,18 @@ class Config:
     synthetic_seed: int = 1234
     synthetic_level_weights: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.1, 0.05])  # difficulty 1..4
     split_fractions: list[float] = field(default_factory=lambda: [0.5, 0.1, 0.4])  # sae/hyperparams/validation
+    split_by: str = "complexity"  # complexity: tasks dealt out stratified by complexity | family: whole families
+    #                               (synthetic) or blocks of task ids (HumanEval, MBPP) held out of all but one split
 
     # --- generation (phase 1 and every later generating phase)
     layers: list[int] = field(default_factory=lambda: [5, 10, 15, 20, 25])  # decoder-layer outputs to record
     max_new_tokens: int = 512
     max_prompt_tokens: int = 2048
     temperature: float = 0.8  # for the extra samples; sample 0 of every task is greedy
-    samples_per_task: int = 0  # extra sampled generations per task, on top of the greedy one
+    samples_per_task: int = 3  # extra sampled generations per task, on top of the greedy one: 3 gives ~85 of
+    #                            250 sae tasks both a passing and a failing program (within-task evaluation)
+    activation_positions: list[str] = field(default_factory=lambda: list(POSITIONS))  # common/positions.py
+    position_k: int = 6  # code_last_k: mean over the program's last k tokens (seed 003)
     batch_size: int = 64  # rows decoding together (continuous batching); 64 was fastest on 2 CPU cores
     seed: int = 42
     # Degenerate output stops early (common/degeneration.py; stop_repeat_copies or _period, stop_no_code_tokens,
@@ -93,6 +100,7 @@ class Config:
     coefficient_scale: str = "absolute"  # absolute: alpha = coefficient; residual_norm: alpha = coefficient x the
     #                                      mean residual norm at the steered layer (then use a grid like 0.01..3)
     steering_positions: str = "all"  # all (seed 001: prompt and every generated token) | last_prompt
+    steering_direction_position: str = LAST_PROMPT  # the activation position whose directions 4.5 and 4.8 steer with
     problems_per_coefficient: int = 10  # complexity-stratified; the same problems at every coefficient
     min_valid_code_rate: float = 0.8  # the proposed coefficient keeps at least this share of steered programs
     #                                   valid: they parse and still define the function under test
@@ -126,6 +134,13 @@ class Config:
         _check(self.max_prompt_tokens >= 16, "max_prompt_tokens", self.max_prompt_tokens, ">= 16")
         _check(0.0 < self.temperature <= 5.0, "temperature", self.temperature, "in (0, 5]")
         _check(self.samples_per_task >= 0, "samples_per_task", self.samples_per_task, ">= 0")
+        _check(self.split_by in SPLIT_BY, "split_by", self.split_by, f"one of {', '.join(SPLIT_BY)}")
+        _check(len(self.activation_positions) > 0 and set(self.activation_positions) <= set(POSITIONS)
+               and len(set(self.activation_positions)) == len(self.activation_positions), "activation_positions",
+               self.activation_positions, f"a non-empty list without repeats of {', '.join(POSITIONS)}")
+        _check(self.position_k >= 1, "position_k", self.position_k, ">= 1")
+        _check(self.steering_direction_position in self.activation_positions, "steering_direction_position",
+               self.steering_direction_position, "one of activation_positions")
         _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
         _check(self.stop_repeat_copies == 0 or self.stop_repeat_copies >= 2, "stop_repeat_copies",
                self.stop_repeat_copies, "0 (the repetition rule off) or >= 2")

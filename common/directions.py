@@ -9,7 +9,7 @@ descriptions (see common/activations.py for why the JSON is a single metadata ke
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from common.positions import LAST_PROMPT
 from common.utils import atomic_path
 
 _INDEX = "pva_directions"
@@ -29,19 +30,21 @@ class SteeringDirection:
     vector: torch.Tensor  # [d_model] float32
     source: str  # sae_latent | mean_difference | paired_pca | random | zero_discrimination
     provenance: dict[str, Any] = field(default_factory=dict)
+    position: str = LAST_PROMPT  # where the activations it was found in were read (common/positions.py)
 
     def unit(self) -> SteeringDirection:
         norm = float(self.vector.norm())
         if norm == 0.0:
             raise ValueError(f"direction {self.name} is the zero vector")
-        return SteeringDirection(self.name, self.layer, self.vector / norm, self.source, self.provenance)
+        return replace(self, vector=self.vector / norm)
 
 
 def save_directions(path: str | Path, directions: list[SteeringDirection]) -> None:
     names = [d.name for d in directions]
     if len(set(names)) != len(names):
         raise ValueError(f"direction names repeat: {names}")
-    index = [{"name": d.name, "layer": d.layer, "source": d.source, "provenance": d.provenance} for d in directions]
+    index = [{"name": d.name, "layer": d.layer, "source": d.source, "provenance": d.provenance, "position": d.position}
+             for d in directions]
     with atomic_path(path) as tmp:
         save_file({d.name: d.vector.detach().to(torch.float32).contiguous() for d in directions}, str(tmp),
                   metadata={_INDEX: json.dumps(index, sort_keys=True)})
@@ -51,7 +54,8 @@ def load_directions(path: str | Path) -> list[SteeringDirection]:
     with safe_open(str(path), framework="pt") as handle:
         index = json.loads((handle.metadata() or {}).get(_INDEX, "[]"))
         return [SteeringDirection(entry["name"], int(entry["layer"]), handle.get_tensor(entry["name"]),
-                                  entry["source"], entry["provenance"]) for entry in index]
+                                  entry["source"], entry["provenance"], entry.get("position", LAST_PROMPT))
+                for entry in index]
 
 
 def random_directions(layer: int, d_model: int, count: int, seed: int) -> list[SteeringDirection]:

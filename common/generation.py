@@ -21,7 +21,6 @@ through `RowSteering`, which gives each row of the batch its own vector.
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
@@ -29,7 +28,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 
 from common.degeneration import CodeOpened, DegenerationGuard, DegenerationLimits
-from common.hooks import decoder_layers
+from common.hooks import cache_keyword, decoder_layers
 from common.kv_slots import SlotCache
 from common.prefill import Prefill, Prefiller, PrefillStats
 from common.prompt_utils import Stopper
@@ -126,8 +125,7 @@ class _Engine:
         self.model, self.tokenizer, self.settings, self.stats = model, tokenizer, settings, stats
         self.device = next(model.parameters()).device
         self.eos_ids = set(eos_token_ids(model, tokenizer))
-        parameters = inspect.signature(type(model).forward).parameters
-        self.cache_keyword = "cache" if "cache" in parameters else "past_key_values"  # renamed in transformers 5
+        self.cache_keyword = cache_keyword(model)
         self.n_layers = len(decoder_layers(model))
         self.prefiller = Prefiller(model, tokenizer, settings.add_special_tokens, settings.capture_layers,
                                    self.cache_keyword, settings.max_new_tokens, stats.prefill)

@@ -34,6 +34,8 @@ from common.generation import EngineSettings, EngineStats, GenerationRequest, Ge
 from common.hooks import HOOK_SITE, check_layers
 from common.logging import get_logger
 from common.phases import PhaseSpec
+from common.positions import LAST_PROMPT, activation_path
+from common.program_pass import ProgramText, record_programs
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
 from common.sandbox import ExecutionResult, Program, SandboxPool
 from common.steering import Steering
@@ -248,15 +250,24 @@ def _record(output: GenerationResult, code: str, result: ExecutionResult) -> dic
 @dataclass
 class SplitGeneration:
     rows: list[dict[str, Any]]  # by steering condition (unsteered first), then tasks in split order, samples together
-    tensors: list[dict[str, torch.Tensor]]  # row i's activations, "layer_{L}" -> [d_model]
+    activations: dict[str, dict[int, torch.Tensor]]  # position -> layer -> [n_rows, d_model]; empty when not captured
     prompt_style: str
     too_long: list[str]  # task ids left out because their prompt is over max_prompt_tokens
     checkpoint: BatchCheckpoint  # cleared by the phase once its outputs are written
     throughput: Throughput  # of this run's own generations
+    program_pass_s: float = 0.0  # the teacher-forced pass over prompt + program (code positions)
 
     @property
     def report(self) -> dict[str, Any]:
-        return generation_report(self.rows, self.throughput)
+        return {**generation_report(self.rows, self.throughput), "program_pass_s": round(self.program_pass_s, 1),
+                "rows_without_program": sum(row.get("program_error") is not None for row in self.rows)}
+
+    def select(self, indices: Sequence[int]) -> tuple[list[dict[str, Any]], dict[str, dict[int, torch.Tensor]]]:
+        """Some rows and their activations, in the order given."""
+        picked = torch.as_tensor(list(indices), dtype=torch.long)
+        return ([self.rows[i] for i in indices],
+                {position: {layer: tensor[picked] for layer, tensor in by_layer.items()}
+                 for position, by_layer in self.activations.items()})
 
 
 def generate_split(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, str]], problems: pd.DataFrame,
@@ -300,23 +311,53 @@ def generate_split(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, 
                        "slices) to finish and write the outputs", len(missing), len(items), spec.command)
         return None
     ordered = sorted(items, key=lambda item: item.order)
-    return SplitGeneration([done[i.key][0] for i in ordered], [done[i.key][1] for i in ordered], builder.style,
-                           too_long, checkpoint, throughput)
+    rows = [done[i.key][0] for i in ordered]
+    activations, pass_s = {}, 0.0
+    if capture:
+        activations, pass_s = _positions(config, model, tokenizer, builder, ordered, rows,
+                                         [done[i.key][1] for i in ordered])
+    return SplitGeneration(rows, activations, builder.style, too_long, checkpoint, throughput, pass_s)
+
+
+def _positions(config: Config, model, tokenizer, builder: PromptBuilder, items: list[WorkItem],
+               rows: list[dict[str, Any]], captured: list[dict[str, torch.Tensor]]
+               ) -> tuple[dict[str, dict[int, torch.Tensor]], float]:
+    """Every configured position's activations (the last prompt token's from generation's own prefill, the code
+    positions from one teacher-forced pass); the pass's confidence columns are added to `rows` in place."""
+    activations: dict[str, dict[int, torch.Tensor]] = {}
+    if LAST_PROMPT in config.activation_positions:
+        activations[LAST_PROMPT] = {layer: torch.stack([row[f"layer_{layer}"] for row in captured])
+                                    for layer in config.layers}
+    started = time.perf_counter()
+    texts = [ProgramText(row["prompt"], row["raw_output"], item.problem["entry_point"]) for item, row in zip(items, rows)]
+    program_pass = record_programs(model, tokenizer, texts, config.layers, config.position_k,
+                                   builder.adds_special_tokens)
+    for name, values in program_pass.columns.items():
+        for row, value in zip(rows, values):
+            row[name] = value
+    activations.update({position: program_pass.activations[position] for position in config.activation_positions
+                        if position != LAST_PROMPT})
+    pass_s = time.perf_counter() - started
+    logger.info("activations over the code: %d programs in %.0f s (%d rows without a program)",
+                len(rows), pass_s, sum(value is not None for value in program_pass.columns["program_error"]))
+    return activations, pass_s
 
 
 def write_split_outputs(config: Config, out_dir: Path, table_name: str, rows: list[dict[str, Any]],
-                        tensors: list[dict[str, torch.Tensor]], activations_folder: str = "activations") -> list[Path]:
-    """The sample table and one activation file per layer, row i of each file belonging to rows[i]."""
+                        activations: dict[str, dict[int, torch.Tensor]],
+                        activations_folder: str = "activations") -> list[Path]:
+    """The sample table and one activation file per position and layer, row i of each file belonging to rows[i]."""
     table_path = out_dir / table_name
     with atomic_path(table_path) as tmp:
         pd.DataFrame(rows).to_parquet(tmp, index=False)
     paths = [table_path]
-    for layer in config.layers:
-        stacked = torch.stack([row_tensors[f"layer_{layer}"] for row_tensors in tensors])
-        path = out_dir / activations_folder / f"layer_{layer}.safetensors"
-        save_activations(path, stacked, {"layer": layer, "site": HOOK_SITE, "position": "last prompt token",
-                                         "model_name": config.model_name, "rows": table_name})
-        paths.append(path)
+    for position, by_layer in activations.items():
+        for layer, stacked in by_layer.items():
+            path = activation_path(out_dir / activations_folder, position, layer)
+            save_activations(path, stacked, {"layer": layer, "site": HOOK_SITE, "position": position,
+                                             "position_k": config.position_k, "model_name": config.model_name,
+                                             "rows": table_name})
+            paths.append(path)
     return paths
 
 

@@ -7,6 +7,7 @@ stream that GemmaScope `res` SAEs read, where phase 1 records activations and st
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -52,3 +53,8 @@ def layer_forward_hooks(model: torch.nn.Module, hooks: Mapping[int, Callable]) -
     finally:
         for handle in handles:
             handle.remove()
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The keyword its forward takes the KV cache by: `cache` since transformers 5.x, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"

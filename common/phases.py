@@ -16,6 +16,9 @@ _GENERATION_KEYS = ("model_name", "prompt_style", "max_new_tokens", "max_prompt_
                     "stop_repeat_tokens", "stop_repeat_copies", "stop_repeat_period", "stop_no_code_tokens",
                     "stop_code_tokens")
 
+# Which positions the teacher-forced pass reads after generation: they change the outputs, not the generations.
+_POSITION_KEYS = ("activation_positions", "position_k")
+
 _SAE_KEYS = ("sae_source", "sae_id_template", "sae_width", "sae_k", "sae_epochs", "sae_train_tokens", "sae_eval_tokens",
              "sae_delta_ce_tokens", "sae_context_tokens", "sae_batch_tokens", "sae_lr")
 
@@ -27,7 +30,7 @@ class PhaseSpec:
     title: str
     upstream: tuple[str, ...]
     config_keys: tuple[str, ...]
-    choice_keys: tuple[str, ...] = ()  # of config_keys: change what is chosen from the generations, not them
+    choice_keys: tuple[str, ...] = ()  # of config_keys: change what is made of the generations, not them
     shards: bool = False  # generates: under a distributed launch every process takes part (common/distributed.py)
 
     @property
@@ -52,28 +55,32 @@ PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec("0", "phase0", "problems and their difficulty", (),
               ("dataset", "data_file", "mbpp_variant", "n_tasks", "synthetic_seed", "synthetic_level_weights")),
     PhaseSpec("0.1", "phase0_1", "sae / hyperparams / validation split", ("0",),
-              ("split_fractions", "seed")),
+              ("split_fractions", "split_by", "seed")),
     PhaseSpec("1", "phase1", "generation, execution and activations on the sae split", ("0.1",),
-              _GENERATION_KEYS + ("layers", "temperature", "samples_per_task"), shards=True),
+              _GENERATION_KEYS + ("layers", "temperature", "samples_per_task") + _POSITION_KEYS,
+              choice_keys=_POSITION_KEYS, shards=True),
     PhaseSpec("2.0", "phase2_0", "SAE per layer: trained (or loaded) and measured on held-out code", ("1",),
               ("model_name", "layers", "seed") + _SAE_KEYS),
     PhaseSpec("2.5", "phase2_5_simplified", "SAE latents that separate passing from failing code", ("1", "2.0"),
               ("general_freq_max", "bootstrap_samples", "seed")),
     PhaseSpec("2.6", "phase2_6", "mean-difference directions (baseline)", ("1",), ()),
     PhaseSpec("3.5", "phase3_5", "greedy and sampled generations on the validation split", ("0.1",),
-              _GENERATION_KEYS + ("layers", "temperatures", "samples_per_temperature"), shards=True),
-    PhaseSpec("3.6", "phase3_6", "greedy generations on the hyperparams split", ("0.1",), _GENERATION_KEYS + ("layers",),
-              shards=True),
-    PhaseSpec("3.8", "phase3_8", "AUROC / F1 of latent and mean-difference scores on held-out problems",
-              ("2.0", "2.5", "2.6", "3.5", "3.6"), ("seed",)),
+              _GENERATION_KEYS + ("layers", "temperatures", "samples_per_temperature") + _POSITION_KEYS,
+              choice_keys=_POSITION_KEYS, shards=True),
+    PhaseSpec("3.6", "phase3_6", "greedy generations on the hyperparams split", ("0.1",),
+              _GENERATION_KEYS + ("layers",) + _POSITION_KEYS, choice_keys=_POSITION_KEYS, shards=True),
+    PhaseSpec("3.8", "phase3_8", "scores at every position on held-out problems, beside the baselines",
+              ("1", "2.0", "2.5", "2.6", "3.5", "3.6"), ("seed",)),
     PhaseSpec("4.5", "phase4_5", "steering coefficient grid on the hyperparams split", ("0.1", "2.5", "3.6"),
               _GENERATION_KEYS + ("steering_coefficients", "coefficient_scale", "steering_positions",
+                                  "steering_direction_position",
                                   "problems_per_coefficient", "min_valid_code_rate", "correct_coefficient",
                                   "incorrect_coefficient"),
               choice_keys=("min_valid_code_rate", "correct_coefficient", "incorrect_coefficient"), shards=True),
     PhaseSpec("4.8", "phase4_8", "steering effects on the validation split, against controls",
               ("0.1", "2.5", "2.6", "3.5", "4.5"),
-              _GENERATION_KEYS + ("random_controls", "zero_discrimination_controls"), shards=True),
+              _GENERATION_KEYS + ("steering_direction_position", "random_controls", "zero_discrimination_controls"),
+              shards=True),
 )
 
 _BY_ID = {spec.id: spec for spec in PHASES}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest, fisher_exact, norm
+from scipy.stats import fisher_exact
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.proportion import proportion_confint
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,8 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
     """Wilson score interval: unlike the normal approximation it stays inside [0, 1] and works at 0 or n."""
     if trials == 0:
         return (0.0, 1.0)
-    z = norm.ppf(0.5 + confidence / 2)
-    p = successes / trials
-    denominator = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denominator
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    low, high = proportion_confint(successes, trials, alpha=1 - confidence, method="wilson")
+    return (max(0.0, float(low)), min(1.0, float(high)))
 
 
 def rate(successes: int, trials: int) -> Rate:
@@ -50,7 +47,9 @@ def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value from the discordant pairs (b: fail->pass, c: pass->fail).
 
     Under no effect each discordant pair goes either way with probability 1/2."""
-    return float(binomtest(int(b), int(b) + int(c), 0.5).pvalue) if b + c else 1.0
+    if not b + c:
+        return 1.0
+    return float(mcnemar([[0, int(b)], [int(c), 0]], exact=True).pvalue)
 
 
 def compare_with_controls(target: np.ndarray, controls: np.ndarray, bootstrap_samples: int = 2000,

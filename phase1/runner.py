@@ -1,9 +1,11 @@
 """Phase 1: generate solutions for the sae split, test them, and record the residual stream.
 
 For each task: one greedy sample plus `samples_per_task` samples at `temperature`. Each row of
-`dataset_sae.parquet` is one sample; row i of `activations/layer_{L}.safetensors` is the output of
-decoder layer L at the last prompt token of that row's prompt, captured in the generation's own
-prefill. `--start/--end` process a slice of the tasks into the checkpoint; the outputs are written
+`dataset_sae.parquet` is one sample; row i of `activations/<position>/layer_{L}.safetensors` is the
+output of decoder layer L at that position of that row (common/positions.py): the last prompt token,
+captured in the generation's own prefill, and the code positions of one teacher-forced pass over
+prompt + program, which also gives the model's own confidence in its program (table columns
+`program_mean_logprob`, `program_mean_margin`, `program_tokens`, `prompt_tokens`). `--start/--end` process a slice of the tasks into the checkpoint; the outputs are written
 once every task is done.
 """
 
@@ -40,7 +42,7 @@ def run(config: Config) -> Path | None:
     if generated is None:
         return None
     rows = generated.rows
-    outputs = write_split_outputs(config, out_dir, "dataset_sae.parquet", rows, generated.tensors)
+    outputs = write_split_outputs(config, out_dir, "dataset_sae.parquet", rows, generated.activations)
     summary_path = out_dir / "phase_1_summary.json"
     summary = {**_summary(config, generated.prompt_style, rows, generated.too_long), "generation": generated.report}
     save_json(summary, summary_path)
@@ -67,7 +69,10 @@ def _summary(config: Config, prompt_style: str, rows: list[dict[str, Any]], too_
     for warning in warnings:
         logger.warning(warning)
     overall = rate(n_passed, len(table))
-    logger.info("pass rate %s over %d tasks", overall, table["task_id"].nunique())
+    flags = table.groupby("task_id")["test_passed"].agg(["any", "all"])
+    both = int((flags["any"] & ~flags["all"]).sum())
+    logger.info("pass rate %s over %d tasks; %d tasks have both a passing and a failing program", overall,
+                len(flags), both)
     by_complexity = {str(level): rate(int(group["test_passed"].sum()), len(group)).to_dict()
                      for level, group in table.groupby(table["cyclomatic_complexity"].clip(upper=10))}
     by_temperature = {f"{t:g}": rate(int(group["test_passed"].sum()), len(group)).to_dict()
@@ -78,6 +83,7 @@ def _summary(config: Config, prompt_style: str, rows: list[dict[str, Any]], too_
         "model_name": config.model_name, "prompt_style": prompt_style, "dataset": config.dataset,
         "layers": config.layers, "hook_site": HOOK_SITE, "n_tasks": int(table["task_id"].nunique()),
         "n_samples": len(table), "n_passed": n_passed, "n_failed": n_failed, "pass_rate": overall.to_dict(),
+        "tasks_with_both_classes": both, "positions": config.activation_positions,
         "pass_rate_by_temperature": by_temperature, "pass_rate_by_complexity": by_complexity,
         "pass_rate_by_difficulty": by_difficulty,
         "error_types": dict(Counter(table["error_type"])), "tasks_left_out_prompt_too_long": too_long,

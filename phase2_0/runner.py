@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from common.activation_cache import record_windows
-from common.activations import load_activations
+from common.activations import load_position
 from common.checkpoint import phase_checkpoint
 from common.code_corpus import corpus_windows
 from common.config import Config
@@ -30,6 +30,7 @@ from common.errors import PipelineError
 from common.hooks import check_layers, decoder_layers
 from common.logging import get_logger
 from common.phases import get_phase
+from common.positions import recorded_positions
 from common.saes import layer_source, load_sae, massive_norm_threshold, reconstruction_stats, source_kind
 from common.utils import (atomic_path, discover_latest_phase_output, load_json, phase_dir, save_json,
     upstream_inputs, write_manifest)
@@ -156,12 +157,13 @@ def _quality(model, sae, layer: int, held_out: torch.Tensor, delta_ce_windows: t
               "massive_tokens_left_out": len(held_out) - len(typical),
               "delta_ce_nats": delta_cross_entropy(model, delta_ce_windows, layer, sae, clean_loss, max_norm),
               "architecture": sae.cfg.architecture()}
-    analysed = phase1 / "activations" / f"layer_{layer}.safetensors"
-    if analysed.is_file():
-        rows = reconstruction_stats(sae, load_activations(analysed)[0])
-        result["phase1_last_prompt_token"] = {"fvu": rows["fvu"], "relative_error": rows["relative_error"],
-                                              "n_rows": rows["n_rows"],
-                                              "distinct_latents_active": int((rows["fire_counts"] > 0).sum())}
+    result["phase1_by_position"] = {}
+    for position in recorded_positions(phase1 / "activations"):
+        analysed = load_position(phase1 / "activations", position, layer)
+        rows = reconstruction_stats(sae, analysed[~analysed.isnan().any(1)])
+        result["phase1_by_position"][position] = {"fvu": rows["fvu"], "relative_error": rows["relative_error"],
+                                                  "n_rows": rows["n_rows"],
+                                                  "distinct_latents_active": int((rows["fire_counts"] > 0).sum())}
     result["evaluation_time_s"] = time.perf_counter() - started
     return result, fire_counts.to(torch.float32) / max(len(typical), 1)
 

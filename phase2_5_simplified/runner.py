@@ -1,20 +1,23 @@
 """Phase 2.5: rank every SAE latent of every layer by how well it separates passing from failing code.
 
-Reads phase 1's sae-split activations (last prompt token, output of layer L) and phase 2.0's SAEs
-and general-corpus firing frequencies. Latents that fire on more than `general_freq_max` of
+Reads phase 1's sae-split activations (output of layer L at every recorded position: the last
+prompt token and the code positions) and phase 2.0's SAEs and general-corpus firing frequencies;
+each position is analysed on its own and written under `<position>/`. Latents that fire on more than `general_freq_max` of
 held-out standard-library tokens are not eligible (they fire on code in general, not on this
 code's fate). Ranking is global over layers, ties broken by (layer, index). Outputs:
 - `top_20_features.json`: the 20 best eligible latents for each class with their scores and
   their bootstrap stability (rank across task resamples), and the chance level: the best
-  separation reached when the labels are shuffled (with ~20k latents, some separate by luck);
+  separation reached when whole tasks trade labels within a difficulty level (with ~20k latents,
+  some separate by luck; rows of one task are not independent, and difficulty alone separates);
 - `layer_{L}_latent_scores.parquet`: every latent's scores;
-- `latent_directions.safetensors`: decoder rows of the listed latents and of zero-discrimination
-  control latents, as `SteeringDirection`s for phase 4.x;
+- `latent_directions.safetensors` (all positions): decoder rows of the listed latents and of
+  zero-discrimination control latents, as `SteeringDirection`s for phase 4.x;
 - plots of the scores by layer and of the top latents' activations per class.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +26,18 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from common.activations import load_activations
+from common.activations import load_position
 from common.config import Config
 from common.directions import SteeringDirection, save_directions
 from common.logging import get_logger
 from common.phases import get_phase
+from common.positions import recorded_positions, usable_rows
 from common.saes import encode_rows, load_sae
 from common.utils import (atomic_path, discover_latest_phase_output, load_json, phase_dir, save_json, upstream_inputs,
     write_manifest)
 from phase2_5_simplified.plots import plot_scores_by_layer, plot_top_latent_activations
 from phase2_5_simplified.sae_analyzer import (LatentScores, bootstrap_ranks, bootstrap_separation,
-    permutation_max_separation, separation_scores, task_bootstrap_weights)
+    permutation_max_separation, separation_scores, task_bootstrap_weights, task_label_permutations)
 
 logger = get_logger("phase2_5")
 
@@ -49,27 +53,54 @@ def run(config: Config) -> Path:
     phase1 = discover_latest_phase_output("1", config.data_dir).parent
     phase2_0 = discover_latest_phase_output("2.0", config.data_dir).parent
     out_dir = phase_dir(config, spec.id)
-    table = pd.read_parquet(phase1 / "dataset_sae.parquet", columns=["task_id", "test_passed"])
-    passed = table["test_passed"].to_numpy(dtype=bool)
-    n_correct, n_incorrect = int(passed.sum()), int((~passed).sum())
-    warnings = _class_warnings(n_correct, n_incorrect)
-    for warning in warnings:
-        logger.warning(warning)
+    table = pd.read_parquet(phase1 / "dataset_sae.parquet")
     sources = load_json(phase2_0 / "sae_sources.json")
     general = load_file(str(phase2_0 / "general_frequency.safetensors"))
-
     layers = sorted(int(layer) for layer in sources)
+    saes = {layer: load_sae(sources[str(layer)]) for layer in layers}
+    outputs, directions, summary = [], [], {}
+    for position in recorded_positions(phase1 / "activations"):
+        usable = usable_rows(table, position)
+        analysis = _analyse_position(config, position, table[usable].reset_index(drop=True), usable, phase1, saes,
+                                     general, out_dir / position)
+        outputs += analysis.outputs
+        directions += analysis.directions
+        summary[position] = analysis.summary
+    directions_path = out_dir / "latent_directions.safetensors"
+    save_directions(directions_path, directions)
+    summary_path = out_dir / "phase_2_5_summary.json"
+    save_json({"positions": summary, "n_latents_per_position": sum(int(s.cfg.d_sae) for s in saes.values()),
+               "chance_level": "labels permuted by whole tasks, within difficulty level and number of samples"},
+              summary_path)
+    return write_manifest(config, spec, inputs, outputs + [directions_path, summary_path])
+
+
+@dataclass
+class _PositionAnalysis:
+    outputs: list[Path]
+    directions: list[SteeringDirection]
+    summary: dict[str, Any]
+
+
+def _analyse_position(config: Config, position: str, table: pd.DataFrame, usable: np.ndarray, phase1: Path,
+                      saes: dict[int, Any], general: dict[str, torch.Tensor], out_dir: Path) -> _PositionAnalysis:
+    """Every latent's scores at one position, the top latents of each class with their stability and the chance
+    level, written under `out_dir`."""
+    passed = table["test_passed"].to_numpy(dtype=bool)
+    n_correct, n_incorrect = int(passed.sum()), int((~passed).sum())
+    warnings = _class_warnings(position, n_correct, n_incorrect)
+    for warning in warnings:
+        logger.warning(warning)
     frames, latents_by_layer, decoders = [], {}, {}
-    for layer in layers:
-        activations, _ = load_activations(phase1 / "activations" / f"layer_{layer}.safetensors")
-        sae = load_sae(sources[str(layer)])
+    for layer, sae in saes.items():
+        activations = load_position(phase1 / "activations", position, layer)[torch.tensor(usable)]
         latents_by_layer[layer] = encode_rows(sae, activations)
         decoders[layer] = sae.W_dec.detach().cpu()
         frames.append(_layer_frame(layer, latents_by_layer[layer], passed, general[f"layer_{layer}"].numpy(),
                                    config.general_freq_max))
     scores = pd.concat(frames, ignore_index=True)
     outputs = []
-    for layer, frame in zip(layers, frames):
+    for layer, frame in zip(saes, frames):
         path = out_dir / f"layer_{layer}_latent_scores.parquet"
         with atomic_path(path) as tmp:
             frame.to_parquet(tmp, index=False)
@@ -83,49 +114,45 @@ def run(config: Config) -> Path:
         fires = torch.cat([(latents > 0).float() for _, latents in sorted(latents_by_layer.items())], dim=1)
         eligible = torch.tensor(scores["eligible"].to_numpy(dtype=bool))
         stability = _stability(scores, chosen, fires, eligible, passed, table["task_id"].to_numpy(), config)
-        chance = _chance_level(scores, chosen, fires, eligible, passed, config)
+        chance = _chance_level(scores, chosen, fires, eligible, table, config)
     listed = {name: [_entry(scores.loc[i], stability.get(name, {}).get(rank)) for rank, i in enumerate(rows)]
               for name, rows in chosen.items()}
     for name, rows in listed.items():
         if len(rows) < TOP_N:
-            warnings.append(f"only {len(rows)} eligible {name}-preferring latents (wanted {TOP_N})")
+            warnings.append(f"{position}: only {len(rows)} eligible {name}-preferring latents (wanted {TOP_N})")
             logger.warning(warnings[-1])
 
     top_path = out_dir / "top_20_features.json"
     reliable = min(n_correct, n_incorrect) >= THIN_CLASS_ROWS
-    save_json({**listed, "chance_level": chance, "n_correct": n_correct, "n_incorrect": n_incorrect,
-               "reliable": reliable,
-               "warnings": warnings, "general_freq_max": config.general_freq_max,
+    save_json({**listed, "position": position, "chance_level": chance, "n_correct": n_correct,
+               "n_incorrect": n_incorrect, "reliable": reliable, "warnings": warnings,
+               "general_freq_max": config.general_freq_max,
                "mean_activation": "mean activation over the rows of the class the latent prefers",
                "layer_distribution": {name: pd.Series([r["layer"] for r in rows]).value_counts().sort_index()
                                       .to_dict() for name, rows in listed.items()}}, top_path)
-    directions_path = out_dir / "latent_directions.safetensors"
-    save_directions(directions_path, _directions(listed, _zero_discrimination(scores), decoders, n_correct,
-                                                 n_incorrect))
     plot_paths = [out_dir / "separation_scores_by_layer.png", out_dir / "top_latent_activations.png"]
     plot_scores_by_layer(scores, listed, plot_paths[0])
     plot_top_latent_activations(listed, latents_by_layer, passed, plot_paths[1])
-    summary_path = out_dir / "phase_2_5_summary.json"
-    save_json({"n_correct": n_correct, "n_incorrect": n_incorrect, "reliable": reliable, "warnings": warnings,
-               "n_latents": int(len(scores)), "n_eligible": int(scores["eligible"].sum()),
-               "best": {name: rows[0] if rows else None for name, rows in listed.items()},
-               "chance_level": chance,
-               "stability": {name: _stability_summary(rows) for name, rows in listed.items()}}, summary_path)
     for name, rows in listed.items():
         if rows:
             best = rows[0]
-            logger.info("best %s-preferring latent: layer %d #%d, separation %+.3f (f_correct %.2f, f_incorrect %.2f)",
-                        name, best["layer"], best["feature_idx"], best["separation_score"], best["f_correct"],
-                        best["f_incorrect"])
+            logger.info("%s: best %s-preferring latent: layer %d #%d, separation %+.3f (f_correct %.2f, "
+                        "f_incorrect %.2f)", position, name, best["layer"], best["feature_idx"],
+                        best["separation_score"], best["f_correct"], best["f_incorrect"])
             if name in chance:
-                logger.info("  with shuffled labels the best reaches %.3f (95th percentile of %d permutations): "
+                logger.info("  with task-permuted labels the best reaches %.3f (95th percentile of %d permutations): "
                             "p = %.3f", chance[name]["null_95th_percentile"], chance["n_permutations"],
                             chance[name]["p_value"])
-    return write_manifest(config, spec, inputs, outputs + [top_path, directions_path, summary_path, *plot_paths])
+    summary = {"n_correct": n_correct, "n_incorrect": n_incorrect, "n_rows_left_out": int((~usable).sum()),
+               "reliable": reliable, "warnings": warnings, "n_eligible": int(scores["eligible"].sum()),
+               "best": {name: rows[0] if rows else None for name, rows in listed.items()}, "chance_level": chance,
+               "stability": {name: _stability_summary(rows) for name, rows in listed.items()}}
+    directions = _directions(position, listed, _zero_discrimination(scores), decoders, n_correct, n_incorrect)
+    return _PositionAnalysis(outputs + [top_path, *plot_paths], directions, summary)
 
 
-def _class_warnings(n_correct: int, n_incorrect: int) -> list[str]:
-    return [f"UNRELIABLE RANKING: only {n} {name} rows (< {THIN_CLASS_ROWS}); latent scores are mostly noise"
+def _class_warnings(position: str, n_correct: int, n_incorrect: int) -> list[str]:
+    return [f"{position}: UNRELIABLE RANKING: only {n} {name} rows (< {THIN_CLASS_ROWS}); latent scores are mostly noise"
             for name, n in (("passing", n_correct), ("failing", n_incorrect)) if n < THIN_CLASS_ROWS]
 
 
@@ -171,6 +198,7 @@ def _stability(scores: pd.DataFrame, chosen: dict[str, list[int]], fires: torch.
     `fires` is [n_rows, all latents of all layers in score order], 1 where the latent fires."""
     weights = task_bootstrap_weights(task_ids, config.bootstrap_samples, config.seed)
     resampled = bootstrap_separation(fires, passed, weights)
+    lost_class = int(torch.isnan(resampled).any(1).sum())  # a resample without one class has no separation
     resampled = resampled[~torch.isnan(resampled).any(1)]
     result: dict[str, dict[int, dict[str, Any]]] = {}
     for name, sign in (("correct", 1), ("incorrect", -1)):
@@ -181,17 +209,20 @@ def _stability(scores: pd.DataFrame, chosen: dict[str, list[int]], fires: torch.
                                    "rank_95": [float(np.percentile(ranks[:, position], 2.5)),
                                                float(np.percentile(ranks[:, position], 97.5))],
                                    "top20_fraction": float((ranks[:, position] <= TOP_N).mean()),
-                                   "n_resamples": int(len(ranks))}
+                                   "n_resamples": int(len(ranks)), "resamples_lost_class": lost_class}
                         for position in range(len(chosen[name]))}
     return result
 
 
 def _chance_level(scores: pd.DataFrame, chosen: dict[str, list[int]], fires: torch.Tensor, eligible: torch.Tensor,
-                  passed: np.ndarray, config: Config) -> dict[str, Any]:
-    """The best separation reached with shuffled labels, and the permutation p-value of the observed best."""
-    null = dict(zip(("correct", "incorrect"), permutation_max_separation(fires, passed, eligible,
-                                                                          config.bootstrap_samples, config.seed)))
-    result = {"n_permutations": config.bootstrap_samples}
+                  table: pd.DataFrame, config: Config) -> dict[str, Any]:
+    """The best separation reached with labels permuted by task within difficulty level, and the permutation
+    p-value of the observed best."""
+    shuffled = task_label_permutations(table["test_passed"].to_numpy(dtype=bool), table["task_id"].to_numpy(),
+                                       table["difficulty"].to_numpy() if "difficulty" in table else
+                                       np.zeros(len(table)), config.bootstrap_samples, config.seed)
+    null = dict(zip(("correct", "incorrect"), permutation_max_separation(fires, shuffled, eligible)))
+    result = {"n_permutations": config.bootstrap_samples, "permuted": "whole tasks, within difficulty level"}
     for name, sign in (("correct", 1), ("incorrect", -1)):
         observed = float(sign * scores.loc[chosen[name][0], "separation_score"]) if chosen[name] else 0.0
         result[name] = {"observed_best": observed, "null_median": float(np.median(null[name])),
@@ -218,7 +249,7 @@ def _zero_discrimination(scores: pd.DataFrame) -> list[dict[str, Any]]:
     return [_entry(row, None) for _, row in pool.groupby("layer").head(N_ZERO_DISCRIMINATION).iterrows()]
 
 
-def _directions(listed: dict[str, list[dict[str, Any]]], controls: list[dict[str, Any]],
+def _directions(position: str, listed: dict[str, list[dict[str, Any]]], controls: list[dict[str, Any]],
                 decoders: dict[int, torch.Tensor], n_correct: int, n_incorrect: int) -> list[SteeringDirection]:
     directions = []
     groups = ([("sae_latent", name, rows) for name, rows in listed.items()]
@@ -229,6 +260,7 @@ def _directions(listed: dict[str, list[dict[str, Any]]], controls: list[dict[str
             provenance = {"phase": "2.5", "split": "sae", "prefers": group, "rank": rank + 1,
                           "decoder_norm": float(vector.norm()), "n_correct": n_correct, "n_incorrect": n_incorrect,
                           **{k: v for k, v in row.items() if k != "bootstrap"}}
-            directions.append(SteeringDirection(f"{source}/{group}/layer_{row['layer']}/latent_{row['feature_idx']}",
-                                                row["layer"], vector.clone(), source, provenance).unit())
+            name = f"{position}/{source}/{group}/layer_{row['layer']}/latent_{row['feature_idx']}"
+            directions.append(SteeringDirection(name, row["layer"], vector.clone(), source, provenance,
+                                                position).unit())
     return directions

@@ -3,7 +3,8 @@
 For each latent, over the analysed rows (phase 1, sae split, last prompt token):
 - f_correct / f_incorrect: fraction of passing / failing rows on which it fires (activation > 0);
 - separation_score = f_correct - f_incorrect (its negative ranks incorrect-preferring latents);
-- t_statistic: Welch's t of the activation values, passing minus failing (0 where neither class varies);
+- t_statistic: Welch's t of the activation values, passing minus failing (0 where neither class varies
+  and their means agree; +-T_STATISTIC_CAP where neither varies but the means differ: perfectly separated);
 - mean activation per class.
 Everything is a tensor operation over [n_rows, d_sae]; `tests/test_sae_analysis.py` checks it
 against a plain loop. Stability: tasks are resampled with replacement and the scores recomputed,
@@ -15,11 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
 from common.saes import load_sae
 
 GEMMA_SCOPE_RELEASE = "gemma-scope-2b-pt-res-canonical"
+T_STATISTIC_CAP = 1e6  # stands for an infinite t: both classes constant, at different values
 
 
 def load_gemma_scope_sae(layer: int, width: str = "16k", device: str = "cpu"):
@@ -53,7 +56,9 @@ def separation_scores(latents: torch.Tensor, passed: np.ndarray) -> LatentScores
     var_good = good.var(0, correction=1) if len(good) > 1 else torch.zeros_like(mean_good)
     var_bad = bad.var(0, correction=1) if len(bad) > 1 else torch.zeros_like(mean_bad)
     spread = torch.sqrt(var_good / len(good) + var_bad / len(bad))
-    t = torch.where(spread > 0, (mean_good - mean_bad) / spread.clamp_min(1e-300), torch.zeros_like(spread))
+    gap = mean_good - mean_bad
+    t = torch.where(spread > 0, gap / spread.clamp_min(1e-300), torch.sign(gap) * T_STATISTIC_CAP).clamp(
+        -T_STATISTIC_CAP, T_STATISTIC_CAP)
     return LatentScores(f_correct.numpy(), f_incorrect.numpy(), (f_correct - f_incorrect).numpy(), t.numpy(),
                         mean_good.numpy(), mean_bad.numpy())
 
@@ -76,18 +81,36 @@ def bootstrap_separation(fires: torch.Tensor, passed: np.ndarray, weights: torch
     return f_correct - f_incorrect
 
 
-def permutation_max_separation(fires: torch.Tensor, passed: np.ndarray, eligible: torch.Tensor, n_permutations: int,
-                               seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Best separation over eligible latents when the pass/fail labels are shuffled: the chance level.
+def task_label_permutations(passed: np.ndarray, task_ids: np.ndarray, strata: np.ndarray, n_permutations: int,
+                            seed: int) -> torch.Tensor:
+    """[n_permutations, n_rows] labels shuffled the way the null hypothesis allows: whole tasks trade their
+    rows' labels (the samples of a task are not independent), and only with tasks of the same stratum
+    (difficulty level) and the same number of rows, so the null keeps what difficulty explains."""
+    passed = np.asarray(passed, dtype=np.float32)
+    rows_of = pd.Series(np.arange(len(task_ids))).groupby(np.asarray(task_ids), sort=True).apply(np.asarray)
+    strata_of = {task: strata[rows[0]] for task, rows in rows_of.items()}
+    exchangeable: dict[tuple, list] = {}
+    for task, rows in rows_of.items():
+        exchangeable.setdefault((strata_of[task], len(rows)), []).append(task)
+    rng = np.random.default_rng(seed)
+    out = np.empty((n_permutations, len(passed)), dtype=np.float32)
+    for draw in range(n_permutations):
+        for tasks in exchangeable.values():
+            for task, source in zip(tasks, rng.permutation(len(tasks))):
+                out[draw, rows_of[task]] = passed[rows_of[tasks[source]]]
+    return torch.from_numpy(out)
+
+
+def permutation_max_separation(fires: torch.Tensor, shuffled: torch.Tensor, eligible: torch.Tensor
+                               ) -> tuple[np.ndarray, np.ndarray]:
+    """Best separation over eligible latents under each row of shuffled labels: the chance level.
 
     With ~20k latents some separate the classes by luck; the observed best score means something
     only if it beats these. Returns (best correct-preferring, best incorrect-preferring) per permutation.
     """
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.tensor(np.asarray(passed, dtype=np.float32))
-    shuffled = torch.stack([labels[torch.randperm(len(labels), generator=generator)] for _ in range(n_permutations)])
     pool = fires[:, eligible]
-    separation = (shuffled @ pool) / labels.sum() - ((1 - shuffled) @ pool) / (1 - labels).sum()
+    positives = shuffled.sum(1, keepdim=True)
+    separation = (shuffled @ pool) / positives - ((1 - shuffled) @ pool) / (shuffled.shape[1] - positives)
     return separation.max(1).values.numpy(), (-separation).max(1).values.numpy()
 
 

@@ -1,10 +1,12 @@
 """Phase 2.6: mean-difference directions, the baseline the SAE latents have to beat.
 
-Per recorded layer, from phase 1's sae-split activations (the selection split):
+Per recorded position and layer, from phase 1's sae-split activations (the selection split):
 - `mean_difference`: unit(mean(passing rows) - mean(failing rows));
-- `paired_pca`: the first principal component of per-task differences (mean passing row minus mean
-  failing row of the same task), for tasks that have both classes (needs samples_per_task >= 1);
-  its sign is chosen so that the differences project positively on it.
+- `paired_pca` (code positions only): the first principal component of per-task differences (mean
+  passing row minus mean failing row of the same task), for tasks that have both classes (needs
+  samples_per_task >= 1); its sign is chosen so that the differences project positively on it. At
+  the last prompt token every program of a task shares one activation, so the differences are
+  numerical noise and no paired_pca is made there.
 Both point from "will fail" towards "will pass". A class with fewer than 20 rows gives a direction
 that is reported as unreliable; an empty class gives none.
 """
@@ -18,11 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.activations import load_activations
+from common.activations import load_position
 from common.config import Config
 from common.directions import SteeringDirection, save_directions
 from common.logging import get_logger
 from common.phases import get_phase
+from common.positions import SHARED_BY_TASK, is_code_position, recorded_positions, usable_rows
 from common.utils import discover_latest_phase_output, phase_dir, save_json, upstream_inputs, write_manifest
 
 logger = get_logger("phase2_6")
@@ -69,51 +72,69 @@ def run(config: Config) -> Path:
     spec = get_phase("2.6")
     inputs = upstream_inputs(config, spec)
     phase1 = discover_latest_phase_output("1", config.data_dir).parent
-    table = pd.read_parquet(phase1 / "dataset_sae.parquet", columns=["task_id", "test_passed"])
-    passed = table["test_passed"].to_numpy(dtype=bool)
-    task_ids = table["task_id"].to_numpy()
-    n_passed, n_failed = int(passed.sum()), int((~passed).sum())
-    warnings = [f"only {n} {name} rows (< {THIN_CLASS_ROWS}): these directions are unreliable"
-                for name, n in (("passing", n_passed), ("failing", n_failed)) if n < THIN_CLASS_ROWS]
-    for warning in warnings:
-        logger.warning(warning)
-
+    table = pd.read_parquet(phase1 / "dataset_sae.parquet")
+    warnings: list[str] = []
     directions: list[SteeringDirection] = []
-    per_layer: dict[str, Any] = {}
-    for layer_file in sorted((phase1 / "activations").glob("layer_*.safetensors"),
-                             key=lambda p: int(p.stem.split("_")[1])):
-        activations, info = load_activations(layer_file)
-        layer = int(info.get("layer", layer_file.stem.split("_")[1]))
-        common = {"phase": "2.6", "split": "sae", "n_passing": n_passed, "n_failing": n_failed,
-                  "mean_residual_norm": float(activations.norm(dim=1).mean()), "site": info.get("site", "")}
-        stats: dict[str, Any] = {"mean_residual_norm": common["mean_residual_norm"]}
-        found = mean_difference(activations, passed)
-        if found is not None:
-            vector, raw_norm = found
-            directions.append(SteeringDirection(f"mean_difference/layer_{layer}", layer, vector, "mean_difference",
-                                                {**common, "raw_difference_norm": raw_norm}))
-            stats["mean_difference_raw_norm"] = raw_norm
-        differences = paired_differences(activations, passed, task_ids)
-        stats["n_pairs"] = len(differences)
-        pca = paired_pca(differences)
-        if pca is not None:
-            vector, explained = pca
-            directions.append(SteeringDirection(f"paired_pca/layer_{layer}", layer, vector, "paired_pca",
-                                                {**common, "n_pairs": len(differences), "explained_variance": explained}))
-            stats["paired_pca_explained_variance"] = explained
-            if found is not None:
-                stats["cosine_pca_vs_mean_difference"] = float(vector @ found[0])
-        per_layer[str(layer)] = stats
-
-    if not any(d.source == "paired_pca" for d in directions):
-        logger.warning("no task has both a passing and a failing sample: no paired_pca direction "
-                       "(rerun phase 1 with --set samples_per_task=2 or more)")
+    per_position: dict[str, Any] = {}
+    for position in recorded_positions(phase1 / "activations"):
+        usable = usable_rows(table, position)
+        passed = table["test_passed"].to_numpy(dtype=bool)[usable]
+        task_ids = table["task_id"].to_numpy()[usable]
+        n_passed, n_failed = int(passed.sum()), int((~passed).sum())
+        for name, n in (("passing", n_passed), ("failing", n_failed)):
+            if n < THIN_CLASS_ROWS:
+                warnings.append(f"{position}: only {n} {name} rows (< {THIN_CLASS_ROWS}): these directions are "
+                                "unreliable")
+                logger.warning(warnings[-1])
+        if not is_code_position(position):
+            logger.info("%s: no paired_pca (%s: its paired differences are numerical noise)", position, SHARED_BY_TASK)
+        per_layer: dict[str, Any] = {}
+        for layer in config.layers:
+            activations = load_position(phase1 / "activations", position, layer)[torch.tensor(usable)]
+            found, stats = _layer_directions(activations, passed, task_ids, position, layer, is_code_position(position))
+            directions += found
+            per_layer[str(layer)] = stats
+        per_position[position] = {"n_passing": n_passed, "n_failing": n_failed, "n_rows_left_out": int((~usable).sum()),
+                                  "layers": per_layer}
     if not directions:
         logger.warning("one class is empty: no direction at all")
     out_dir = phase_dir(config, spec.id)
     directions_path = out_dir / "directions.safetensors"
     save_directions(directions_path, directions)
     summary_path = out_dir / "phase_2_6_summary.json"
-    save_json({"n_passing": n_passed, "n_failing": n_failed, "directions": [d.name for d in directions],
-               "layers": per_layer, "warnings": warnings}, summary_path)
+    save_json({"directions": [d.name for d in directions], "positions": per_position, "warnings": warnings},
+              summary_path)
     return write_manifest(config, spec, inputs, [directions_path, summary_path])
+
+
+def _layer_directions(activations: torch.Tensor, passed: np.ndarray, task_ids: np.ndarray, position: str, layer: int,
+                      paired: bool) -> tuple[list[SteeringDirection], dict[str, Any]]:
+    """A layer's mean-difference direction and, at a code position, its paired-PCA direction, with their figures."""
+    n_passed, n_failed = int(passed.sum()), int((~passed).sum())
+    common = {"phase": "2.6", "split": "sae", "n_passing": n_passed, "n_failing": n_failed,
+              "mean_residual_norm": float(activations.norm(dim=1).mean())}
+    stats: dict[str, Any] = {"mean_residual_norm": common["mean_residual_norm"]}
+    directions = []
+    found = mean_difference(activations, passed)
+    if found is not None:
+        vector, raw_norm = found
+        directions.append(SteeringDirection(f"{position}/mean_difference/layer_{layer}", layer, vector,
+                                            "mean_difference", {**common, "raw_difference_norm": raw_norm}, position))
+        stats["mean_difference_raw_norm"] = raw_norm
+    if not paired:
+        return directions, stats
+    differences = paired_differences(activations, passed, task_ids)
+    stats["n_pairs"] = len(differences)
+    pca = paired_pca(differences)
+    if pca is None:
+        logger.warning("%s layer %d: %d tasks with both a passing and a failing program (< %d): no paired_pca",
+                       position, layer, len(differences), MIN_PAIRS)
+        return directions, stats
+    vector, explained = pca
+    directions.append(SteeringDirection(f"{position}/paired_pca/layer_{layer}", layer, vector, "paired_pca",
+                                        {**common, "n_pairs": len(differences), "explained_variance": explained},
+                                        position))
+    stats["paired_pca_explained_variance"] = explained
+    if found is not None:
+        stats["cosine_pca_vs_mean_difference"] = float(vector @ found[0])
+    return directions, stats

@@ -2,9 +2,9 @@
 
 Per task: one greedy sample, and `samples_per_temperature` samples at each of `temperatures`.
 One table per temperature, `dataset_temp_{T}.parquet` (`dataset_temp_0_0.parquet` is the greedy
-one), with `activations_temp_{T}/layer_{L}.safetensors` aligned to its rows. The activations are
-those of the row's own prompt (last prompt token, recorded in its own prefill): they do not
-depend on the temperature, which only acts after them.
+one), with `activations_temp_{T}/<position>/layer_{L}.safetensors` aligned to its rows (phase 1). The
+last prompt token's activations do not depend on the temperature, which only acts after them; the
+code positions do.
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ def run(config: Config) -> Path | None:
         if not picked:
             continue
         tag = temperature_tag(temperature)
-        rows = [generated.rows[i] for i in picked]
-        outputs += write_split_outputs(config, out_dir, f"dataset_temp_{tag}.parquet", rows,
-                                       [generated.tensors[i] for i in picked], activations_folder=f"activations_temp_{tag}")
+        rows, activations = generated.select(picked)
+        outputs += write_split_outputs(config, out_dir, f"dataset_temp_{tag}.parquet", rows, activations,
+                                       activations_folder=f"activations_temp_{tag}")
         n_passed = sum(row["test_passed"] for row in rows)
         by_temperature[f"{temperature:g}"] = {"table": f"dataset_temp_{tag}.parquet",
                                               "activations": f"activations_temp_{tag}", "n_samples": len(rows),

@@ -2,7 +2,7 @@
 
 `dataset_hyperparams_temp_0_0.parquet` has one row per task (task_id, text, test_list, prompt,
 generated_code, test_passed, cyclomatic_complexity and the generation metadata), and row i of
-`activations/layer_{L}.safetensors` is that row's last-prompt-token residual stream.
+`activations/<position>/layer_{L}.safetensors` is that row's residual stream at each position (phase 1).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def run(config: Config) -> Path | None:
     rows = [{**row, "text": by_task[row["task_id"]]["text"], "test_list": list(by_task[row["task_id"]]["test_list"])}
             for row in generated.rows]
     out_dir = phase_dir(config, spec.id)
-    outputs = write_split_outputs(config, out_dir, TABLE, rows, generated.tensors)
+    outputs = write_split_outputs(config, out_dir, TABLE, rows, generated.activations)
     n_passed = sum(row["test_passed"] for row in rows)
     summary = {"split": "hyperparams", "temperature": 0.0, "prompt_style": generated.prompt_style,
                "n_tasks": len(rows), "n_passed": n_passed, "pass_rate": rate(n_passed, len(rows)).to_dict(),

@@ -1,16 +1,24 @@
-"""Phase 3.8: how well do the latents of phase 2.5 (and the mean-difference baseline) predict on new problems?
+"""Phase 3.8: which score, read at which position, predicts on new problems beyond what a sceptic already knows?
 
-Scores: the activation of each of the top 5 correct-preferring latents (predicts "will pass"),
-of the top 5 incorrect-preferring ones (predicts "will fail"), and the projection on phase 2.6's
-mean-difference direction of each layer (predicts "will pass"). Within each family the score is
-chosen, and its F1-maximising threshold set, on the hyperparams split (phase 3.6) only; the
-validation split (phase 3.5) is read only to report: AUROC with a bootstrap 95% interval,
-precision / recall / F1 at the chosen threshold next to the trivial classifiers, and AUROC at
-every temperature (its interval resamples tasks, since the samples of one task are not independent).
+Three splits, three jobs: directions, latents and baselines are fitted on the sae split (phase 1);
+every choice (which latent or layer, the F1 threshold, the best baseline, the weights that combine
+a score with it) is made on the hyperparams split (phase 3.6); the validation split (phase 3.5, all
+temperatures) is only reported on. Per position (common/positions.py) the score families are the
+top 5 correct- and incorrect-preferring SAE latents of phase 2.5, and phase 2.6's mean-difference and
+paired-PCA projections, one candidate per layer. Each chosen score, and each baseline
+(common/baselines.py), is reported on validation with:
+- AUROC over all rows, its interval resampling tasks (the samples of one task are not independent);
+- within-task AUROC: only pairs of a passing and a failing program of the same task, the test a score
+  read before any code exists cannot pass (such scores get a reason instead of a number);
+- over the best baseline: AUROC of a logistic model on (best baseline, score) minus that of the best
+  baseline alone, with a task-bootstrap interval of the difference;
+- precision / recall / F1 at the chosen threshold beside the trivial classifiers, greedy-only AUROC
+  and AUROC per temperature (exploratory).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,16 +26,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.activations import load_activations
-from common.classification import auroc, auroc_with_interval, best_f1_threshold, binary_metrics
+from common.activations import load_position
+from common.baselines import BASELINES, applicable
+from common.classification import (auroc, auroc_with_interval, best_f1_threshold, binary_metrics, incremental_auroc,
+    within_task_auroc)
 from common.config import Config
 from common.directions import load_directions
 from common.logging import get_logger
 from common.phases import get_phase
+from common.positions import SHARED_BY_TASK, is_code_position, recorded_positions, usable_rows
 from common.saes import encode_rows, load_sae
-from common.utils import (discover_latest_phase_output, load_json, phase_dir, save_json, upstream_inputs,
-    write_manifest)
-from phase3_8.plots import plot_auroc_by_temperature, plot_roc_curves, plot_score_histograms
+from common.utils import discover_latest_phase_output, load_json, phase_dir, save_json, upstream_inputs, write_manifest
+from phase3_8.plots import plot_forest, plot_roc_by_position
+from phase3_8.table import markdown_table
 
 logger = get_logger("phase3_8")
 
@@ -35,104 +46,254 @@ CANDIDATES_PER_CLASS = 5
 AUROC_RESAMPLES = 1000
 THIN_CLASS_ROWS = 10
 
-Scorer = Callable[[Path], np.ndarray]  # activations folder -> one score per row
+
+@dataclass
+class Split:
+    """One split's table and its activations, read lazily and once per position and layer."""
+    name: str
+    table: pd.DataFrame
+    folders: list[tuple[Path, int]]  # activations folder and how many table rows it holds, in table order
+    _loaded: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+
+    def activations(self, position: str, layer: int) -> torch.Tensor:
+        if (position, layer) not in self._loaded:
+            self._loaded[position, layer] = torch.cat([load_position(folder, position, layer)
+                                                       for folder, _ in self.folders])
+        return self._loaded[position, layer]
+
+    @property
+    def passed(self) -> np.ndarray:
+        return self.table["test_passed"].to_numpy(dtype=bool)
+
+    @property
+    def tasks(self) -> np.ndarray:
+        return self.table["task_id"].astype(str).to_numpy()
+
+
+Scorer = Callable[[Split], np.ndarray]  # one score per row of the split, NaN where the row has none
+
+
+@dataclass(frozen=True)
+class Family:
+    predicts: str  # "pass" or "fail": what a high score says
+    candidates: dict[str, Scorer]
 
 
 def run(config: Config) -> Path:
     spec = get_phase("3.8")
     inputs = upstream_inputs(config, spec)
     folder = {phase: discover_latest_phase_output(phase, config.data_dir).parent for phase in spec.upstream}
-    families = _candidate_scorers(folder["2.0"], folder["2.5"], folder["2.6"])
-    tuning_table = pd.read_parquet(folder["3.6"] / "dataset_hyperparams_temp_0_0.parquet", columns=["test_passed"])
-    tuning_passed = tuning_table["test_passed"].to_numpy(dtype=bool)
+    fit = _split("sae", folder["1"], [("dataset_sae.parquet", "activations")])
+    choose = _split("hyperparams", folder["3.6"], [("dataset_hyperparams_temp_0_0.parquet", "activations")])
     temperatures = load_json(folder["3.5"] / "phase_3_5_summary.json")["by_temperature"]
-    validation = {t: (pd.read_parquet(folder["3.5"] / info["table"], columns=["task_id", "test_passed"]),
-                      folder["3.5"] / info["activations"]) for t, info in temperatures.items()}
-    validation_table, validation_folder = validation["0"]
-    validation_passed = validation_table["test_passed"].to_numpy(dtype=bool)
-    warnings = [f"only {n} {name} rows on the {split} split (< {THIN_CLASS_ROWS}): wide intervals, unstable threshold"
-                for split, passed in (("hyperparams", tuning_passed), ("validation", validation_passed))
-                for name, n in (("passing", int(passed.sum())), ("failing", int((~passed).sum())))
+    report = _split("validation", folder["3.5"], [(info["table"], info["activations"]) for info in temperatures.values()])
+    warnings = _class_warnings(choose, report)
+    counts = {split.name: {"rows": len(split.table), "tasks": int(pd.Series(split.tasks).nunique()),
+                           "passing": int(split.passed.sum()), "failing": int((~split.passed).sum()),
+                           "tasks_with_both_classes": _tasks_with_both(split)} for split in (fit, choose, report)}
+    logger.info("tasks with both a passing and a failing program: %s",
+                ", ".join(f"{name} {c['tasks_with_both_classes']} of {c['tasks']}" for name, c in counts.items()))
+
+    baselines, best_name = _baselines(fit, choose, report, config)
+    best = baselines.get(best_name) if best_name else None
+    positions: dict[str, Any] = {}
+    curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for position in recorded_positions(folder["1"] / "activations"):
+        families = _families(position, folder["2.0"], folder["2.5"], folder["2.6"])
+        positions[position], curves[position] = {}, {}
+        for family_name, family in families.items():
+            if not family.candidates:
+                continue
+            result, validation_scores = _evaluate_family(position, family, choose, report, best, config)
+            positions[position][family_name] = result
+            target = report.passed if family.predicts == "pass" else ~report.passed
+            known = ~np.isnan(validation_scores)
+            curves[position][f"{family_name}: {result['chosen']}"] = (validation_scores[known], target[known])
+            _log(position, family_name, result)
+        if best is not None:
+            known = ~np.isnan(best["validation_scores"])
+            curves[position][f"best baseline: {best_name}"] = (best["validation_scores"][known], report.passed[known])
+
+    out_dir = phase_dir(config, spec.id)
+    rows = _table_rows(baselines, best_name, positions)
+    results_path, table_path = out_dir / "evaluation_results.json", out_dir / "evaluation_table.md"
+    save_json({"splits": {"fit": "sae (phase 1)", "choose": "hyperparams (phase 3.6)",
+                          "report": "validation (phase 3.5), every temperature"},
+               "counts": counts, "best_baseline": best_name,
+               "baselines": {name: {k: v for k, v in b.items() if k not in ("choose_scores", "validation_scores")}
+                             for name, b in baselines.items()},
+               "positions": positions, "table": rows, "warnings": warnings}, results_path)
+    table_path.write_text(markdown_table(rows, best_name, counts))
+    plot_paths = [out_dir / "auroc_forest.png", out_dir / "roc_curves.png"]
+    plot_forest(rows, plot_paths[0])
+    plot_roc_by_position(curves, plot_paths[1])
+    return write_manifest(config, spec, inputs, [results_path, table_path, *plot_paths])
+
+
+def _split(name: str, folder: Path, parts: list[tuple[str, str]]) -> Split:
+    tables = [pd.read_parquet(folder / table) for table, _ in parts]
+    return Split(name, pd.concat(tables, ignore_index=True),
+                 [(folder / activations, len(table)) for (_, activations), table in zip(parts, tables)])
+
+
+def _tasks_with_both(split: Split) -> int:
+    flags = pd.Series(split.passed).groupby(split.tasks).agg(["any", "all"])
+    return int((flags["any"] & ~flags["all"]).sum())
+
+
+def _class_warnings(*splits: Split) -> list[str]:
+    warnings = [f"only {n} {name} rows on the {split.name} split (< {THIN_CLASS_ROWS}): wide intervals, "
+                "unstable choices" for split in splits
+                for name, n in (("passing", int(split.passed.sum())), ("failing", int((~split.passed).sum())))
                 if n < THIN_CLASS_ROWS]
     for warning in warnings:
         logger.warning(warning)
+    return warnings
 
+
+def _baselines(fit: Split, choose: Split, report: Split, config: Config) -> tuple[dict[str, Any], str | None]:
+    """Every applicable baseline fitted on the sae split and reported like a score; the best by hyperparams AUROC."""
     results: dict[str, Any] = {}
-    curves: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
-    for family, (predicts, candidates) in families.items():
-        if not candidates:
+    for baseline in BASELINES:
+        reason = applicable(baseline, fit.table) or next(
+            (f"the {split.name} table has no {column} column" for split in (choose, report) for column in baseline.needs
+             if column not in split.table), None)
+        if reason is not None:
+            results[baseline.name] = {"level": baseline.level, "description": baseline.description, "skipped": reason}
             continue
-        target = tuning_passed if predicts == "pass" else ~tuning_passed
-        tuning_scores = {name: scorer(folder["3.6"] / "activations") for name, scorer in candidates.items()}
-        tuning_auroc = {name: auroc(scores, target) for name, scores in tuning_scores.items()}
-        chosen = max(tuning_auroc, key=lambda name: (np.nan_to_num(tuning_auroc[name], nan=-1), name))
-        scorer = candidates[chosen]
-        threshold = best_f1_threshold(tuning_scores[chosen], target)
-        scores = scorer(validation_folder)
-        positive = validation_passed if predicts == "pass" else ~validation_passed
-        per_temperature = {}
-        for t, (table, path) in validation.items():
-            passed = table["test_passed"].to_numpy(dtype=bool)
-            per_temperature[t] = auroc_with_interval(scorer(path), passed if predicts == "pass" else ~passed,
-                                                     AUROC_RESAMPLES, config.seed, groups=table["task_id"].to_numpy())
-        results[family] = {
-            "predicts": predicts, "chosen": chosen, "chosen_on": "hyperparams split (phase 3.6), by AUROC",
-            "hyperparams_auroc": tuning_auroc, "validation": auroc_with_interval(scores, positive, AUROC_RESAMPLES,
-                                                                                  config.seed),
-            "validation_at_threshold": binary_metrics(scores, positive, threshold),
-            "validation_auroc_by_temperature": per_temperature}
-        curves[f"{family}: {chosen}"] = (scores, positive, "passing" if predicts == "pass" else "failing")
-        best = results[family]["validation"]
-        logger.info("%s (%s, predicts %s): validation AUROC %.3f [%.3f-%.3f], F1 %.3f vs always-%s %.3f",
-                    family, chosen, predicts, best["auroc"], best["low"], best["high"],
-                    results[family]["validation_at_threshold"]["f1"], predicts,
-                    results[family]["validation_at_threshold"]["trivial"]["always_positive"]["f1"])
-
-    out_dir = phase_dir(config, spec.id)
-    results_path = out_dir / "evaluation_results.json"
-    save_json({"families": results, "n_hyperparams": len(tuning_passed), "n_validation": len(validation_passed),
-               "warnings": warnings}, results_path)
-    plot_paths = [out_dir / "roc_curves.png", out_dir / "score_histograms.png", out_dir / "auroc_by_temperature.png"]
-    plot_roc_curves(curves, plot_paths[0])
-    plot_score_histograms(curves, plot_paths[1])
-    plot_auroc_by_temperature(results, plot_paths[2])
-    return write_manifest(config, spec, inputs, [results_path, *plot_paths])
+        scorer = baseline.fit(fit.table)
+        choose_scores, report_scores = scorer(choose.table), scorer(report.table)
+        results[baseline.name] = {"description": baseline.description,
+                                  **_report(baseline.level, "pass", choose_scores, report_scores, choose, report,
+                                            config),
+                                  "choose_scores": choose_scores, "validation_scores": report_scores}
+    fitted = {name: r for name, r in results.items() if "skipped" not in r and not np.isnan(r["hyperparams_auroc"])}
+    best = max(fitted, key=lambda name: (fitted[name]["hyperparams_auroc"], name)) if fitted else None
+    if best:
+        logger.info("best baseline on hyperparams: %s (AUROC %.3f there; validation %.3f [%.3f-%.3f])", best,
+                    fitted[best]["hyperparams_auroc"], fitted[best]["validation"]["auroc"],
+                    fitted[best]["validation"]["low"], fitted[best]["validation"]["high"])
+    return results, best
 
 
-def _candidate_scorers(sae_folder: Path, latent_folder: Path, direction_folder: Path
-                       ) -> dict[str, tuple[str, dict[str, Scorer]]]:
-    """family -> (what a high score predicts, {candidate name: scorer})."""
-    top = load_json(latent_folder / "top_20_features.json")
-    sources = load_json(sae_folder / "sae_sources.json")
-    encoded: dict[tuple[int, Path], torch.Tensor] = {}  # every candidate of a layer shares one encoding
+def _families(position: str, sae_folder: Path, latent_folder: Path, direction_folder: Path) -> dict[str, Family]:
+    """The score families at one position, each with one candidate per latent or layer."""
+    families: dict[str, Family] = {}
+    top_path = latent_folder / position / "top_20_features.json"
+    if top_path.is_file():
+        top, sources = load_json(top_path), load_json(sae_folder / "sae_sources.json")
+        saes: dict[int, Any] = {}
+        encoded: dict[tuple[str, int], torch.Tensor] = {}  # every candidate of a layer shares one encoding per split
 
-    def latent_scorer(layer: int, index: int) -> Scorer:
-        def score(activations_folder: Path) -> np.ndarray:
-            if (layer, activations_folder) not in encoded:
-                activations, _ = load_activations(activations_folder / f"layer_{layer}.safetensors")
-                encoded[layer, activations_folder] = encode_rows(_sae(layer), activations)
-            return encoded[layer, activations_folder][:, index].numpy()
-        return score
+        def latent_scorer(layer: int, index: int) -> Scorer:
+            def score(split: Split) -> np.ndarray:
+                if (split.name, layer) not in encoded:
+                    saes.setdefault(layer, load_sae(sources[str(layer)]))
+                    encoded[split.name, layer] = encode_rows(saes[layer],
+                                                             torch.nan_to_num(split.activations(position, layer)))
+                return _masked(encoded[split.name, layer][:, index].numpy(), split, position)
+            return score
 
-    saes: dict[int, Any] = {}
-
-    def _sae(layer: int):
-        if layer not in saes:
-            saes[layer] = load_sae(sources[str(layer)])
-        return saes[layer]
+        for family, predicts in (("sae_correct_latent", "pass"), ("sae_incorrect_latent", "fail")):
+            rows = top["correct" if predicts == "pass" else "incorrect"][:CANDIDATES_PER_CLASS]
+            families[family] = Family(predicts, {f"layer_{r['layer']}/latent_{r['feature_idx']}":
+                                                 latent_scorer(r["layer"], r["feature_idx"]) for r in rows})
 
     def projection_scorer(layer: int, vector: torch.Tensor) -> Scorer:
-        def score(activations_folder: Path) -> np.ndarray:
-            activations, _ = load_activations(activations_folder / f"layer_{layer}.safetensors")
-            return (activations @ vector).numpy()
-        return score
+        return lambda split: _masked((split.activations(position, layer) @ vector).numpy(), split, position)
 
-    families = {}
-    for family, predicts in (("sae_correct_latent", "pass"), ("sae_incorrect_latent", "fail")):
-        rows = top["correct" if predicts == "pass" else "incorrect"][:CANDIDATES_PER_CLASS]
-        families[family] = (predicts, {f"layer_{r['layer']}/latent_{r['feature_idx']}":
-                                       latent_scorer(r["layer"], r["feature_idx"]) for r in rows})
-    directions = [d for d in load_directions(direction_folder / "directions.safetensors")
-                  if d.source == "mean_difference"]
-    families["mean_difference"] = ("pass", {d.name: projection_scorer(d.layer, d.unit().vector) for d in directions})
+    directions = [d for d in load_directions(direction_folder / "directions.safetensors") if d.position == position]
+    for source in ("mean_difference", "paired_pca"):
+        families[source] = Family("pass", {d.name: projection_scorer(d.layer, d.unit().vector)
+                                           for d in directions if d.source == source})
     return families
+
+
+def _masked(scores: np.ndarray, split: Split, position: str) -> np.ndarray:
+    """NaN for the rows without an activation at this position (no program)."""
+    out = np.asarray(scores, dtype=float).copy()
+    out[~usable_rows(split.table, position)] = np.nan
+    return out
+
+
+def _evaluate_family(position: str, family: Family, choose: Split, report: Split, best: dict[str, Any] | None,
+                     config: Config) -> tuple[dict[str, Any], np.ndarray]:
+    """Choose the family's candidate on hyperparams; report it on validation, alone and over the best baseline."""
+    target = choose.passed if family.predicts == "pass" else ~choose.passed
+    choose_scores = {name: scorer(choose) for name, scorer in family.candidates.items()}
+    choose_auroc = {name: _known_auroc(scores, target) for name, scores in choose_scores.items()}
+    chosen = max(choose_auroc, key=lambda name: (np.nan_to_num(choose_auroc[name], nan=-1), name))
+    report_scores = family.candidates[chosen](report)
+    level = "program" if is_code_position(position) else "task"
+    result = {"chosen": chosen, "chosen_on": "hyperparams split (phase 3.6), by AUROC",
+              "hyperparams_auroc_by_candidate": choose_auroc,
+              **_report(level, family.predicts, choose_scores[chosen], report_scores, choose, report, config)}
+    if best is not None:
+        result["over_best_baseline"] = _over_baseline(best, choose_scores[chosen], report_scores, choose, report,
+                                                      config)
+    return result, report_scores
+
+
+def _known_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    known = ~np.isnan(scores)
+    return auroc(scores[known], positive[known])
+
+
+def _report(level: str, predicts: str, choose_scores: np.ndarray, report_scores: np.ndarray, choose: Split,
+            report: Split, config: Config) -> dict[str, Any]:
+    """A score's figures: AUROC on hyperparams (where it was chosen) and on validation, with intervals."""
+    choose_target = choose.passed if predicts == "pass" else ~choose.passed
+    target = report.passed if predicts == "pass" else ~report.passed
+    known_choose, known = ~np.isnan(choose_scores), ~np.isnan(report_scores)
+    scores, positive, tasks = report_scores[known], target[known], report.tasks[known]
+    temperature = report.table["temperature"].to_numpy()[known]
+    threshold = best_f1_threshold(choose_scores[known_choose], choose_target[known_choose]) if known_choose.any() else 0.0
+    by_temperature = {f"{t:g}": auroc_with_interval(scores[temperature == t], positive[temperature == t],
+                                                    AUROC_RESAMPLES, config.seed, groups=tasks[temperature == t])
+                      for t in sorted(set(temperature))}
+    within = (within_task_auroc(scores, positive, tasks, AUROC_RESAMPLES, config.seed) if level == "program"
+              else {"auroc": None, "reason": SHARED_BY_TASK})
+    return {"predicts": predicts, "level": level, "hyperparams_auroc": _known_auroc(choose_scores, choose_target),
+            "validation": {**auroc_with_interval(scores, positive, AUROC_RESAMPLES, config.seed, groups=tasks),
+                           "rows_without_score": int((~known).sum())},
+            "within_task": within, "validation_at_threshold": binary_metrics(scores, positive, threshold),
+            "validation_greedy": by_temperature.get("0"), "validation_auroc_by_temperature": by_temperature}
+
+
+def _over_baseline(best: dict[str, Any], choose_scores: np.ndarray, report_scores: np.ndarray, choose: Split,
+                   report: Split, config: Config) -> dict[str, Any]:
+    """Incremental AUROC of the score over the best baseline: combined on hyperparams, compared on validation."""
+    base_choose, base_report = best["choose_scores"], best["validation_scores"]
+    fit_rows = ~np.isnan(choose_scores) & ~np.isnan(base_choose)
+    eval_rows = ~np.isnan(report_scores) & ~np.isnan(base_report)
+    return {"combined_on": "hyperparams split (phase 3.6)", "n_rows": int(eval_rows.sum()),
+            **incremental_auroc(base_choose[fit_rows], choose_scores[fit_rows], choose.passed[fit_rows],
+                                base_report[eval_rows], report_scores[eval_rows], report.passed[eval_rows],
+                                report.tasks[eval_rows], AUROC_RESAMPLES, config.seed)}
+
+
+def _log(position: str, family: str, result: dict[str, Any]) -> None:
+    v, w = result["validation"], result["within_task"]
+    within = f"{w['auroc']:.3f} [{w['low']:.3f}-{w['high']:.3f}]" if w.get("low") is not None else "n/a"
+    over = result.get("over_best_baseline", {})
+    logger.info("%s %s (%s, predicts %s): validation AUROC %.3f [%.3f-%.3f], within tasks %s, over the best "
+                "baseline %+.3f [%+.3f, %+.3f]", position, family, result["chosen"], result["predicts"], v["auroc"],
+                v["low"], v["high"], within, over.get("difference", np.nan), over.get("low", np.nan),
+                over.get("high", np.nan))
+
+
+def _table_rows(baselines: dict[str, Any], best_name: str | None, positions: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per baseline and per (position, family): the validation figures a reader compares."""
+    rows = []
+    for name, b in baselines.items():
+        if "skipped" in b:
+            continue
+        rows.append({"kind": "baseline", "position": "-", "score": name, "predicts": b["predicts"],
+                     "validation": b["validation"], "within_task": b["within_task"],
+                     "over_best_baseline": None, "is_best_baseline": name == best_name})
+    for position, families in positions.items():
+        for family, r in families.items():
+            rows.append({"kind": "score", "position": position, "score": f"{family}: {r['chosen']}",
+                         "predicts": r["predicts"], "validation": r["validation"], "within_task": r["within_task"],
+                         "over_best_baseline": r.get("over_best_baseline"), "is_best_baseline": False})
+    return rows

@@ -42,7 +42,7 @@ def run(config: Config) -> Path | None:
     folder = {phase: discover_latest_phase_output(phase, config.data_dir).parent for phase in spec.upstream}
     baseline = pd.read_parquet(folder["3.6"] / "dataset_hyperparams_temp_0_0.parquet", columns=BASELINE_COLUMNS)
     problems = pd.read_parquet(folder["0.1"] / "hyperparams.parquet")
-    best = best_latent_directions(folder["2.5"] / "latent_directions.safetensors")
+    best = best_latent_directions(folder["2.5"] / "latent_directions.safetensors", config.steering_direction_position)
     selected, warnings = _problems_to_steer(config, baseline, best)
     for warning in warnings:
         logger.warning(warning)
@@ -99,10 +99,10 @@ def run(config: Config) -> Path | None:
     return write_manifest(config, spec, inputs, [grid_path, selected_path, plot_path, summary_path, *example_paths])
 
 
-def best_latent_directions(path: Path) -> dict[str, SteeringDirection]:
-    """Phase 2.5's rank-1 latent of each class, by the class it prefers."""
+def best_latent_directions(path: Path, position: str) -> dict[str, SteeringDirection]:
+    """Phase 2.5's rank-1 latent of each class at one activation position, by the class it prefers."""
     return {d.provenance["prefers"]: d for d in load_directions(path)
-            if d.source == "sae_latent" and d.provenance.get("rank") == 1}
+            if d.source == "sae_latent" and d.provenance.get("rank") == 1 and d.position == position}
 
 
 def _problems_to_steer(config: Config, baseline: pd.DataFrame, best: dict[str, SteeringDirection]

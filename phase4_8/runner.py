@@ -44,9 +44,10 @@ def run(config: Config) -> Path | None:
     chosen = load_json(folder["4.5"] / "selected_coefficients.json")
     baseline = pd.read_parquet(folder["3.5"] / "dataset_temp_0_0.parquet", columns=BASELINE_COLUMNS)
     problems = pd.read_parquet(folder["0.1"] / "validation.parquet")
-    latents = load_directions(folder["2.5"] / "latent_directions.safetensors")
+    position = config.steering_direction_position
+    latents = [d for d in load_directions(folder["2.5"] / "latent_directions.safetensors") if d.position == position]
     mean_difference = {d.layer: d for d in load_directions(folder["2.6"] / "directions.safetensors")
-                       if d.source == "mean_difference"}
+                       if d.source == "mean_difference" and d.position == position}
     arms, warnings = _arms(config, chosen, baseline, latents, mean_difference)
     for warning in warnings:
         logger.warning(warning)

@@ -73,7 +73,7 @@ def test_the_plan_counts_each_phases_work_and_totals_its_time(tmp_path: Path):
     config = load_config(data_dir=str(tmp_path), overrides=["n_tasks=100", "temperatures=0.5,1.0",
                                                              "samples_per_temperature=2"])
     by_phase = {e.spec.id: e for e in estimate(config, PHASES)}
-    assert by_phase["1"].units == 50 and by_phase["3.6"].units == 10
+    assert by_phase["1"].units == 50 * (1 + config.samples_per_task) and by_phase["3.6"].units == 10
     assert by_phase["3.5"].units == 40 * (1 + 2 * 2)
     assert all(e.seconds > 0 for e in by_phase.values())
     lines = plan_lines(config, PHASES)

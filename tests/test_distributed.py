@@ -37,9 +37,10 @@ def test_two_torchrun_processes_write_what_one_process_writes(tmp_path: Path, ti
     expected = pd.read_parquet(single / "phase1" / "dataset_sae.parquet").drop(columns=TIMING_COLUMNS)
     table = pd.read_parquet(sharded / "phase1" / "dataset_sae.parquet").drop(columns=TIMING_COLUMNS)
     pd.testing.assert_frame_equal(table, expected)
-    for layer in (1, 3):
-        name = Path("phase1") / "activations" / f"layer_{layer}.safetensors"
-        assert (sharded / name).read_bytes() == (single / name).read_bytes()
+    written = sorted((single / "phase1" / "activations").rglob("*.safetensors"))
+    assert len(written) == 4 * 2  # every position, both layers
+    for name in written:
+        assert (sharded / name.relative_to(single)).read_bytes() == name.read_bytes(), name
     assert "pipeline" in subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "run.py",
          "pipeline", "--data-dir", str(sharded), *args], cwd=REPO, env=env, capture_output=True, text=True,

@@ -12,6 +12,7 @@ import torch
 import run
 from common.activations import load_activations
 from common import generation_job
+from common.positions import POSITIONS
 
 TIMING_COLUMNS = ["generation_time", "exec_time"]  # wall-clock measurements differ from run to run
 
@@ -36,10 +37,11 @@ def _run_upstream(data_dir: Path, args: list[str]) -> None:
         assert run.main(["phase", phase, "--data-dir", str(data_dir), *args]) == 0
 
 
-def _outputs(data_dir: Path) -> tuple[pd.DataFrame, dict[int, bytes]]:
+def _outputs(data_dir: Path) -> tuple[pd.DataFrame, dict[tuple[str, int], bytes]]:
     folder = data_dir / "phase1"
     table = pd.read_parquet(folder / "dataset_sae.parquet")
-    return table, {layer: (folder / "activations" / f"layer_{layer}.safetensors").read_bytes() for layer in (1, 3)}
+    return table, {(position, layer): (folder / "activations" / position / f"layer_{layer}.safetensors").read_bytes()
+                   for position in POSITIONS for layer in (1, 3)}
 
 
 def _pipeline_until_steering(argv: list[str], capsys: pytest.CaptureFixture) -> None:
@@ -60,10 +62,17 @@ def test_phases_0_to_1_write_aligned_outputs(tmp_path: Path, tiny_args: list[str
     for column in ["task_id", "sample_idx", "temperature", "prompt", "generated_code", "raw_output", "test_passed",
                    "error_type", "error_message", "n_new_tokens", "generation_time"]:
         assert column in table.columns
-    for layer in (1, 3):
-        tensor, info = load_activations(tmp_path / "phase1" / "activations" / f"layer_{layer}.safetensors")
-        assert tuple(tensor.shape) == (len(table), 64)
-        assert info["layer"] == layer and info["position"] == "last prompt token"
+    for position in POSITIONS:
+        for layer in (1, 3):
+            tensor, info = load_activations(tmp_path / "phase1" / "activations" / position / f"layer_{layer}.safetensors")
+            assert tuple(tensor.shape) == (len(table), 64)
+            assert info["layer"] == layer and info["position"] == position
+            without_program = table["program_error"].notna().to_numpy()
+            assert tensor[torch.tensor(without_program)].isnan().all() == (position != "last_prompt" and
+                                                                           without_program.any())
+            assert not tensor[torch.tensor(~without_program)].isnan().any()
+    assert (table["program_tokens"] > 0).equals(table["program_error"].isna())
+    assert table.loc[table["program_tokens"] > 0, "program_mean_logprob"].lt(0).all()
     summary = json.loads((tmp_path / "phase1" / "phase_1_summary.json").read_text())
     assert summary["n_samples"] == len(table)
     assert summary["n_passed"] + summary["n_failed"] == len(table)
@@ -79,22 +88,24 @@ def test_phases_0_to_1_write_aligned_outputs(tmp_path: Path, tiny_args: list[str
     for layer in ("1", "3"):
         quality = sae_summary["layers"][layer]
         assert quality["d_sae"] == 128 and quality["mean_l0"] <= 8 and 0 <= quality["dead_fraction"] <= 1
-        assert {"fvu", "relative_error", "delta_ce_nats", "phase1_last_prompt_token", "training"} <= set(quality)
+        assert {"fvu", "relative_error", "delta_ce_nats", "phase1_by_position", "training"} <= set(quality)
+        assert set(quality["phase1_by_position"]) == set(POSITIONS)
         assert (tmp_path / "phase2_0" / f"sae_layer_{layer}" / "cfg.json").is_file()
     assert not (tmp_path / "phase2_0" / "checkpoint").exists()
-    top = json.loads((tmp_path / "phase2_5" / "top_20_features.json").read_text())
+    top = json.loads((tmp_path / "phase2_5" / "last_prompt" / "top_20_features.json").read_text())
     assert not top["reliable"] and top["correct"] == []  # the random model passes nothing: loud, not a crash
     validation = pd.read_parquet(tmp_path / "phase3_5" / "dataset_temp_1_0.parquet")
     greedy = pd.read_parquet(tmp_path / "phase3_5" / "dataset_temp_0_0.parquet")
     assert set(validation["temperature"]) == {1.0} and set(greedy["temperature"]) == {0.0}
     assert list(validation["task_id"]) == list(greedy["task_id"])  # one sample per temperature
-    tensor, _ = load_activations(tmp_path / "phase3_5" / "activations_temp_1_0" / "layer_3.safetensors")
+    tensor, _ = load_activations(tmp_path / "phase3_5" / "activations_temp_1_0" / "code_mean" / "layer_3.safetensors")
     assert tuple(tensor.shape) == (len(validation), 64)
     tuning = pd.read_parquet(tmp_path / "phase3_6" / "dataset_hyperparams_temp_0_0.parquet")
     assert {"task_id", "text", "test_list", "prompt", "generated_code", "test_passed",
             "cyclomatic_complexity"} <= set(tuning.columns)
     evaluation = json.loads((tmp_path / "phase3_8" / "evaluation_results.json").read_text())
-    assert evaluation["warnings"] and "mean_difference" not in evaluation["families"]  # no class to compare
+    assert evaluation["warnings"] and not any(evaluation["positions"].values())  # no class to compare
+    assert all("skipped" in b for b in evaluation["baselines"].values()) and evaluation["best_baseline"] is None
 
 
 def test_resume_after_a_crash_and_after_a_slice_gives_identical_outputs(tmp_path: Path, tiny_args: list[str],

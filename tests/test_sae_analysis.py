@@ -18,8 +18,9 @@ from common.config import Config
 from common.directions import load_directions
 from common.phases import get_phase
 from common.utils import save_json, write_manifest
-from phase2_5_simplified.sae_analyzer import (bootstrap_ranks, bootstrap_separation, permutation_max_separation,
-    separation_scores, task_bootstrap_weights)
+from common.positions import activation_path
+from phase2_5_simplified.sae_analyzer import (T_STATISTIC_CAP, bootstrap_ranks, bootstrap_separation, permutation_max_separation,
+    separation_scores, task_bootstrap_weights, task_label_permutations)
 
 
 def _slow_scores(latents: np.ndarray, passed: np.ndarray) -> dict[str, list[float]]:
@@ -45,13 +46,15 @@ def test_vectorised_scores_equal_a_plain_loop():
     latents = np.maximum(rng.normal(size=(37, 23)), 0) * rng.uniform(0, 3, size=23)
     latents[:, 5] = 0.0  # a dead latent: t must be 0, not NaN
     passed = rng.random(37) < 0.4
+    latents[:, 7] = np.where(passed, 2.0, 0.0)  # constant in each class, but different: t is "infinite"
     fast = separation_scores(torch.tensor(latents, dtype=torch.float32), passed)
     slow = _slow_scores(latents.astype(np.float32).astype(np.float64), passed)
     np.testing.assert_allclose(fast.f_correct, slow["f_correct"])
     np.testing.assert_allclose(fast.f_incorrect, slow["f_incorrect"])
     np.testing.assert_allclose(fast.separation, slow["separation"])
-    np.testing.assert_allclose(fast.t_statistic, slow["t"], rtol=1e-6, atol=1e-9)
-    assert fast.t_statistic[5] == 0.0
+    finite = np.arange(23) != 7
+    np.testing.assert_allclose(fast.t_statistic[finite], np.asarray(slow["t"])[finite], rtol=1e-6, atol=1e-9)
+    assert fast.t_statistic[5] == 0.0 and fast.t_statistic[7] == T_STATISTIC_CAP
 
 
 def test_bootstrap_weights_resample_whole_tasks_and_scores_match_the_direct_formula():
@@ -71,7 +74,8 @@ def test_without_signal_the_best_separation_is_at_chance_level():
     rng = np.random.default_rng(5)
     fires = torch.tensor(rng.random((120, 400)) < 0.3, dtype=torch.float32)
     passed = rng.random(120) < 0.4
-    null_correct, null_incorrect = permutation_max_separation(fires, passed, torch.ones(400, dtype=torch.bool), 200, 0)
+    shuffled = task_label_permutations(passed, np.arange(120), np.zeros(120), 200, seed=0)
+    null_correct, null_incorrect = permutation_max_separation(fires, shuffled, torch.ones(400, dtype=torch.bool))
     observed = separation_scores(fires, passed).separation
     assert np.percentile(null_correct, 5) < observed.max() < np.percentile(null_correct, 95)
     assert np.percentile(null_incorrect, 5) < -observed.min() < np.percentile(null_incorrect, 95)
@@ -112,9 +116,9 @@ def _planted_upstream(data_dir: Path, n_pass: int, n_fail: int, seed: int = 0) -
     x[:, 8] = 1.0  # fires on every row of both classes: a zero-discrimination control
     phase1 = data_dir / "phase1"
     (phase1 / "activations").mkdir(parents=True)
-    pd.DataFrame({"task_id": [f"t{i}" for i in range(n)], "test_passed": passed}).to_parquet(
-        phase1 / "dataset_sae.parquet")
-    save_activations(phase1 / "activations" / "layer_2.safetensors", torch.tensor(x, dtype=torch.float32),
+    pd.DataFrame({"task_id": [f"t{i}" for i in range(n)], "test_passed": passed, "temperature": 0.0,
+                  "difficulty": 1 + np.arange(n) % 3}).to_parquet(phase1 / "dataset_sae.parquet")
+    save_activations(activation_path(phase1 / "activations", "last_prompt", 2), torch.tensor(x, dtype=torch.float32),
                      {"layer": 2})
     write_manifest(config, get_phase("1"), {}, [phase1 / "dataset_sae.parquet"])
     phase2_0 = data_dir / "phase2_0"
@@ -132,7 +136,7 @@ def test_planted_latents_come_out_on_top_and_stably(tmp_path: Path):
     _planted_upstream(tmp_path, n_pass=40, n_fail=60)
     assert run.main(["phase", "2.5", "--data-dir", str(tmp_path), "--set", "layers=2", "--set",
                      "bootstrap_samples=100", "--log-level", "WARNING"]) == 0
-    out = tmp_path / "phase2_5"
+    out = tmp_path / "phase2_5" / "last_prompt"
     top = json.loads((out / "top_20_features.json").read_text())
     assert top["reliable"] and top["n_correct"] == 40 and top["n_incorrect"] == 60
     best_correct, best_incorrect = top["correct"][0], top["incorrect"][0]
@@ -147,8 +151,9 @@ def test_planted_latents_come_out_on_top_and_stably(tmp_path: Path):
     assert (2, 1) not in listed  # separates perfectly, but fires on half of all code
     scores = pd.read_parquet(out / "layer_2_latent_scores.parquet")
     assert len(scores) == 10 and not bool(scores.loc[1, "eligible"]) and scores.loc[1, "separation_score"] == 1.0
-    directions = {d.name: d for d in load_directions(out / "latent_directions.safetensors")}
-    planted = directions["sae_latent/correct/layer_2/latent_3"]
+    directions = {d.name: d for d in load_directions(out.parent / "latent_directions.safetensors")}
+    planted = directions["last_prompt/sae_latent/correct/layer_2/latent_3"]
+    assert planted.position == "last_prompt"
     assert planted.layer == 2 and torch.allclose(planted.vector, torch.eye(10)[3])
     assert planted.provenance["decoder_norm"] == pytest.approx(2.0)
     controls = {d.provenance["rank"]: d for d in directions.values() if d.source == "zero_discrimination"}
@@ -162,7 +167,7 @@ def test_planted_latents_come_out_on_top_and_stably(tmp_path: Path):
 def test_thin_classes_still_run_and_say_the_ranking_is_unreliable(tmp_path: Path, caplog):
     _planted_upstream(tmp_path, n_pass=6, n_fail=30)
     assert run.main(["phase", "2.5", "--data-dir", str(tmp_path), "--set", "layers=2"]) == 0
-    top = json.loads((tmp_path / "phase2_5" / "top_20_features.json").read_text())
+    top = json.loads((tmp_path / "phase2_5" / "last_prompt" / "top_20_features.json").read_text())
     assert not top["reliable"]
     assert any("UNRELIABLE" in w and "6 passing" in w for w in top["warnings"])
     assert any("UNRELIABLE" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
@@ -171,5 +176,17 @@ def test_thin_classes_still_run_and_say_the_ranking_is_unreliable(tmp_path: Path
 def test_an_empty_class_gives_empty_lists_not_a_crash(tmp_path: Path):
     _planted_upstream(tmp_path, n_pass=0, n_fail=12)
     assert run.main(["phase", "2.5", "--data-dir", str(tmp_path), "--set", "layers=2"]) == 0
-    top = json.loads((tmp_path / "phase2_5" / "top_20_features.json").read_text())
+    top = json.loads((tmp_path / "phase2_5" / "last_prompt" / "top_20_features.json").read_text())
     assert top["correct"] == [] and top["incorrect"] == [] and not top["reliable"]
+
+
+def test_permuted_labels_move_with_whole_tasks_and_stay_within_their_stratum():
+    tasks = np.array(["a", "a", "b", "b", "c", "c", "d", "d", "e"])
+    strata = np.array([1, 1, 1, 1, 2, 2, 2, 2, 1])
+    passed = np.array([True, False, False, False, True, True, False, True, True])
+    shuffled = task_label_permutations(passed, tasks, strata, 300, seed=0).numpy().astype(bool)
+    for row in shuffled:
+        assert sorted(map(tuple, row[:4].reshape(2, 2))) == [(False, False), (True, False)]  # a and b trade blocks
+        assert sorted(map(tuple, row[4:8].reshape(2, 2))) == [(False, True), (True, True)]  # c and d, stratum 2
+        assert row[8]  # e: alone with one row in its stratum
+    assert len({tuple(row) for row in shuffled}) == 4  # 2 x 2 arrangements, all of them reached

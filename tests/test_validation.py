@@ -16,6 +16,7 @@ from common.activations import save_activations
 from common.classification import auroc, auroc_with_interval, best_f1_threshold, binary_metrics
 from common.config import Config
 from common.phases import get_phase
+from common.positions import activation_path
 from common.utils import save_json, write_manifest
 from tests.test_sae_analysis import _planted_upstream
 
@@ -76,7 +77,7 @@ def test_best_f1_threshold_and_metrics_with_the_trivial_baselines():
 
 
 def _generation_outputs(folder: Path, table: str, activations_dir: str, passed: np.ndarray, seed: int,
-                        recorded_passed: np.ndarray | None = None) -> None:
+                        recorded_passed: np.ndarray | None = None, temperature: float = 0.0) -> None:
     """A phase 3.5 / 3.6 style table with activations in which latent 3 fires on passing rows;
     `recorded_passed` (default: `passed`) is what the table says, to break the link on purpose."""
     rng = np.random.default_rng(seed)
@@ -85,8 +86,10 @@ def _generation_outputs(folder: Path, table: str, activations_dir: str, passed: 
     x[:, 3] = np.where(passed, 1.0 + rng.random(n), 0.0) * (rng.random(n) < 0.85)
     x[:, 6] = np.where(~passed, 1.0 + rng.random(n), 0.0) * (rng.random(n) < 0.85)
     recorded = passed if recorded_passed is None else recorded_passed
-    pd.DataFrame({"task_id": [f"v{i}" for i in range(n)], "test_passed": recorded}).to_parquet(folder / table)
-    save_activations(folder / activations_dir / "layer_2.safetensors", torch.tensor(x, dtype=torch.float32),
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"task_id": [f"v{i}" for i in range(n)], "test_passed": recorded,
+                  "temperature": temperature}).to_parquet(folder / table)
+    save_activations(activation_path(folder / activations_dir, "last_prompt", 2), torch.tensor(x, dtype=torch.float32),
                      {"layer": 2})
 
 
@@ -97,15 +100,13 @@ def _validation_upstream(data_dir: Path, recorded_validation_passed: np.ndarray 
     assert run.main(["phase", "2.5", *args]) == 0 and run.main(["phase", "2.6", *args]) == 0
     config = Config(data_dir=str(data_dir), layers=[2], bootstrap_samples=20).validate()
     tuning = data_dir / "phase3_6"
-    (tuning / "activations").mkdir(parents=True)
     _generation_outputs(tuning, "dataset_hyperparams_temp_0_0.parquet", "activations",
                         np.arange(30) % 3 == 0, seed=7)
     write_manifest(config, get_phase("3.6"), {}, [tuning / "dataset_hyperparams_temp_0_0.parquet"])
     validation = data_dir / "phase3_5"
     for tag, offset in (("0_0", 0), ("0_6", 1)):
-        (validation / f"activations_temp_{tag}").mkdir(parents=True)
         _generation_outputs(validation, f"dataset_temp_{tag}.parquet", f"activations_temp_{tag}", validation_passed,
-                            seed=11 + offset, recorded_passed=recorded_validation_passed)
+                            seed=11 + offset, recorded_passed=recorded_validation_passed, temperature=0.6 * offset)
     save_json({"by_temperature": {"0": {"table": "dataset_temp_0_0.parquet", "activations": "activations_temp_0_0"},
                                   "0.6": {"table": "dataset_temp_0_6.parquet", "activations": "activations_temp_0_6"}}},
               validation / "phase_3_5_summary.json")
@@ -115,20 +116,21 @@ def _validation_upstream(data_dir: Path, recorded_validation_passed: np.ndarray 
 def _run_3_8(data_dir: Path) -> dict:
     assert run.main(["phase", "3.8", "--data-dir", str(data_dir), "--set", "layers=2", "--set",
                      "bootstrap_samples=20", "--log-level", "ERROR"]) == 0
-    return json.loads((data_dir / "phase3_8" / "evaluation_results.json").read_text())
+    return json.loads((data_dir / "phase3_8" / "evaluation_results.json").read_text())["positions"]["last_prompt"]
 
 
 def test_planted_latent_predicts_held_out_rows(tmp_path: Path):
     _validation_upstream(tmp_path)
-    results = _run_3_8(tmp_path)["families"]
+    results = _run_3_8(tmp_path)
     correct = results["sae_correct_latent"]
     assert correct["chosen"] == "layer_2/latent_3" and correct["predicts"] == "pass"
     assert correct["validation"]["auroc"] > 0.85 and correct["validation"]["low"] > 0.75
     assert results["sae_incorrect_latent"]["chosen"] == "layer_2/latent_6"
     assert set(correct["validation_auroc_by_temperature"]) == {"0", "0.6"}
     assert correct["validation_at_threshold"]["f1"] > correct["validation_at_threshold"]["trivial"]["always_positive"]["f1"]
-    assert results["mean_difference"]["chosen"] == "mean_difference/layer_2"
-    for name in ("roc_curves.png", "score_histograms.png", "auroc_by_temperature.png"):
+    assert results["mean_difference"]["chosen"] == "last_prompt/mean_difference/layer_2"
+    assert correct["within_task"]["auroc"] is None  # read before any code exists
+    for name in ("roc_curves.png", "auroc_forest.png"):
         assert (tmp_path / "phase3_8" / name).read_bytes().startswith(b"\x89PNG")
 
 
@@ -136,10 +138,10 @@ def test_choices_never_read_validation_labels_and_noise_covers_half(tmp_path: Pa
     _validation_upstream(tmp_path / "a")
     shuffled_labels = np.random.default_rng(3).permutation(np.arange(60) % 2 == 0)
     _validation_upstream(tmp_path / "b", shuffled_labels)
-    a, b = _run_3_8(tmp_path / "a")["families"], _run_3_8(tmp_path / "b")["families"]
+    a, b = _run_3_8(tmp_path / "a"), _run_3_8(tmp_path / "b")
     for family in a:
         assert a[family]["chosen"] == b[family]["chosen"]
-        assert a[family]["hyperparams_auroc"] == b[family]["hyperparams_auroc"]
+        assert a[family]["hyperparams_auroc_by_candidate"] == b[family]["hyperparams_auroc_by_candidate"]
         assert a[family]["validation_at_threshold"]["threshold"] == b[family]["validation_at_threshold"]["threshold"]
     # b's validation labels no longer match its activations: the same latent is at chance there
     assert b["sae_correct_latent"]["validation"]["low"] < 0.5 < b["sae_correct_latent"]["validation"]["high"]
