@@ -4,13 +4,16 @@ A score read before any code exists can only say "this problem looks hard", and 
 confidence in its program already says much of "this code is wrong". Each baseline is fitted on the
 selection split (phase 1's sae rows) and returns a score that predicts "will pass" when high;
 `level` says whether it can tell the programs of one task apart at all (`task`: no, `program`: yes).
-Rows a baseline cannot score (a program-level column missing for a row without a program) get NaN.
+A program-level baseline gives NaN on a row without a program (`program_error`), as the code
+positions do, so neither is scored on rows the other cannot see.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
+
+import ast
 
 import numpy as np
 import pandas as pd
@@ -22,6 +25,7 @@ from sklearn.preprocessing import StandardScaler
 from common.classification import auroc
 
 Scorer = Callable[[pd.DataFrame], np.ndarray]  # a table's rows -> one score per row, high = will pass
+CLEAN_STOPS = ("eos", "code_end")  # the model ended its answer itself; every other stop reason is a cut
 FAMILY_PRIOR_ROWS = 5  # a family's pass rate is shrunk towards the overall rate as if it had this many more rows
 CONFIDENCE_COLUMNS = ("program_mean_logprob", "program_mean_margin", "program_tokens", "prompt_tokens")
 
@@ -56,10 +60,32 @@ def _family_rate(table: pd.DataFrame) -> Scorer:
 
 
 def _prompt_words(table: pd.DataFrame) -> Scorer:
-    """Bag of words of the prompt (TF-IDF, words seen in two prompts or more) in a logistic regression."""
-    model = make_pipeline(TfidfVectorizer(min_df=2), LogisticRegression(max_iter=2000, C=1.0))
-    model.fit(table["prompt"].tolist(), table["test_passed"].to_numpy(dtype=bool))
-    return lambda rows: model.decision_function(rows["prompt"].tolist())
+    """Bag of words of the prompt (TF-IDF over words seen in two distinct prompts or more) in a logistic
+    regression on every row; the vocabulary is fitted on distinct prompts, since each task's prompt repeats."""
+    prompts = table["prompt"].drop_duplicates().tolist()
+    vectorizer = TfidfVectorizer(min_df=2 if len(prompts) > 1 else 1).fit(prompts)
+    model = LogisticRegression(max_iter=2000, C=1.0).fit(vectorizer.transform(table["prompt"].tolist()),
+                                                          table["test_passed"].to_numpy(dtype=bool))
+    return lambda rows: model.decision_function(vectorizer.transform(rows["prompt"].tolist()))
+
+
+def _parses(code: str) -> float:
+    try:
+        ast.parse(code)
+    except (SyntaxError, ValueError):
+        return 0.0
+    return 1.0
+
+
+def _program_parses(_table: pd.DataFrame) -> Scorer:
+    """1 when the program is valid Python, else 0: a broken program fails whatever the model knows."""
+    return lambda rows: rows["generated_code"].map(_parses).to_numpy(dtype=float)
+
+
+def _ended_itself(_table: pd.DataFrame) -> Scorer:
+    """1 when the model ended its answer itself (end of text, closed code block), 0 when a stop rule or the
+    token budget cut it: a cut program almost never passes."""
+    return lambda rows: rows["stop_reason"].isin(CLEAN_STOPS).to_numpy(dtype=float)
 
 
 def _confidence_and_length(table: pd.DataFrame) -> Scorer:
@@ -94,9 +120,28 @@ BASELINES: tuple[Baseline, ...] = (
              _column("program_mean_logprob"), ("program_mean_logprob",)),
     Baseline("program_mean_margin", "program", "mean top-1 minus top-2 log-probability over the program's tokens",
              _column("program_mean_margin"), ("program_mean_margin",)),
-    Baseline("confidence_and_length", "program", "logistic regression on log-probability, margin and both lengths",
+    Baseline("program_parses", "program", "the program is valid Python", _program_parses, ("generated_code",)),
+    Baseline("ended_itself", "program", "the model ended its answer itself (not cut by a stop rule or the budget)",
+             _ended_itself, ("stop_reason",)),
+    Baseline("confidence_and_length", "program",
+             "logistic regression on prompt length, program length, mean log-probability and mean margin",
              _confidence_and_length, CONFIDENCE_COLUMNS),
 )
+STRONGEST_DECLARED = "confidence_and_length"  # every score is also compared with this one, chosen before any data
+
+
+def fitted_scorer(baseline: Baseline, table: pd.DataFrame) -> Scorer:
+    """The baseline fitted on `table`; a program-level one is fitted on, and scores, only rows with a program."""
+    if baseline.level != "program":
+        return baseline.fit(table)
+    scorer = baseline.fit(table[table["program_error"].isna()] if "program_error" in table else table)
+
+    def masked(rows: pd.DataFrame) -> np.ndarray:
+        scores = np.asarray(scorer(rows), dtype=float).copy()
+        if "program_error" in rows:
+            scores[rows["program_error"].notna().to_numpy()] = np.nan
+        return scores
+    return masked
 
 
 def applicable(baseline: Baseline, table: pd.DataFrame) -> str | None:

@@ -32,7 +32,39 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(roc_auc_score(positive, np.asarray(scores, dtype=float)))
 
 
-def _percentile_interval(draws: list[float], confidence: float) -> dict[str, Any]:
+def weighted_aurocs(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC under each row of `weights` [n_resamples, n_rows] (how often each row was drawn), all resamples in
+    one pass over the sorted scores; NaN where a resample holds no row of a class."""
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores, sorted_positive = scores[order], positive[order]
+    drawn = np.asarray(weights, dtype=float)[:, order]
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])  # tie groups
+    positives = np.add.reduceat(drawn * sorted_positive, starts, axis=1)
+    negatives = np.add.reduceat(drawn * ~sorted_positive, starts, axis=1)
+    below = np.cumsum(negatives, axis=1) - negatives
+    wins = (positives * (below + 0.5 * negatives)).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return wins / (positives.sum(1) * negatives.sum(1))
+
+
+def group_bootstrap_counts(groups: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """[n_resamples, n_rows]: how often each row's group (task) was drawn when groups are resampled with replacement."""
+    names, row_group = np.unique(groups, return_inverse=True)
+    draws = np.random.default_rng(seed).integers(0, len(names), size=(n_resamples, len(names)))
+    counts = np.stack([np.bincount(row, minlength=len(names)) for row in draws]) if n_resamples else np.empty((0, 0))
+    return counts[:, row_group] if n_resamples else np.empty((0, len(row_group)))
+
+
+def _class_bootstrap_counts(positive: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """[n_resamples, n_rows] draws of rows with replacement within each class (class sizes fixed)."""
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((n_resamples, len(positive)))
+    for members in (np.flatnonzero(positive), np.flatnonzero(~positive)):
+        counts[:, members] = rng.multinomial(len(members), np.full(len(members), 1 / len(members)), size=n_resamples)
+    return counts
+
+
+def _percentile_interval(draws: np.ndarray, confidence: float) -> dict[str, Any]:
     """Percentile interval of bootstrap draws; draws that are NaN (a resample that lost a class) are counted,
     not silently dropped."""
     values = np.asarray(draws, dtype=float)
@@ -42,15 +74,6 @@ def _percentile_interval(draws: list[float], confidence: float) -> dict[str, Any
         return {"low": float("nan"), "high": float("nan"), "n_resamples": len(values), "resamples_lost_class": len(values)}
     return {"low": float(np.percentile(kept, tail)), "high": float(np.percentile(kept, 100 - tail)),
             "n_resamples": len(values), "resamples_lost_class": int(len(values) - len(kept))}
-
-
-def group_resamples(groups: np.ndarray, n_resamples: int, seed: int) -> list[np.ndarray]:
-    """Row indices of `n_resamples` resamples of whole groups (tasks) with replacement."""
-    group_ids = np.unique(groups, return_inverse=True)[1]
-    members = [np.flatnonzero(group_ids == g) for g in range(group_ids.max() + 1)] if len(group_ids) else []
-    rng = np.random.default_rng(seed)
-    return [np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
-            for _ in range(n_resamples)] if members else []
 
 
 def auroc_with_interval(scores: np.ndarray, positive: np.ndarray, n_resamples: int = 1000, seed: int = 0,
@@ -67,23 +90,16 @@ def auroc_with_interval(scores: np.ndarray, positive: np.ndarray, n_resamples: i
         return {**result, "low": float("nan"), "high": float("nan")}
     if groups is not None and len(np.unique(groups)) < len(groups):
         result["resampled"] = f"{len(np.unique(groups))} groups"
-        draws = [auroc(scores[rows], positive[rows]) for rows in group_resamples(groups, n_resamples, seed)]
+        counts = group_bootstrap_counts(groups, n_resamples, seed)
     else:
-        rng = np.random.default_rng(seed)
         result["resampled"] = "rows within each class"
-        pos, neg = scores[positive], scores[~positive]
-        labels = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
-        draws = [auroc(np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))], labels)
-                 for _ in range(n_resamples)]
-    return {**result, **_percentile_interval(draws, confidence)}
+        counts = _class_bootstrap_counts(positive, n_resamples, seed)
+    return {**result, **_percentile_interval(weighted_aurocs(scores, positive, counts), confidence)}
 
 
-def within_task_auroc(scores: np.ndarray, positive: np.ndarray, groups: np.ndarray, n_resamples: int = 1000,
-                      seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
-    """AUROC over pairs of a positive and a negative row of the same group (task) only, ties half: can the
-    score tell this task's good program from its bad one? Groups with one class add no pair. The interval
-    resamples groups; each keeps its pairs."""
-    scores, positive = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
+def _task_wins(scores: np.ndarray, positive: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per group with both classes (sorted by group): Mann-Whitney wins of its positives over its negatives (ties
+    half), and its number of (positive, negative) pairs."""
     frame = pd.DataFrame({"group": groups, "score": scores, "positive": positive})
     wins, pairs = [], []
     for _, group in frame.groupby("group", sort=True):
@@ -93,16 +109,36 @@ def within_task_auroc(scores: np.ndarray, positive: np.ndarray, groups: np.ndarr
             ranks = rankdata(group["score"].to_numpy())
             wins.append(ranks[group["positive"].to_numpy()].sum() - n_pos * (n_pos + 1) / 2)
             pairs.append(n_pos * n_neg)
-    wins_arr, pairs_arr = np.asarray(wins, dtype=float), np.asarray(pairs, dtype=float)
-    result: dict[str, Any] = {"n_tasks_with_both_classes": len(pairs), "n_pairs": int(pairs_arr.sum())}
+    return np.asarray(wins, dtype=float), np.asarray(pairs, dtype=float)
+
+
+def within_task_auroc(scores: np.ndarray, positive: np.ndarray, groups: np.ndarray, n_resamples: int = 1000,
+                      seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
+    """AUROC over pairs of a positive and a negative row of the same group (task) only, ties half: can the
+    score tell this task's good program from its bad one? Groups with one class add no pair; a group with
+    many pairs weighs more. The interval resamples groups; each keeps its pairs."""
+    wins, pairs = _task_wins(np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool), groups)
+    result: dict[str, Any] = {"n_tasks_with_both_classes": len(pairs), "n_pairs": int(pairs.sum())}
     if not len(pairs):
         return {**result, "auroc": float("nan"), "low": float("nan"), "high": float("nan")}
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(pairs), size=(n_resamples, len(pairs)))
-    resampled = wins_arr[draws].sum(1) / pairs_arr[draws].sum(1)
-    tail = 100 * (1 - confidence) / 2
-    return {**result, "auroc": float(wins_arr.sum() / pairs_arr.sum()),
-            "low": float(np.percentile(resampled, tail)), "high": float(np.percentile(resampled, 100 - tail))}
+    draws = np.random.default_rng(seed).integers(0, len(pairs), size=(n_resamples, len(pairs)))
+    resampled = wins[draws].sum(1) / pairs[draws].sum(1)
+    return {**result, "auroc": float(wins.sum() / pairs.sum()), **_percentile_interval(resampled, confidence)}
+
+
+def within_task_difference(scores: np.ndarray, reference: np.ndarray, positive: np.ndarray, groups: np.ndarray,
+                           n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
+    """Within-task AUROC of `scores` minus that of `reference` on the same pairs, the interval resampling groups
+    for both at once: does a score tell a task's programs apart better than, say, the model's own confidence?"""
+    positive = np.asarray(positive, dtype=bool)
+    wins, pairs = _task_wins(np.asarray(scores, dtype=float), positive, groups)
+    reference_wins, _ = _task_wins(np.asarray(reference, dtype=float), positive, groups)
+    if not len(pairs):
+        return {"difference": float("nan"), "low": float("nan"), "high": float("nan"), "n_pairs": 0}
+    draws = np.random.default_rng(seed).integers(0, len(pairs), size=(n_resamples, len(pairs)))
+    resampled = (wins[draws].sum(1) - reference_wins[draws].sum(1)) / pairs[draws].sum(1)
+    return {"difference": float((wins.sum() - reference_wins.sum()) / pairs.sum()), "n_pairs": int(pairs.sum()),
+            **_percentile_interval(resampled, confidence)}
 
 
 def fit_combiner(features: np.ndarray, positive: np.ndarray) -> Any:
@@ -125,8 +161,8 @@ def incremental_auroc(base_fit: np.ndarray, score_fit: np.ndarray, positive_fit:
                 "low": float("nan"), "high": float("nan"), "note": "a split lacks a class"}
     base_pred = fit_combiner(base_train, positive_fit).decision_function(base_test)
     both_pred = fit_combiner(both_train, positive_fit).decision_function(both_test)
-    draws = [auroc(both_pred[rows], positive_eval[rows]) - auroc(base_pred[rows], positive_eval[rows])
-             for rows in group_resamples(groups_eval, n_resamples, seed)]
+    counts = group_bootstrap_counts(groups_eval, n_resamples, seed)
+    draws = weighted_aurocs(both_pred, positive_eval, counts) - weighted_aurocs(base_pred, positive_eval, counts)
     base_auc, both_auc = auroc(base_pred, positive_eval), auroc(both_pred, positive_eval)
     return {"baseline_auroc": base_auc, "combined_auroc": both_auc, "difference": both_auc - base_auc,
             **_percentile_interval(draws, confidence)}

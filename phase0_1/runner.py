@@ -33,6 +33,7 @@ logger = get_logger("phase0_1")
 
 SPLIT_NAMES = ("sae", "hyperparams", "validation")
 MAX_STRATUM_COMPLEXITY = 10
+FEW_FAMILIES = 5  # a split with fewer families than this is warned about under split_by=family
 ID_BLOCK_TASKS = 10  # the stand-in family of datasets without families: this many consecutive tasks
 
 
@@ -103,8 +104,11 @@ def run(config: Config) -> Path:
                                     "complexity_histogram": {str(k): histogram[k] for k in sorted(histogram)},
                                     "mean_complexity": float(split["cyclomatic_complexity"].mean()) if len(split) else None,
                                     "n_families": len(set(families[assignment == index]))}
-        logger.info("%-11s %4d problems, mean complexity %.2f", name, len(split),
-                    metadata["splits"][name]["mean_complexity"] or 0.0)
+        logger.info("%-11s %4d problems, mean complexity %.2f, %d families", name, len(split),
+                    metadata["splits"][name]["mean_complexity"] or 0.0, metadata["splits"][name]["n_families"])
+        if config.split_by == "family" and metadata["splits"][name]["n_families"] < FEW_FAMILIES:
+            logger.warning("the %s split holds %d families only: what is chosen or reported on it rests on them",
+                           name, metadata["splits"][name]["n_families"])
     metadata_path = out_dir / "split_metadata.json"
     save_json(metadata, metadata_path)
     return write_manifest(config, spec, inputs, outputs + [metadata_path])

@@ -27,17 +27,18 @@ import torch
 from safetensors.torch import load_file
 
 from common.activations import load_position
+from common.classification import group_bootstrap_counts
 from common.config import Config
 from common.directions import SteeringDirection, save_directions
 from common.logging import get_logger
 from common.phases import get_phase
-from common.positions import recorded_positions, usable_rows
+from common.positions import is_code_position, recorded_positions, usable_rows
 from common.saes import encode_rows, load_sae
 from common.utils import (atomic_path, discover_latest_phase_output, load_json, phase_dir, save_json, upstream_inputs,
     write_manifest)
 from phase2_5_simplified.plots import plot_scores_by_layer, plot_top_latent_activations
 from phase2_5_simplified.sae_analyzer import (LatentScores, bootstrap_ranks, bootstrap_separation,
-    permutation_max_separation, separation_scores, task_bootstrap_weights, task_label_permutations)
+    permutation_max_separation, separation_scores, task_label_permutations, within_task_label_permutations)
 
 logger = get_logger("phase2_5")
 
@@ -114,7 +115,7 @@ def _analyse_position(config: Config, position: str, table: pd.DataFrame, usable
         fires = torch.cat([(latents > 0).float() for _, latents in sorted(latents_by_layer.items())], dim=1)
         eligible = torch.tensor(scores["eligible"].to_numpy(dtype=bool))
         stability = _stability(scores, chosen, fires, eligible, passed, table["task_id"].to_numpy(), config)
-        chance = _chance_level(scores, chosen, fires, eligible, table, config)
+        chance = _chance_level(scores, chosen, fires, eligible, table, config, is_code_position(position))
     listed = {name: [_entry(scores.loc[i], stability.get(name, {}).get(rank)) for rank, i in enumerate(rows)]
               for name, rows in chosen.items()}
     for name, rows in listed.items():
@@ -139,10 +140,12 @@ def _analyse_position(config: Config, position: str, table: pd.DataFrame, usable
             logger.info("%s: best %s-preferring latent: layer %d #%d, separation %+.3f (f_correct %.2f, "
                         "f_incorrect %.2f)", position, name, best["layer"], best["feature_idx"],
                         best["separation_score"], best["f_correct"], best["f_incorrect"])
-            if name in chance:
-                logger.info("  with task-permuted labels the best reaches %.3f (95th percentile of %d permutations): "
-                            "p = %.3f", chance[name]["null_95th_percentile"], chance["n_permutations"],
-                            chance[name]["p_value"])
+            for null_name in ("between_tasks", "within_tasks"):
+                if null_name in chance:
+                    null = chance[null_name][name]
+                    logger.info("  labels shuffled %s: the best reaches %.3f (95th percentile of %d permutations), "
+                                "p = %.3f", null_name.replace("_", " "), null["null_95th_percentile"],
+                                chance["n_permutations"], null["p_value"])
     summary = {"n_correct": n_correct, "n_incorrect": n_incorrect, "n_rows_left_out": int((~usable).sum()),
                "reliable": reliable, "warnings": warnings, "n_eligible": int(scores["eligible"].sum()),
                "best": {name: rows[0] if rows else None for name, rows in listed.items()}, "chance_level": chance,
@@ -196,7 +199,8 @@ def _stability(scores: pd.DataFrame, chosen: dict[str, list[int]], fires: torch.
     """For each listed latent: its rank among eligible latents of its class in every task resample.
 
     `fires` is [n_rows, all latents of all layers in score order], 1 where the latent fires."""
-    weights = task_bootstrap_weights(task_ids, config.bootstrap_samples, config.seed)
+    weights = torch.as_tensor(group_bootstrap_counts(task_ids, config.bootstrap_samples, config.seed),
+                              dtype=torch.float32)
     resampled = bootstrap_separation(fires, passed, weights)
     lost_class = int(torch.isnan(resampled).any(1).sum())  # a resample without one class has no separation
     resampled = resampled[~torch.isnan(resampled).any(1)]
@@ -215,19 +219,26 @@ def _stability(scores: pd.DataFrame, chosen: dict[str, list[int]], fires: torch.
 
 
 def _chance_level(scores: pd.DataFrame, chosen: dict[str, list[int]], fires: torch.Tensor, eligible: torch.Tensor,
-                  table: pd.DataFrame, config: Config) -> dict[str, Any]:
-    """The best separation reached with labels permuted by task within difficulty level, and the permutation
-    p-value of the observed best."""
-    shuffled = task_label_permutations(table["test_passed"].to_numpy(dtype=bool), table["task_id"].to_numpy(),
-                                       table["difficulty"].to_numpy() if "difficulty" in table else
-                                       np.zeros(len(table)), config.bootstrap_samples, config.seed)
-    null = dict(zip(("correct", "incorrect"), permutation_max_separation(fires, shuffled, eligible)))
-    result = {"n_permutations": config.bootstrap_samples, "permuted": "whole tasks, within difficulty level"}
-    for name, sign in (("correct", 1), ("incorrect", -1)):
-        observed = float(sign * scores.loc[chosen[name][0], "separation_score"]) if chosen[name] else 0.0
-        result[name] = {"observed_best": observed, "null_median": float(np.median(null[name])),
-                        "null_95th_percentile": float(np.percentile(null[name], 95)),
-                        "p_value": float((1 + (null[name] >= observed).sum()) / (1 + len(null[name])))}
+                  table: pd.DataFrame, config: Config, within_task: bool) -> dict[str, Any]:
+    """The best separation reached under shuffled labels, and the permutation p-value of the observed best: labels
+    traded between whole tasks of one difficulty level (the null of "nothing the task's difficulty does not
+    explain"), and at a code position also shuffled within each task (the null of "nothing beyond the task")."""
+    passed, task_ids = table["test_passed"].to_numpy(dtype=bool), table["task_id"].to_numpy()
+    strata = table["difficulty"].to_numpy() if "difficulty" in table else np.zeros(len(table))
+    nulls = {"between_tasks": task_label_permutations(passed, task_ids, strata, config.bootstrap_samples, config.seed)}
+    if within_task:
+        nulls["within_tasks"] = within_task_label_permutations(passed, task_ids, config.bootstrap_samples, config.seed)
+    result: dict[str, Any] = {"n_permutations": config.bootstrap_samples,
+                              "permuted": "between_tasks: whole tasks, within difficulty level"
+                                          + ("; within_tasks: rows of each task" if within_task else "")}
+    for null_name, shuffled in nulls.items():
+        null = dict(zip(("correct", "incorrect"), permutation_max_separation(fires, shuffled, eligible)))
+        result[null_name] = {}
+        for name, sign in (("correct", 1), ("incorrect", -1)):
+            observed = float(sign * scores.loc[chosen[name][0], "separation_score"]) if chosen[name] else 0.0
+            result[null_name][name] = {"observed_best": observed, "null_median": float(np.median(null[name])),
+                                       "null_95th_percentile": float(np.percentile(null[name], 95)),
+                                       "p_value": float((1 + (null[name] >= observed).sum()) / (1 + len(null[name])))}
     return result
 
 

@@ -63,15 +63,6 @@ def separation_scores(latents: torch.Tensor, passed: np.ndarray) -> LatentScores
                         mean_good.numpy(), mean_bad.numpy())
 
 
-def task_bootstrap_weights(task_ids: np.ndarray, n_resamples: int, seed: int) -> torch.Tensor:
-    """[n_resamples, n_rows]: how often each row's task was drawn when tasks are resampled with replacement."""
-    tasks, row_task = np.unique(task_ids, return_inverse=True)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(tasks), size=(n_resamples, len(tasks)))
-    counts = np.stack([np.bincount(row, minlength=len(tasks)) for row in draws])
-    return torch.as_tensor(counts[:, row_task], dtype=torch.float32)
-
-
 def bootstrap_separation(fires: torch.Tensor, passed: np.ndarray, weights: torch.Tensor) -> torch.Tensor:
     """[n_resamples, d_sae] separation scores, one row per resample; a resample missing a class gives NaN."""
     mask = torch.tensor(np.asarray(passed, dtype=np.float32))
@@ -98,6 +89,21 @@ def task_label_permutations(passed: np.ndarray, task_ids: np.ndarray, strata: np
         for tasks in exchangeable.values():
             for task, source in zip(tasks, rng.permutation(len(tasks))):
                 out[draw, rows_of[task]] = passed[rows_of[tasks[source]]]
+    return torch.from_numpy(out)
+
+
+def within_task_label_permutations(passed: np.ndarray, task_ids: np.ndarray, n_permutations: int, seed: int
+                                   ) -> torch.Tensor:
+    """[n_permutations, n_rows] labels shuffled among the rows of each task: the null of "nothing beyond the task",
+    for positions whose activations differ between the programs of a task."""
+    passed = np.asarray(passed, dtype=np.float32)
+    rows_of = [rows for rows in pd.Series(np.arange(len(task_ids))).groupby(np.asarray(task_ids)).indices.values()
+               if len(rows) > 1]
+    rng = np.random.default_rng(seed)
+    out = np.tile(passed, (n_permutations, 1))
+    for draw in range(n_permutations):
+        for rows in rows_of:
+            out[draw, rows] = passed[rng.permutation(rows)]
     return torch.from_numpy(out)
 
 

@@ -31,7 +31,7 @@ from common.utils import discover_latest_phase_output, phase_dir, save_json, ups
 logger = get_logger("phase2_6")
 
 THIN_CLASS_ROWS = 20
-MIN_PAIRS = 2
+MIN_PAIRS = 10  # tasks with both classes: fewer, and the first component of their differences is noise
 
 
 def mean_difference(activations: torch.Tensor, passed: np.ndarray) -> tuple[torch.Tensor, float] | None:

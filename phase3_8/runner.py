@@ -27,9 +27,9 @@ import pandas as pd
 import torch
 
 from common.activations import load_position
-from common.baselines import BASELINES, applicable
+from common.baselines import BASELINES, CLEAN_STOPS, STRONGEST_DECLARED, applicable, fitted_scorer
 from common.classification import (auroc, auroc_with_interval, best_f1_threshold, binary_metrics, incremental_auroc,
-    within_task_auroc)
+    within_task_auroc, within_task_difference)
 from common.config import Config
 from common.directions import load_directions
 from common.logging import get_logger
@@ -95,7 +95,10 @@ def run(config: Config) -> Path:
                 ", ".join(f"{name} {c['tasks_with_both_classes']} of {c['tasks']}" for name, c in counts.items()))
 
     baselines, best_name = _baselines(fit, choose, report, config)
-    best = baselines.get(best_name) if best_name else None
+    compared = {name: baselines[name] for name in dict.fromkeys([best_name, STRONGEST_DECLARED])
+                if name in baselines and "skipped" not in baselines[name]}
+    best = compared.get(best_name)
+    confidence = baselines.get("program_mean_logprob", {}).get("validation_scores")
     positions: dict[str, Any] = {}
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for position in recorded_positions(folder["1"] / "activations"):
@@ -104,7 +107,8 @@ def run(config: Config) -> Path:
         for family_name, family in families.items():
             if not family.candidates:
                 continue
-            result, validation_scores = _evaluate_family(position, family, choose, report, best, config)
+            result, validation_scores = _evaluate_family(position, family, choose, report, compared, best_name,
+                                                         confidence, config)
             positions[position][family_name] = result
             target = report.passed if family.predicts == "pass" else ~report.passed
             known = ~np.isnan(validation_scores)
@@ -161,11 +165,11 @@ def _baselines(fit: Split, choose: Split, report: Split, config: Config) -> tupl
         if reason is not None:
             results[baseline.name] = {"level": baseline.level, "description": baseline.description, "skipped": reason}
             continue
-        scorer = baseline.fit(fit.table)
+        scorer = fitted_scorer(baseline, fit.table)
         choose_scores, report_scores = scorer(choose.table), scorer(report.table)
         results[baseline.name] = {"description": baseline.description,
                                   **_report(baseline.level, "pass", choose_scores, report_scores, choose, report,
-                                            config),
+                                            config, reference=None),
                                   "choose_scores": choose_scores, "validation_scores": report_scores}
     fitted = {name: r for name, r in results.items() if "skipped" not in r and not np.isnan(r["hyperparams_auroc"])}
     best = max(fitted, key=lambda name: (fitted[name]["hyperparams_auroc"], name)) if fitted else None
@@ -216,9 +220,11 @@ def _masked(scores: np.ndarray, split: Split, position: str) -> np.ndarray:
     return out
 
 
-def _evaluate_family(position: str, family: Family, choose: Split, report: Split, best: dict[str, Any] | None,
-                     config: Config) -> tuple[dict[str, Any], np.ndarray]:
-    """Choose the family's candidate on hyperparams; report it on validation, alone and over the best baseline."""
+def _evaluate_family(position: str, family: Family, choose: Split, report: Split, compared: dict[str, Any],
+                     best_name: str | None, confidence: np.ndarray | None, config: Config
+                     ) -> tuple[dict[str, Any], np.ndarray]:
+    """Choose the family's candidate on hyperparams; report it on validation, alone, over the best baseline and
+    over the strongest declared one, and within tasks against the model's own confidence."""
     target = choose.passed if family.predicts == "pass" else ~choose.passed
     choose_scores = {name: scorer(choose) for name, scorer in family.candidates.items()}
     choose_auroc = {name: _known_auroc(scores, target) for name, scores in choose_scores.items()}
@@ -227,10 +233,12 @@ def _evaluate_family(position: str, family: Family, choose: Split, report: Split
     level = "program" if is_code_position(position) else "task"
     result = {"chosen": chosen, "chosen_on": "hyperparams split (phase 3.6), by AUROC",
               "hyperparams_auroc_by_candidate": choose_auroc,
-              **_report(level, family.predicts, choose_scores[chosen], report_scores, choose, report, config)}
-    if best is not None:
-        result["over_best_baseline"] = _over_baseline(best, choose_scores[chosen], report_scores, choose, report,
-                                                      config)
+              **_report(level, family.predicts, choose_scores[chosen], report_scores, choose, report, config,
+                        reference=confidence)}
+    for name, baseline in compared.items():
+        key = "over_best_baseline" if name == best_name else f"over_{name}"
+        result[key] = {"baseline": name, **_over_baseline(baseline, choose_scores[chosen], report_scores, choose,
+                                                          report, config)}
     return result, report_scores
 
 
@@ -240,8 +248,10 @@ def _known_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def _report(level: str, predicts: str, choose_scores: np.ndarray, report_scores: np.ndarray, choose: Split,
-            report: Split, config: Config) -> dict[str, Any]:
-    """A score's figures: AUROC on hyperparams (where it was chosen) and on validation, with intervals."""
+            report: Split, config: Config, reference: np.ndarray | None) -> dict[str, Any]:
+    """A score's figures: AUROC on hyperparams (where it was chosen) and on validation, with intervals. Within tasks
+    (program-level scores only): over every pair, over pairs of programs the model ended itself (no stop rule or
+    budget cut), and the difference from `reference` (the model's mean log-probability) on the same pairs."""
     choose_target = choose.passed if predicts == "pass" else ~choose.passed
     target = report.passed if predicts == "pass" else ~report.passed
     known_choose, known = ~np.isnan(choose_scores), ~np.isnan(report_scores)
@@ -251,13 +261,24 @@ def _report(level: str, predicts: str, choose_scores: np.ndarray, report_scores:
     by_temperature = {f"{t:g}": auroc_with_interval(scores[temperature == t], positive[temperature == t],
                                                     AUROC_RESAMPLES, config.seed, groups=tasks[temperature == t])
                       for t in sorted(set(temperature))}
-    within = (within_task_auroc(scores, positive, tasks, AUROC_RESAMPLES, config.seed) if level == "program"
-              else {"auroc": None, "reason": SHARED_BY_TASK})
-    return {"predicts": predicts, "level": level, "hyperparams_auroc": _known_auroc(choose_scores, choose_target),
-            "validation": {**auroc_with_interval(scores, positive, AUROC_RESAMPLES, config.seed, groups=tasks),
-                           "rows_without_score": int((~known).sum())},
-            "within_task": within, "validation_at_threshold": binary_metrics(scores, positive, threshold),
-            "validation_greedy": by_temperature.get("0"), "validation_auroc_by_temperature": by_temperature}
+    result = {"predicts": predicts, "level": level, "hyperparams_auroc": _known_auroc(choose_scores, choose_target),
+              "validation": {**auroc_with_interval(scores, positive, AUROC_RESAMPLES, config.seed, groups=tasks),
+                             "rows_without_score": int((~known).sum())},
+              "validation_at_threshold": binary_metrics(scores, positive, threshold),
+              "validation_greedy": by_temperature.get("0"), "validation_auroc_by_temperature": by_temperature}
+    if level != "program":
+        return {**result, "within_task": {"auroc": None, "reason": SHARED_BY_TASK}}
+    clean = report.table["stop_reason"].isin(CLEAN_STOPS).to_numpy()[known] if "stop_reason" in report.table else None
+    result["within_task"] = within_task_auroc(scores, positive, tasks, AUROC_RESAMPLES, config.seed)
+    if clean is not None:
+        result["within_task_ended_itself"] = within_task_auroc(scores[clean], positive[clean], tasks[clean],
+                                                               AUROC_RESAMPLES, config.seed)
+    if reference is not None:
+        both = ~np.isnan(reference[known])
+        oriented = reference[known] if predicts == "pass" else -reference[known]
+        result["within_task_over_logprob"] = within_task_difference(scores[both], oriented[both], positive[both],
+                                                                    tasks[both], AUROC_RESAMPLES, config.seed)
+    return result
 
 
 def _over_baseline(best: dict[str, Any], choose_scores: np.ndarray, report_scores: np.ndarray, choose: Split,
@@ -290,10 +311,16 @@ def _table_rows(baselines: dict[str, Any], best_name: str | None, positions: dic
             continue
         rows.append({"kind": "baseline", "position": "-", "score": name, "predicts": b["predicts"],
                      "validation": b["validation"], "within_task": b["within_task"],
-                     "over_best_baseline": None, "is_best_baseline": name == best_name})
+                     "within_task_ended_itself": b.get("within_task_ended_itself"),
+                     "within_task_over_logprob": None, "over_best_baseline": None, "over_declared": None,
+                     "is_best_baseline": name == best_name})
     for position, families in positions.items():
         for family, r in families.items():
             rows.append({"kind": "score", "position": position, "score": f"{family}: {r['chosen']}",
                          "predicts": r["predicts"], "validation": r["validation"], "within_task": r["within_task"],
-                         "over_best_baseline": r.get("over_best_baseline"), "is_best_baseline": False})
+                         "within_task_ended_itself": r.get("within_task_ended_itself"),
+                         "within_task_over_logprob": r.get("within_task_over_logprob"),
+                         "over_best_baseline": r.get("over_best_baseline"),
+                         "over_declared": r.get(f"over_{STRONGEST_DECLARED}", r.get("over_best_baseline")),
+                         "is_best_baseline": False})
     return rows

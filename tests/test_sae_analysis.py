@@ -14,13 +14,14 @@ from safetensors.torch import save_file
 
 import run
 from common.activations import save_activations
+from common.classification import group_bootstrap_counts
 from common.config import Config
 from common.directions import load_directions
 from common.phases import get_phase
 from common.utils import save_json, write_manifest
 from common.positions import activation_path
-from phase2_5_simplified.sae_analyzer import (T_STATISTIC_CAP, bootstrap_ranks, bootstrap_separation, permutation_max_separation,
-    separation_scores, task_bootstrap_weights, task_label_permutations)
+from phase2_5_simplified.sae_analyzer import (T_STATISTIC_CAP, bootstrap_ranks, bootstrap_separation,
+    permutation_max_separation, separation_scores, task_label_permutations, within_task_label_permutations)
 
 
 def _slow_scores(latents: np.ndarray, passed: np.ndarray) -> dict[str, list[float]]:
@@ -59,7 +60,7 @@ def test_vectorised_scores_equal_a_plain_loop():
 
 def test_bootstrap_weights_resample_whole_tasks_and_scores_match_the_direct_formula():
     task_ids = np.array(["a", "a", "b", "c", "c", "c"])
-    weights = task_bootstrap_weights(task_ids, 50, seed=1)
+    weights = torch.as_tensor(group_bootstrap_counts(task_ids, 50, seed=1), dtype=torch.float32)
     assert weights.shape == (50, 6)
     assert torch.equal(weights[:, 0], weights[:, 1]) and torch.equal(weights[:, 3], weights[:, 5])
     assert torch.all(weights[:, [0, 2, 3]].sum(1) == 3)  # three tasks drawn per resample
@@ -145,8 +146,9 @@ def test_planted_latents_come_out_on_top_and_stably(tmp_path: Path):
     assert best_incorrect["separation_score"] == pytest.approx(1.0) and best_incorrect["f_incorrect"] == 1.0
     assert best_correct["t_statistic"] > 5 and best_correct["bootstrap"]["median_rank"] == 1
     assert best_correct["bootstrap"]["top20_fraction"] == 1.0
-    assert top["chance_level"]["correct"]["p_value"] < 0.02  # 100 permutations: p = 1/101 at best
-    assert top["chance_level"]["correct"]["null_95th_percentile"] < 0.5 < best_correct["separation_score"]
+    assert top["chance_level"]["between_tasks"]["correct"]["p_value"] < 0.02  # 100 permutations: p = 1/101 at best
+    assert "within_tasks" not in top["chance_level"]  # at the last prompt token the programs of a task share one row
+    assert top["chance_level"]["between_tasks"]["correct"]["null_95th_percentile"] < 0.5 < best_correct["separation_score"]
     listed = {(r["layer"], r["feature_idx"]) for rows in (top["correct"], top["incorrect"]) for r in rows}
     assert (2, 1) not in listed  # separates perfectly, but fires on half of all code
     scores = pd.read_parquet(out / "layer_2_latent_scores.parquet")
@@ -190,3 +192,11 @@ def test_permuted_labels_move_with_whole_tasks_and_stay_within_their_stratum():
         assert sorted(map(tuple, row[4:8].reshape(2, 2))) == [(False, True), (True, True)]  # c and d, stratum 2
         assert row[8]  # e: alone with one row in its stratum
     assert len({tuple(row) for row in shuffled}) == 4  # 2 x 2 arrangements, all of them reached
+
+
+def test_within_task_shuffles_keep_each_tasks_label_counts():
+    tasks = np.array(["a", "a", "a", "b", "b", "c"])
+    passed = np.array([True, False, False, True, True, False])
+    shuffled = within_task_label_permutations(passed, tasks, 200, seed=0).numpy().astype(bool)
+    assert (shuffled[:, :3].sum(1) == 1).all() and shuffled[:, 3:5].all() and not shuffled[:, 5].any()
+    assert len({tuple(row[:3]) for row in shuffled}) == 3  # the passing row of task a moves

@@ -13,7 +13,8 @@ import torch
 
 import run
 from common.activations import save_activations
-from common.classification import auroc, auroc_with_interval, incremental_auroc, within_task_auroc
+from common.classification import (auroc, auroc_with_interval, group_bootstrap_counts, incremental_auroc,
+    weighted_aurocs, within_task_auroc)
 from common.config import Config
 from common.phases import get_phase
 from common.positions import activation_path
@@ -25,25 +26,28 @@ SAMPLES = 4
 
 def _planted_split(n_tasks: int, prefix: str, temperatures: list[float], rng: np.random.Generator
                    ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Tasks whose pass chance falls with the prompt's length; within a task each program passes at random.
-    code_mean dimension 0 carries the program's own fate; code_last dimension 0 only the prompt's length."""
+    """Tasks whose pass chance falls with the prompt's length; within a task each program passes at random, and the
+    model's log-probability of it knows a little of that. code_mean dimension 0 carries the program's own fate;
+    code_last dimension 0 only the prompt's length; code_last_k dimension 0 only the log-probability."""
     prompt_tokens = rng.integers(50, 300, n_tasks)
     pass_chance = 1 / (1 + np.exp((prompt_tokens - 175) / 40))
     rows = [{"task_id": f"{prefix}{t}", "sample_idx": s, "temperature": temperatures[s % len(temperatures)],
-             "test_passed": bool(rng.random() < pass_chance[t]), "prompt": "Write the function.",
+             "test_passed": bool(rng.random() < pass_chance[t]), "prompt": f"Write the function for case {t % 7}.",
              "prompt_tokens": int(prompt_tokens[t]), "difficulty": int(rng.integers(1, 5)),
              "cyclomatic_complexity": int(rng.integers(1, 6)), "family": f"f{rng.integers(0, 6)}",
-             "program_tokens": int(rng.integers(20, 120)), "program_mean_logprob": float(rng.normal(-0.5, 0.1)),
-             "program_mean_margin": float(rng.normal(2.0, 0.3)), "program_error": None}
+             "program_tokens": int(rng.integers(20, 120)), "program_mean_margin": float(rng.normal(2.0, 0.3)),
+             "program_error": None, "stop_reason": "code_end", "generated_code": "def f():\n    return 1\n"}
             for t in range(n_tasks) for s in range(SAMPLES)]
     table = pd.DataFrame(rows)
     passed = table["test_passed"].to_numpy(dtype=float)
+    table["program_mean_logprob"] = -0.5 + 0.1 * passed + rng.normal(0, 0.1, size=len(table))
     length = (table["prompt_tokens"].to_numpy() - 175) / 50
     noise = lambda: rng.normal(size=(len(table), D_MODEL))  # noqa: E731
-    activations = {"last_prompt": noise() * 0.1, "code_mean": noise(), "code_last": noise()}
+    activations = {"last_prompt": noise() * 0.1, "code_mean": noise(), "code_last": noise(), "code_last_k": noise()}
     activations["last_prompt"][:, 0] = length
-    activations["code_mean"][:, 0] = 2.0 * passed + rng.normal(size=len(table))
+    activations["code_mean"][:, 0] = 2.5 * passed + rng.normal(size=len(table))
     activations["code_last"][:, 0] = length + rng.normal(0, 0.3, size=len(table))
+    activations["code_last_k"][:, 0] = 10 * table["program_mean_logprob"].to_numpy() + rng.normal(0, 0.1, len(table))
     return table, activations
 
 
@@ -87,19 +91,27 @@ def planted_results(tmp_path_factory) -> dict:
 
 
 def test_a_signal_in_the_code_that_varies_within_tasks_beats_every_baseline(planted_results: dict):
-    assert planted_results["best_baseline"] in ("prompt_tokens", "confidence_and_length")
+    assert planted_results["best_baseline"] in ("prompt_tokens", "confidence_and_length", "program_mean_logprob")
     signal = planted_results["positions"]["code_mean"]["mean_difference"]
     assert signal["within_task"]["auroc"] > 0.8 and signal["within_task"]["low"] > 0.7
+    assert signal["within_task_over_logprob"]["low"] > 0.05
     assert signal["over_best_baseline"]["low"] > 0.05
+    assert signal.get("over_confidence_and_length", signal["over_best_baseline"])["low"] > 0.05
     assert signal["validation"]["auroc"] > max(b["validation"]["auroc"] for b in planted_results["baselines"].values()
                                                if "validation" in b)
 
 
-def test_a_score_that_only_tracks_prompt_length_does_not_beat_the_length_baseline(planted_results: dict):
+def test_scores_that_only_track_prompt_length_or_the_models_confidence_do_not_beat_them(planted_results: dict):
     length_only = planted_results["positions"]["code_last"]["mean_difference"]
     assert length_only["validation"]["auroc"] > 0.65  # it predicts, as the length does
     assert length_only["over_best_baseline"]["low"] < 0 < length_only["over_best_baseline"]["high"] + 0.02
     assert length_only["within_task"]["low"] < 0.5 < length_only["within_task"]["high"]
+    confidence_only = planted_results["positions"]["code_last_k"]["mean_difference"]
+    assert confidence_only["within_task"]["low"] > 0.55  # the log-probability does tell programs apart a little
+    difference = confidence_only["within_task_over_logprob"]
+    assert difference["low"] < 0 and difference["difference"] < 0.02  # but the score adds nothing to it
+    over = confidence_only.get("over_confidence_and_length", confidence_only["over_best_baseline"])
+    assert over["low"] < 0.02
     prompt = planted_results["positions"]["last_prompt"]["mean_difference"]
     assert prompt["within_task"]["auroc"] is None and "shares" in prompt["within_task"]["reason"]
     assert planted_results["baselines"]["prompt_tokens"]["within_task"]["auroc"] is None
@@ -112,7 +124,8 @@ def test_the_table_names_every_score_and_baseline_and_the_counts(planted_results
     scores = {(row["position"], row["score"].split(":")[0]) for row in planted_results["table"]}
     assert {("code_mean", "mean_difference"), ("code_mean", "paired_pca"), ("-", "prompt_words")} <= scores
     assert ("last_prompt", "paired_pca") not in scores  # shared by every program of a task: refused in 2.6
-    assert planted_results["baselines"]["prompt_words"]["validation"]["auroc"] == pytest.approx(0.5)
+    words = planted_results["baselines"]["prompt_words"]["validation"]
+    assert words["low"] <= 0.5 <= words["high"]  # the prompts' words carry nothing here
 
 
 def test_within_task_auroc_counts_only_pairs_of_one_task():
@@ -144,3 +157,15 @@ def test_incremental_auroc_is_zero_for_a_copy_of_the_baseline_and_positive_for_n
     new = incremental_auroc(base[half[0]], extra[half[0]], passed[half[0]], base[half[1]], extra[half[1]],
                             passed[half[1]], groups[half[1]], n_resamples=200)
     assert new["low"] > 0.05
+
+
+def test_vectorised_bootstrap_aurocs_equal_the_auroc_of_each_resample_drawn_out():
+    rng = np.random.default_rng(2)
+    scores = np.round(rng.normal(size=60), 1)  # ties on purpose
+    positive = rng.random(60) < 0.4
+    groups = np.repeat(np.arange(20), 3)
+    counts = group_bootstrap_counts(groups, 25, seed=4)
+    fast = weighted_aurocs(scores, positive, counts)
+    for row, weights in enumerate(counts):
+        drawn = np.repeat(np.arange(60), weights.astype(int))
+        assert fast[row] == pytest.approx(auroc(scores[drawn], positive[drawn]))
