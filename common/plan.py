@@ -15,10 +15,11 @@ from common.config import Config
 from common.phases import PhaseSpec
 from common.utils import load_json, manifest_path
 
-# Seconds per unit: each phase's wall time over its units in the default pipeline run of 2026-12-01 on the
-# reference machine (README, "Performance"). Phase 2.0's unit is a token recorded or trained on.
+# Seconds per unit: each phase's wall time over its units in the default pipeline runs of 2026-12-01 on the
+# reference machine (README, "Performance"); the generating phases include the teacher-forced pass over their
+# programs (activations over the code). Phase 2.0's unit is a token recorded or trained on.
 REFERENCE_SECONDS_PER_UNIT = {
-    "0": 2.0, "0.1": 0.1, "1": 0.74, "2.0": 3.84e-4, "2.5": 8.7, "2.6": 0.3, "3.5": 0.68, "3.6": 0.77, "3.8": 3.3,
+    "0": 2.0, "0.1": 0.1, "1": 1.29, "2.0": 4.17e-4, "2.5": 12.0, "2.6": 1.4, "3.5": 1.84, "3.6": 1.64, "3.8": 14.3,
     "4.5": 0.50, "4.8": 0.68,
 }
 DATASET_SIZES = {"humaneval": 164, "mbpp/full": 974, "mbpp/sanitized": 427}  # before phase 0 has counted them
