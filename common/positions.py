@@ -28,11 +28,14 @@ def activation_path(folder: Path, position: str, layer: int) -> Path:
 
 
 def usable_rows(table: pd.DataFrame, position: str) -> np.ndarray:
-    """Rows that have an activation at `position`: all of them at the last prompt token; at a code position
-    those with a program (an empty output has none)."""
-    if not is_code_position(position) or "program_error" not in table:
-        return np.ones(len(table), dtype=bool)
-    return table["program_error"].isna().to_numpy()
+    """Rows with a label and an activation at `position`. A program whose tests the sandbox could not
+    evaluate (error_type "unsupported") has no label; an empty output has no activation at a code position."""
+    usable = np.ones(len(table), dtype=bool)
+    if "error_type" in table:
+        usable &= (table["error_type"] != "unsupported").to_numpy()
+    if is_code_position(position) and "program_error" in table:
+        usable &= table["program_error"].isna().to_numpy()
+    return usable
 
 
 def recorded_positions(folder: Path) -> list[str]:

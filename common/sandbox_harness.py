@@ -1,94 +1,132 @@
-"""Runs inside the sandbox: one candidate program, then its tests, then one report.
+"""Runs inside the sandbox: the candidate program, then its functions on the judge's request.
 
-Started as `python -I sandbox_harness.py`. Reads {nonce, code, tests, report_fd, limits} from stdin,
-sets its own resource limits, runs the code and the tests in one namespace and writes a JSON report
-carrying the nonce to `report_fd`. The parent counts a pass only from a report with the right nonce
-that says every test ran to the end, so an early exit (sys.exit, os._exit, a signal, an atexit
-trick) or text printed to stdout can never pass. Standard library only: this file is not a module
-of the project, it is a program the sandbox runs.
+Started by the judge as `python -I sandbox_harness.py`, with stdin and stdout as the request and
+answer channels (moved off fds 0 and 1 before the program runs, so its prints go nowhere). It
+never sees the tests and never says whether they passed: it executes the program, lists the
+names it defined, and answers each call with the returned value as plain data (and the mutable
+arguments as the call left them), the exception raised, or a description of a value that cannot
+leave. Whatever the program does to this process (patching builtins, this module, its frames,
+writing to the answer channel) changes only the answers its own functions give.
+Standard library only: this file is not a module of the project, it is a program the sandbox runs.
 """
 
-import json
 import os
 import resource
 import sys
 
-_write = os.write  # bound before the candidate runs, so patching os or json cannot fake the report
-_dumps = json.dumps
-_exit = os._exit
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sandbox_protocol as protocol  # noqa: E402 - importable only once its folder is on the path
 
-_MESSAGE_CHARS = 2000
+del sys.path[0]
+
+_VALUE_MAX_CHARS = 1 << 20
+_MUTABLE = (list, dict, set, bytearray)
 
 
 def _set_limits(limits):
     for name, value in limits.items():
-        kind = getattr(resource, name)
-        resource.setrlimit(kind, (value, value))
+        resource.setrlimit(getattr(resource, name), (value, value))
 
 
-def _classify(exc):
-    if isinstance(exc, SyntaxError):
-        return "syntax"
-    if isinstance(exc, NameError):  # includes UnboundLocalError
-        return "name"
-    if isinstance(exc, TypeError):
-        return "type"
-    if isinstance(exc, AssertionError):
-        return "assertion"
-    if isinstance(exc, MemoryError):
-        return "memory"
-    return "runtime"
+def _error(exc):
+    kind = "runtime" if isinstance(exc, (SystemExit, KeyboardInterrupt)) else protocol.classify(exc)
+    return {"type": type(exc).__name__, "kind": kind, "message": protocol.describe(exc),
+            "program_class": type(exc).__module__ == "__solution__"}
 
 
-def _failing_test_line(exc, tests):
-    tb = exc.__traceback__
-    line_no = None
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == "<tests>":
-            line_no = tb.tb_lineno
-        tb = tb.tb_next
-    lines = tests.splitlines()
-    if line_no is None or not 0 < line_no <= len(lines):
-        return ""
-    return f" at tests line {line_no}: {lines[line_no - 1].strip()}"
+def _load(code, namespace):
+    """{"ready": names} once the program ran to its end, else {"failed": ...}."""
+    try:
+        compiled = compile(code, "<solution>", "exec")
+    except (SyntaxError, ValueError) as exc:
+        return {"failed": {"kind": "syntax", "message": f"solution does not compile: {exc}"}}
+    try:
+        exec(compiled, namespace)
+    except BaseException as exc:  # noqa: BLE001 - everything the program raises is a failure
+        error = _error(exc)
+        return {"failed": {"kind": error["kind"], "message": f"{error['message']} (while running the solution)"}}
+    return {"ready": {name: _describe_name(value) for name, value in list(namespace.items())
+                      if isinstance(name, str) and not name.startswith("_")}}
 
 
-def _describe(exc, stage, tests):
-    if isinstance(exc, SystemExit):
-        return f"the program exited (SystemExit {exc.code!r}) during the {stage}, before the tests finished"
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text + _failing_test_line(exc, tests)
+def _describe_name(value):
+    if type(value).__name__ == "module":
+        return {"kind": "module", "module": getattr(value, "__name__", "")}
+    if isinstance(value, type) and issubclass(value, BaseException):
+        base = next(c.__name__ for c in value.__mro__ if c.__module__ == "builtins")
+        return {"kind": "exception_class", "base": base}
+    if isinstance(value, type):
+        return {"kind": "class"}
+    if callable(value):
+        return {"kind": "callable"}
+    try:
+        data = protocol.encode(value)
+        if len(repr(data)) <= _VALUE_MAX_CHARS:
+            return {"kind": "value", "value": data}
+    except Exception:  # noqa: BLE001 - anything that cannot be described travels as opaque
+        pass
+    return {"kind": "opaque", **_opaque(value)}
 
 
-def _run(code, tests):
-    namespace = {"__name__": "__solution__", "__builtins__": __builtins__}
-    for stage, source, filename in (("solution", code, "<solution>"), ("tests", tests, "<tests>")):
+def _opaque(value):
+    """What the judge needs to stand in for a value that cannot leave: whether Python would compare it
+    by identity and take it as true (a generator, a map), or whether its own methods decide."""
+    cls = type(value)
+    return {"type": cls.__name__, "custom_eq": cls.__eq__ is not object.__eq__,
+            "custom_bool": hasattr(cls, "__bool__") or hasattr(cls, "__len__")}
+
+
+def _answer(namespace, request):
+    def name_of(obj):
+        return next((n for n, v in namespace.items() if v is obj and not n.startswith("_")), None)
+
+    def resolve(name):
+        return namespace[name]
+
+    try:
+        args = protocol.decode(request["args"], resolve)
+        kwargs = protocol.decode(request["kwargs"], resolve)
+    except Exception as exc:  # noqa: BLE001 - a request the judge encoded is always decodable
+        return {"raised": _error(exc)}
+    try:
+        result = namespace[request["call"]](*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - the judge raises it again on its side
+        return {"raised": _error(exc)}
+    answer = {}
+    try:
+        answer["value"] = protocol.encode(result, name_of)
+    except Exception:  # noqa: BLE001 - Untransferable, or too deep, or too large
+        answer["opaque"] = _opaque(result)
+    changed = [isinstance(a, _MUTABLE) for a in args] + [isinstance(v, _MUTABLE) for v in kwargs.values()]
+    if any(changed):
         try:
-            compiled = compile(source, filename, "exec")
-        except (SyntaxError, ValueError) as exc:
-            kind = "syntax" if stage == "solution" else "runtime"
-            return {"status": "failed", "error_type": kind, "message": f"{stage} does not compile: {exc}"}
-        try:
-            exec(compiled, namespace)
-        except BaseException as exc:  # noqa: BLE001 - everything the candidate raises is a failure
-            kind = "runtime" if isinstance(exc, (SystemExit, KeyboardInterrupt)) else _classify(exc)
-            return {"status": "failed", "error_type": kind, "message": _describe(exc, stage, tests)}
-    return {"status": "passed", "error_type": "passed", "message": ""}
+            answer["args_after"] = [protocol.encode(a, name_of) if m else None for a, m in zip(args, changed)]
+            answer["kwargs_after"] = {k: protocol.encode(v, name_of) for k, v in kwargs.items()
+                                      if isinstance(v, _MUTABLE)}
+        except Exception:  # noqa: BLE001 - the arguments stay as they were on the judge's side
+            answer.pop("args_after", None)
+    return answer
 
 
 def main():
-    payload = json.loads(sys.stdin.buffer.read())
-    devnull = os.open(os.devnull, os.O_RDONLY)
+    requests, answers = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
-    nonce = payload.pop("nonce")
-    report_fd = payload.pop("report_fd")
-    _set_limits(payload["limits"])
-    sys.setrecursionlimit(payload.get("recursion_limit", 3000))
-    report = _run(payload["code"], payload["tests"])
-    report["message"] = report["message"][:_MESSAGE_CHARS]
-    report["nonce"] = nonce
-    _write(report_fd, _dumps(report).encode("utf-8", "replace"))
-    _exit(0)  # skip atexit handlers and finalisers the candidate may have registered
+    os.dup2(devnull, 1)
+    job = protocol.receive(requests)
+    _set_limits(job["limits"])
+    sys.setrecursionlimit(job["recursion_limit"])
+    namespace = {"__name__": "__solution__", "__builtins__": __builtins__}
+    protocol.send(answers, _load(job["code"], namespace))
+    while True:
+        request = protocol.receive(requests)
+        if request is None:
+            os._exit(0)
+        answer = _answer(namespace, request)
+        try:
+            protocol.send(answers, answer)
+        except Exception:  # noqa: BLE001 - over the size limit: say so instead
+            protocol.send(answers, {"opaque": {"type": "oversized value", "custom_eq": True, "custom_bool": True}})
 
 
 if __name__ == "__main__":

@@ -62,6 +62,8 @@ def run(config: Config) -> Path | None:
 
 def _summary(config: Config, prompt_style: str, rows: list[dict[str, Any]], too_long: list[str]) -> dict[str, Any]:
     table = pd.DataFrame(rows)
+    error_types = dict(Counter(table["error_type"]))
+    table = table[table["error_type"] != "unsupported"]  # no label: the sandbox could not evaluate the tests
     n_passed = int(table["test_passed"].sum())
     n_failed = len(table) - n_passed
     warnings = [f"only {n} {name} samples (< {THIN_CLASS_SAMPLES}): rankings and classifiers built on them are "
@@ -86,7 +88,8 @@ def _summary(config: Config, prompt_style: str, rows: list[dict[str, Any]], too_
         "tasks_with_both_classes": both, "positions": config.activation_positions,
         "pass_rate_by_temperature": by_temperature, "pass_rate_by_complexity": by_complexity,
         "pass_rate_by_difficulty": by_difficulty,
-        "error_types": dict(Counter(table["error_type"])), "tasks_left_out_prompt_too_long": too_long,
+        "error_types": error_types, "n_unsupported": error_types.get("unsupported", 0),
+        "tasks_left_out_prompt_too_long": too_long,
         "mean_new_tokens": float(table["n_new_tokens"].mean()),
         "generation_time_total_s": float(table["generation_time"].sum()), "warnings": warnings,
     }
