@@ -3,8 +3,8 @@
 Started by the judge as `python -I sandbox_harness.py`, with stdin and stdout as the request and
 answer channels (moved off fds 0 and 1 before the program runs, so its prints go nowhere). It
 never sees the tests and never says whether they passed: it executes the program, lists the
-names it defined, and answers each call with the returned value as plain data (and the mutable
-arguments as the call left them), the exception raised, or a description of a value that cannot
+names it defined, and answers each call with the returned value as plain data (and the list, dict,
+set and bytearray arguments as the call left them), the exception raised, or a description of a value that cannot
 leave. Whatever the program does to this process (patching builtins, this module, its frames,
 writing to the answer channel) changes only the answers its own functions give.
 Standard library only: this file is not a module of the project, it is a program the sandbox runs.
@@ -29,9 +29,17 @@ def _set_limits(limits):
 
 
 def _error(exc):
+    """An exception as the judge rebuilds it: its class name, the nearest builtin class it derives from,
+    its arguments as plain data where they are, and its kind and description for the report."""
     kind = "runtime" if isinstance(exc, (SystemExit, KeyboardInterrupt)) else protocol.classify(exc)
-    return {"type": type(exc).__name__, "kind": kind, "message": protocol.describe(exc),
-            "program_class": type(exc).__module__ == "__solution__"}
+    error = {"type": type(exc).__name__, "kind": kind, "message": protocol.describe(exc),
+             "builtin_base": next(c.__name__ for c in type(exc).__mro__ if c.__module__ == "builtins"),
+             "program_class": type(exc).__module__ == "__solution__"}
+    try:
+        error["args"] = protocol.encode(list(exc.args))
+    except Exception:  # noqa: BLE001 - the judge falls back to the text
+        error["args"] = [str(exc)]
+    return error
 
 
 def _load(code, namespace):
@@ -88,17 +96,17 @@ def _answer(namespace, request):
         kwargs = protocol.decode(request["kwargs"], resolve)
     except Exception as exc:  # noqa: BLE001 - a request the judge encoded is always decodable
         return {"raised": _error(exc)}
-    try:
-        result = namespace[request["call"]](*args, **kwargs)
-    except BaseException as exc:  # noqa: BLE001 - the judge raises it again on its side
-        return {"raised": _error(exc)}
     answer = {}
     try:
-        answer["value"] = protocol.encode(result, name_of)
-    except Exception:  # noqa: BLE001 - Untransferable, or too deep, or too large
-        answer["opaque"] = _opaque(result)
-    changed = [isinstance(a, _MUTABLE) for a in args] + [isinstance(v, _MUTABLE) for v in kwargs.values()]
-    if any(changed):
+        result = namespace[request["call"]](*args, **kwargs)
+        try:
+            answer["value"] = protocol.encode(result, name_of)
+        except Exception:  # noqa: BLE001 - Untransferable, or too deep, or too large
+            answer["opaque"] = _opaque(result)
+    except BaseException as exc:  # noqa: BLE001 - the judge raises it again on its side
+        answer["raised"] = _error(exc)
+    changed = [isinstance(a, _MUTABLE) for a in args]
+    if any(changed) or any(isinstance(v, _MUTABLE) for v in kwargs.values()):
         try:
             answer["args_after"] = [protocol.encode(a, name_of) if m else None for a, m in zip(args, changed)]
             answer["kwargs_after"] = {k: protocol.encode(v, name_of) for k, v in kwargs.items()

@@ -46,6 +46,19 @@ def _program_kind(kind):
     return kind if kind in _PROGRAM_KINDS else "runtime"
 
 
+def _builtin_exception(name):
+    """The builtin Exception class of that name, unless it is one the tests must not receive as is."""
+    cls = getattr(builtins, name, None)
+    if isinstance(cls, type) and issubclass(cls, Exception) and not issubclass(cls, _NOT_RAISED_AS_IS):
+        return cls
+    return None
+
+
+def _is_exit(name):
+    cls = getattr(builtins, name, None)
+    return isinstance(cls, type) and issubclass(cls, BaseException) and not issubclass(cls, Exception)
+
+
 def _text(value):
     return str(value)[:_MESSAGE_CHARS]
 
@@ -107,14 +120,15 @@ class Session:
             raise self.end("unsupported", f"the tests pass {name}() an argument that cannot enter the sandbox: "
                                           f"{exc}") from None
         answer = self.exchange(request)
-        if "raised" in answer:
-            raise self._raised(answer["raised"])
         try:
-            self._write_back(args, kwargs, answer)
-            if "value" in answer:
-                return protocol.decode(answer["value"], self._resolve)
+            self._write_back(args, kwargs, answer)  # also when it raised: what it changed stays changed
+            value = protocol.decode(answer["value"], self._resolve) if "value" in answer else None
         except (protocol.ProtocolError, RecursionError, TypeError, ValueError) as exc:
             raise self.end("runtime", f"{name}() answered with malformed data: {exc}") from None
+        if "raised" in answer:
+            raise self._raised(answer["raised"])
+        if "value" in answer:
+            return value
         if isinstance(answer.get("opaque"), dict):
             return Opaque(self, f"the value {name}() returned", answer["opaque"])
         raise self.end("runtime", "the program broke the answer channel: an answer of no known kind")
@@ -139,22 +153,26 @@ class Session:
                 original.update(new)
 
     def _raised(self, raised):
-        """The program's exception as the tests can catch it: the builtin class of that name, the stand-in of
-        the program's own exception class, or RuntimeError. SystemExit and the like end the tests."""
+        """The program's exception as the tests can catch it: the stand-in of the program's own exception
+        class, else the builtin class of that name, else the nearest builtin class it derives from (a
+        `statistics.StatisticsError` is a ValueError), else RuntimeError. StopIteration is raised as
+        RuntimeError (as PEP 479 does in generators), SystemExit and the like end the tests."""
         raised = raised if isinstance(raised, dict) else {}
-        name, message = str(raised.get("type")), _text(raised.get("message"))
-        if raised.get("program_class") is True:
-            cls = self.exception_classes.get(name, RuntimeError)
-        else:
-            cls = getattr(builtins, name, None)
-            if not (isinstance(cls, type) and issubclass(cls, Exception)) or issubclass(cls, _NOT_RAISED_AS_IS):
-                if isinstance(cls, type) and issubclass(cls, BaseException) and not issubclass(cls, Exception):
-                    return self.end("runtime", f"{message} during the tests")
-                cls = RuntimeError
+        name = str(raised.get("type"))
+        cls = ((self.exception_classes.get(name) if raised.get("program_class") is True else None)
+               or _builtin_exception(name) or _builtin_exception(str(raised.get("builtin_base"))))
+        if cls is None:
+            if any(_is_exit(n) for n in (name, str(raised.get("builtin_base")))):
+                return self.end("runtime", f"{_text(raised.get('message'))} during the tests")
+            cls = RuntimeError
+        message = _text(raised.get("message"))
         try:
-            exc = cls(message)
-        except Exception:  # noqa: BLE001 - classes whose constructor wants more than a message
-            exc = RuntimeError(message)
+            exc = cls(*protocol.decode(raised.get("args")))
+        except Exception:  # noqa: BLE001 - arguments this class does not take, or malformed ones
+            try:
+                exc = cls(message)
+            except Exception:  # noqa: BLE001 - a class that wants more than a message
+                exc = RuntimeError(message)
         exc.program_error_type = _program_kind(raised.get("kind"))
         return exc
 
@@ -274,27 +292,28 @@ def _names_used(code):
 
 
 def _tests_namespace(session, names, used_by_tests):
-    """Builtins, then the program's public names as stand-ins. A program name that hides a builtin the tests
-    use cannot be judged fairly (its own `all` must not judge it, nor may the tests call the builtin in
-    place of its `sorted`): unsupported. Underscored names never enter."""
+    """Builtins, then the program's public names as stand-ins. A program name that hides a builtin or a
+    standard module the tests use cannot be judged fairly (its own `all` or `math` must not judge it, nor
+    may the tests call the builtin in place of its `sorted`): unsupported. Underscored names never enter."""
     namespace = {"__name__": "__tests__", "__builtins__": builtins}
     for name, entry in names.items():
         if not (isinstance(name, str) and name.isidentifier() and not name.startswith("_")):
             continue
-        if hasattr(builtins, name):
-            if name in used_by_tests:
-                raise session.end("unsupported", f"the program defines {name!r}, which hides a builtin the tests use")
-            continue
         kind = entry.get("kind") if isinstance(entry, dict) else None
+        is_module = kind == "module" and entry.get("module") == name and name in _MODULES
+        if hasattr(builtins, name) or (name in sys.stdlib_module_names and not is_module):
+            if name in used_by_tests:
+                raise session.end("unsupported", f"the program defines {name!r}, which hides a builtin or a "
+                                                 "standard module the tests use")
+            continue
         if kind == "callable":
             namespace[name] = RemoteFunction(session, name)
         elif kind == "class":
             namespace[name] = RemoteClass(session, name)
         elif kind == "exception_class":
-            base = getattr(builtins, str(entry.get("base")), Exception)
-            base = base if isinstance(base, type) and issubclass(base, Exception) else Exception
+            base = _builtin_exception(str(entry.get("base"))) or Exception
             namespace[name] = session.exception_classes[name] = type(name, (base,), {})
-        elif kind == "module" and entry.get("module") == name and name in _MODULES:
+        elif is_module:
             namespace[name] = __import__(name)
         elif kind == "value":
             namespace[name] = protocol.decode(entry.get("value"))
@@ -364,9 +383,19 @@ def main():
     resource.setrlimit(resource.RLIMIT_AS, (_MEMORY_LIMIT_BYTES, _MEMORY_LIMIT_BYTES))
     command = protocol.receive(jobs)["command"]
     while (job := protocol.receive(jobs)) is not None:
-        report = judge(command, job)
-        protocol.send(reports, {"id": job["id"], "error_type": report["error_type"],
-                                "message": _text(report["message"])})
+        worker = os.fork()  # each job in a fresh copy: no state, and no harm done, carries to the next
+        if worker == 0:
+            status = 1
+            try:
+                report = judge(command, job)
+                protocol.send(reports, {"id": job["id"], "error_type": report["error_type"],
+                                        "message": _text(report["message"])})
+                status = 0
+            finally:
+                os._exit(status)
+        if os.waitpid(worker, 0)[1] != 0:
+            protocol.send(reports, {"id": job["id"], "error_type": "killed",
+                                    "message": "the judge's worker for this program died"})
 
 
 if __name__ == "__main__":

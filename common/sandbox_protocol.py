@@ -2,8 +2,8 @@
 
 Both sides of the sandbox import this file by path (they run as `python -I script.py`), so it uses
 the standard library only. A value leaves the program only as JSON built from None, bools, numbers,
-strings, bytes, the builtin containers (and the standard library's namedtuple, defaultdict, Counter
-and OrderedDict) and builtins by name; the judge rebuilds it from exactly those types, so no
+strings, bytes, the builtin containers (and the standard library's plain namedtuple, defaultdict,
+Counter and OrderedDict) and a short list of side-effect-free builtins by name; the judge rebuilds it from exactly those types, so no
 object the program made (with its own `__eq__`, say) ever reaches the code that compares results.
 """
 
@@ -54,25 +54,23 @@ def encode(value, name_of=None, depth=0):
     def items(iterable):
         return [encode(item, name_of, depth + 1) for item in iterable]
 
-    if isinstance(value, list):
+    cls = type(value)
+    if cls is list:
         return items(value)
-    if isinstance(value, tuple):
-        fields = getattr(type(value), "_fields", None)
-        if isinstance(fields, tuple) and all(isinstance(f, str) for f in fields):
-            return {"nt": [type(value).__name__, list(fields), items(value)]}
+    if cls is tuple:
         return {"t": items(value)}
-    if isinstance(value, (set, frozenset)):
-        return {"f" if isinstance(value, frozenset) else "s": items(value)}
-    if isinstance(value, dict):
+    if cls.__bases__ == (tuple,) and _plain_fields(getattr(cls, "_fields", None)):  # a plain namedtuple
+        return {"nt": [cls.__name__, list(cls._fields), items(value)]}
+    if cls in (set, frozenset):
+        return {"f" if cls is frozenset else "s": items(value)}
+    if cls in (dict, collections.OrderedDict, collections.Counter, collections.defaultdict):
         pairs = [items(pair) for pair in value.items()]
-        if isinstance(value, collections.defaultdict):
+        if cls is collections.defaultdict:
             factory = value.default_factory
             if factory is not None and not _is_builtin(factory):
-                raise Untransferable("a defaultdict whose default is not a builtin cannot leave the sandbox")
+                raise Untransferable("a defaultdict whose default is not a plain builtin cannot leave the sandbox")
             return {"dd": [factory.__name__ if factory else None, pairs]}
-        if isinstance(value, collections.Counter):
-            return {"ctr": pairs}
-        return {"od" if isinstance(value, collections.OrderedDict) else "d": pairs}
+        return {{dict: "d", collections.OrderedDict: "od", collections.Counter: "ctr"}[cls]: pairs}
     if _is_builtin(value):  # `abs` or `str` passed as an argument or a key: travels by name
         return {"builtin": value.__name__}
     name = name_of(value) if name_of else None
@@ -129,18 +127,28 @@ def decode(data, resolve=None):
     raise ProtocolError(f"unknown tag {tag!r}")
 
 
+# Builtins that may travel by name (as an argument, a key function, a defaultdict's default): types and
+# functions without side effects. Never eval, exec, open, __import__, getattr and the like.
+SAFE_BUILTINS = frozenset({
+    "abs", "all", "any", "bin", "bool", "bytearray", "bytes", "callable", "chr", "complex", "dict", "divmod",
+    "enumerate", "filter", "float", "frozenset", "hash", "hex", "int", "isinstance", "iter", "len", "list", "map",
+    "max", "min", "next", "oct", "ord", "pow", "range", "repr", "reversed", "round", "set", "sorted", "str",
+    "sum", "tuple", "zip"})
+
+
 def _is_builtin(value):
-    """A builtin function or type known by its name (not an exception class)."""
     name = getattr(value, "__name__", None)
-    return (callable(value) and isinstance(name, str) and getattr(builtins, name, None) is value
-            and not (isinstance(value, type) and issubclass(value, BaseException)))
+    return name in SAFE_BUILTINS and getattr(builtins, name) is value
 
 
 def _builtin(name):
-    value = getattr(builtins, name, None) if isinstance(name, str) else None
-    if not _is_builtin(value):
-        raise ProtocolError(f"{name!r} is not a builtin")
-    return value
+    if name not in SAFE_BUILTINS:
+        raise ProtocolError(f"{name!r} is not a builtin that may cross")
+    return getattr(builtins, name)
+
+
+def _plain_fields(fields):
+    return isinstance(fields, tuple) and all(isinstance(f, str) and not f.startswith("_") for f in fields)
 
 
 @functools.lru_cache(maxsize=256)

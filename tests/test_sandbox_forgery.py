@@ -319,3 +319,52 @@ def test_a_forged_report_in_the_fallback_never_labels_another_program(monkeypatc
     programs = [Program(forge, ADD_TESTS), Program(WRONG_ADD, ADD_TESTS), Program(right, ADD_TESTS)] * 2
     results = evaluate_many(programs, timeout=3.0, workers=1, progress=False)
     assert [r.passed for r in results] == [False, False, True] * 2, results
+
+
+@pytest.mark.parametrize("code, tests", [
+    ("class Halt(StopIteration):\n    pass\ndef add(a, b):\n    raise Halt\n",
+     "assert all(map(lambda c: add(c[0], c[1]) == c[2], [(1, 2, 3)]))\n"),
+    ("class _Halt(StopIteration):\n    pass\ndef add(a, b):\n    raise _Halt\n",
+     "for r in map(add, [1, 2], [2, 2]):\n    assert r in (3, 4)\n"),
+    ("import collections\nmath = collections.namedtuple('math', 'isclose')(slice)\n" + WRONG_ADD,
+     "assert math.isclose(add(1, 2), 3)\n"),
+    ("import collections\nmath = collections.namedtuple('math', 'sqrt')(eval)\ndef area(r):\n    return '2'\n",
+     "assert math.sqrt(area(4)) == 2\n"),
+    ("import collections\ndef make(n):\n    return collections.defaultdict(eval)\n",
+     "assert make(1)['1 + 1'] == 2\n"),
+])
+def test_no_unsafe_builtin_or_stand_in_module_reaches_the_tests(code: str, tests: str):
+    result = evaluate_code(code, tests, timeout=3.0)
+    assert not result.passed, result
+
+
+def test_each_job_runs_in_a_fresh_copy_of_the_judge():
+    """One after another on a pool of two judges, the first and third programs share a judge process."""
+    right = "def add(a, b):\n    return a + b\n"
+    marks, checks = "import sys\nsys.left_behind = True\n", "import sys\nassert not hasattr(sys, 'left_behind')\n"
+    with sandbox.SandboxPool(timeout_s=5.0, workers=1) as pool:
+        verdicts = [pool.submit(Program(right, tests)).result().passed for tests in (marks, marks, checks, checks)]
+    assert verdicts == [True, True, True, True]
+
+
+@pytest.mark.parametrize("code, tests", [
+    ("def check(s):\n    raise ValueError('bad input')\n",
+     "try:\n    check('x')\nexcept ValueError as e:\n    assert str(e) == 'bad input' and e.args == ('bad input',)\n"),
+    ("def look(d):\n    return d['missing']\n", "try:\n    look({})\nexcept KeyError as e:\n    assert e.args == ('missing',)\n"),
+    ("import statistics\ndef centre(xs):\n    return statistics.mean(xs)\n",
+     "try:\n    centre([])\n    assert False\nexcept ValueError:\n    pass\n"),
+    ("def push_then_fail(xs):\n    xs.append(1)\n    raise ValueError\n",
+     "a = []\ntry:\n    push_then_fail(a)\nexcept ValueError:\n    pass\nassert a == [1]\n"),
+])
+def test_exceptions_and_changed_arguments_reach_the_tests_as_python_gives_them(code: str, tests: str):
+    result = evaluate_code(code, tests)
+    assert result.passed, result
+
+
+@pytest.mark.parametrize("code", [
+    "import collections\nclass P(collections.namedtuple('P', 'x y')):\n    def norm(self):\n        return 5.0\n"
+    "def make():\n    return P(3, 4)\n",
+    "import collections\ndef make():\n    return collections.namedtuple('P', ['x', 'def'], rename=True)(3, 4)\n",
+])
+def test_tuples_with_more_than_fields_are_unsupported_not_failed(code: str):
+    assert evaluate_code(code, "assert make().norm() == 5.0\n").error_type == "unsupported"
