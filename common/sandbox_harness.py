@@ -28,13 +28,24 @@ def _set_limits(limits):
         resource.setrlimit(getattr(resource, name), (value, value))
 
 
-def _error(exc):
-    """An exception as the judge rebuilds it: its class name, the nearest builtin class it derives from,
-    its arguments as plain data where they are, and its kind and description for the report."""
+def _builtin_base(cls):
+    return next(c.__name__ for c in cls.__mro__ if c.__module__ == "builtins")
+
+
+def _class_names(cls, namespace, skip_first=False):
+    """The program's top-level names bound to classes in `cls`'s MRO (by identity), nearest first;
+    builtin classes are left out (the judge has its own)."""
+    mro = cls.__mro__[1:] if skip_first else cls.__mro__
+    by_id = {id(v): n for n, v in namespace.items() if isinstance(v, type) and not n.startswith("_")}
+    return [by_id[id(c)] for c in mro if id(c) in by_id and c.__module__ != "builtins"]
+
+
+def _error(exc, namespace):
+    """An exception as the judge rebuilds it: the program's classes it is an instance of, the nearest
+    builtin class, its arguments as plain data where they are, and its kind and description."""
     kind = "runtime" if isinstance(exc, (SystemExit, KeyboardInterrupt)) else protocol.classify(exc)
-    error = {"type": type(exc).__name__, "kind": kind, "message": protocol.describe(exc),
-             "builtin_base": next(c.__name__ for c in type(exc).__mro__ if c.__module__ == "builtins"),
-             "program_class": type(exc).__module__ == "__solution__"}
+    error = {"kind": kind, "message": protocol.describe(exc), "builtin_base": _builtin_base(type(exc)),
+             "program_classes": _class_names(type(exc), namespace)}
     try:
         error["args"] = protocol.encode(list(exc.args))
     except Exception:  # noqa: BLE001 - the judge falls back to the text
@@ -51,18 +62,20 @@ def _load(code, namespace):
     try:
         exec(compiled, namespace)
     except BaseException as exc:  # noqa: BLE001 - everything the program raises is a failure
-        error = _error(exc)
+        error = _error(exc, namespace)
         return {"failed": {"kind": error["kind"], "message": f"{error['message']} (while running the solution)"}}
-    return {"ready": {name: _describe_name(value) for name, value in list(namespace.items())
+    return {"ready": {name: _describe_name(value, namespace) for name, value in list(namespace.items())
                       if isinstance(name, str) and not name.startswith("_")}}
 
 
-def _describe_name(value):
+def _describe_name(value, namespace):
     if type(value).__name__ == "module":
         return {"kind": "module", "module": getattr(value, "__name__", "")}
     if isinstance(value, type) and issubclass(value, BaseException):
-        base = next(c.__name__ for c in value.__mro__ if c.__module__ == "builtins")
-        return {"kind": "exception_class", "base": base}
+        if value.__module__ == "builtins":  # `MyError = ValueError`
+            return {"kind": "builtin_exception", "builtin": value.__name__}
+        return {"kind": "exception_class", "base": _builtin_base(value),
+                "parents": _class_names(value, namespace, skip_first=True)[:1]}
     if isinstance(value, type):
         return {"kind": "class"}
     if callable(value):
@@ -95,7 +108,7 @@ def _answer(namespace, request):
         args = protocol.decode(request["args"], resolve)
         kwargs = protocol.decode(request["kwargs"], resolve)
     except Exception as exc:  # noqa: BLE001 - a request the judge encoded is always decodable
-        return {"raised": _error(exc)}
+        return {"raised": _error(exc, namespace)}
     answer = {}
     try:
         result = namespace[request["call"]](*args, **kwargs)
@@ -104,7 +117,7 @@ def _answer(namespace, request):
         except Exception:  # noqa: BLE001 - Untransferable, or too deep, or too large
             answer["opaque"] = _opaque(result)
     except BaseException as exc:  # noqa: BLE001 - the judge raises it again on its side
-        answer["raised"] = _error(exc)
+        answer["raised"] = _error(exc, namespace)
     changed = [isinstance(a, _MUTABLE) for a in args]
     if any(changed) or any(isinstance(v, _MUTABLE) for v in kwargs.values()):
         try:
@@ -134,7 +147,7 @@ def main():
         try:
             protocol.send(answers, answer)
         except Exception:  # noqa: BLE001 - over the size limit: say so instead
-            protocol.send(answers, {"opaque": {"type": "oversized value", "custom_eq": True, "custom_bool": True}})
+            protocol.send(answers, {"oversized": True})
 
 
 if __name__ == "__main__":

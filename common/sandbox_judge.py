@@ -12,6 +12,7 @@ before it reaches a report. Tests are trusted code (they come with the dataset).
 
 import builtins
 import ctypes
+import dis
 import os
 import resource
 import shutil
@@ -77,7 +78,7 @@ class Session:
     """One program in its sandboxed process, and the calls the tests make into it."""
 
     def __init__(self, command, timeout_s, workdir):
-        self.deadline_s = time.monotonic() + timeout_s
+        self.command, self.deadline_s = command, time.monotonic() + timeout_s
         self.fatal = None
         self.names = {}  # program name -> its stand-in in the tests' namespace
         self.exception_classes = {}
@@ -129,6 +130,8 @@ class Session:
             raise self._raised(answer["raised"])
         if "value" in answer:
             return value
+        if answer.get("oversized") is True:
+            raise self.end("unsupported", f"{name}() answered with more than the sandbox's message limit")
         if isinstance(answer.get("opaque"), dict):
             return Opaque(self, f"the value {name}() returned", answer["opaque"])
         raise self.end("runtime", "the program broke the answer channel: an answer of no known kind")
@@ -153,19 +156,17 @@ class Session:
                 original.update(new)
 
     def _raised(self, raised):
-        """The program's exception as the tests can catch it: the stand-in of the program's own exception
-        class, else the builtin class of that name, else the nearest builtin class it derives from (a
-        `statistics.StatisticsError` is a ValueError), else RuntimeError. StopIteration is raised as
-        RuntimeError (as PEP 479 does in generators), SystemExit and the like end the tests."""
+        """The program's exception as the tests can catch it: the stand-in of the nearest class of the program
+        it is an instance of, else the nearest builtin class (a `statistics.StatisticsError` is a ValueError),
+        else RuntimeError. StopIteration is raised as RuntimeError (as PEP 479 does in generators); SystemExit,
+        KeyboardInterrupt and their subclasses end the tests."""
         raised = raised if isinstance(raised, dict) else {}
-        name = str(raised.get("type"))
-        cls = ((self.exception_classes.get(name) if raised.get("program_class") is True else None)
-               or _builtin_exception(name) or _builtin_exception(str(raised.get("builtin_base"))))
-        if cls is None:
-            if any(_is_exit(n) for n in (name, str(raised.get("builtin_base")))):
-                return self.end("runtime", f"{_text(raised.get('message'))} during the tests")
-            cls = RuntimeError
-        message = _text(raised.get("message"))
+        message, builtin_base = _text(raised.get("message")), str(raised.get("builtin_base"))
+        if _is_exit(builtin_base):
+            return self.end("runtime", f"{message} during the tests")
+        names = raised.get("program_classes") if isinstance(raised.get("program_classes"), list) else []
+        cls = next((self.exception_classes[n] for n in names if isinstance(n, str) and n in self.exception_classes),
+                   None) or _builtin_exception(builtin_base) or RuntimeError
         try:
             exc = cls(*protocol.decode(raised.get("args")))
         except Exception:  # noqa: BLE001 - arguments this class does not take, or malformed ones
@@ -182,6 +183,8 @@ class Session:
             returncode = self.process.wait(timeout=_EXIT_WAIT_S)
         except subprocess.TimeoutExpired:
             return self.end("killed", "the program closed its answer channel")
+        if returncode > 128 and os.path.basename(self.command[0]) == "bwrap":
+            returncode = 128 - returncode  # bwrap reports its child's signal n as status 128 + n
         if returncode < 0:
             sig = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
             return self.end("timeout" if sig == "SIGXCPU" else "killed", f"killed by {sig} before the tests finished")
@@ -284,11 +287,25 @@ def _die_with_judge():
 
 
 def _names_used(code):
-    names = set(code.co_names)
+    """The global names the tests read (not attribute names: `.copy()` does not use the module `copy`)."""
+    names = {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_NAME", "LOAD_GLOBAL")}
     for const in code.co_consts:
-        if hasattr(const, "co_names"):
+        if hasattr(const, "co_code"):
             names |= _names_used(const)
     return names
+
+
+def _exception_stand_in(session, name, names):
+    """A class in the tests' namespace for the program's exception class `name`: derived from the stand-in of
+    its nearest program parent, else from its nearest builtin class (Exception for StopIteration and exits)."""
+    if name not in session.exception_classes:
+        entry = names[name]
+        parents = [p for p in entry.get("parents") or [] if isinstance(p, str) and p != name
+                   and isinstance(names.get(p), dict) and names[p].get("kind") == "exception_class"]
+        base = (_exception_stand_in(session, parents[0], names) if parents
+                else _builtin_exception(str(entry.get("base"))) or Exception)
+        session.exception_classes[name] = type(name, (base,), {})
+    return session.exception_classes[name]
 
 
 def _tests_namespace(session, names, used_by_tests):
@@ -311,8 +328,12 @@ def _tests_namespace(session, names, used_by_tests):
         elif kind == "class":
             namespace[name] = RemoteClass(session, name)
         elif kind == "exception_class":
-            base = _builtin_exception(str(entry.get("base"))) or Exception
-            namespace[name] = session.exception_classes[name] = type(name, (base,), {})
+            try:
+                namespace[name] = _exception_stand_in(session, name, names)
+            except RecursionError:
+                raise session.end("runtime", "the program's exception classes form a cycle") from None
+        elif kind == "builtin_exception" and _builtin_exception(str(entry.get("builtin"))):
+            namespace[name] = _builtin_exception(str(entry.get("builtin")))
         elif is_module:
             namespace[name] = __import__(name)
         elif kind == "value":
@@ -379,23 +400,38 @@ def main():
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)  # a test that prints must not write into the report channel
-    ctypes.CDLL(None).prctl(4, 0)  # PR_SET_DUMPABLE 0: without CAP_SYS_PTRACE no one opens /proc/<judge>/fd
+    libc = ctypes.CDLL(None)
+    libc.prctl(4, 0)  # PR_SET_DUMPABLE 0: without CAP_SYS_PTRACE no one opens /proc/<judge>/fd
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the judge dies with the pipeline
     resource.setrlimit(resource.RLIMIT_AS, (_MEMORY_LIMIT_BYTES, _MEMORY_LIMIT_BYTES))
     command = protocol.receive(jobs)["command"]
     while (job := protocol.receive(jobs)) is not None:
-        worker = os.fork()  # each job in a fresh copy: no state, and no harm done, carries to the next
-        if worker == 0:
-            status = 1
-            try:
-                report = judge(command, job)
-                protocol.send(reports, {"id": job["id"], "error_type": report["error_type"],
-                                        "message": _text(report["message"])})
-                status = 0
-            finally:
-                os._exit(status)
-        if os.waitpid(worker, 0)[1] != 0:
-            protocol.send(reports, {"id": job["id"], "error_type": "killed",
-                                    "message": "the judge's worker for this program died"})
+        protocol.send(reports, {"id": job["id"], **_in_fresh_copy(command, job)})
+
+
+def _in_fresh_copy(command, job):
+    """Judge one job in a forked copy of this process, so no state (and no harm done) carries to the next.
+    The copy hands its report back through a pipe: exactly one report per job, even if it dies."""
+    read_end, write_end = os.pipe()
+    worker = os.fork()
+    if worker == 0:
+        os.close(read_end)
+        try:
+            report = judge(command, job)
+            protocol.send(write_end, {"error_type": report["error_type"], "message": _text(report["message"])})
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        os.waitpid(worker, 0)
+        report = protocol.receive(read_end)
+    except (protocol.ProtocolError, OSError):
+        report = None
+    finally:
+        os.close(read_end)
+    if not isinstance(report, dict):
+        return {"error_type": "killed", "message": "the judge's worker for this program died"}
+    return report
 
 
 if __name__ == "__main__":

@@ -368,3 +368,40 @@ def test_exceptions_and_changed_arguments_reach_the_tests_as_python_gives_them(c
 ])
 def test_tuples_with_more_than_fields_are_unsupported_not_failed(code: str):
     assert evaluate_code(code, "assert make().norm() == 5.0\n").error_type == "unsupported"
+
+
+@pytest.mark.parametrize("code, tests", [
+    ("class AppError(Exception):\n    pass\nclass NotFound(AppError):\n    pass\ndef get(d, k):\n    if k not in d:\n"
+     "        raise NotFound(k)\n    return d[k]\n", "try:\n    get({}, 'x')\nexcept AppError as e:\n    assert e.args == ('x',)\n"
+     "else:\n    assert False\n"),
+    ("MyErr = ValueError\ndef parse(s):\n    return int(s)\n", "try:\n    parse('x')\nexcept MyErr:\n    pass\nelse:\n    assert False\n"),
+    ("from statistics import StatisticsError\nimport statistics\ndef centre(xs):\n    return statistics.mean(xs)\n",
+     "try:\n    centre([])\nexcept StatisticsError:\n    pass\nelse:\n    assert False\n"),
+    ("from copy import copy\ndef dup(xs):\n    return copy(xs)\n", "a = [1]\nassert dup(a.copy()) == [1]\n"),
+])
+def test_program_exception_classes_and_names_behave_as_in_python(code: str, tests: str):
+    result = evaluate_code(code, tests)
+    assert result.passed, result
+
+
+@pytest.mark.parametrize("code, tests", [
+    ("class E(ValueError):\n    pass\ndef f(x):\n    class E(KeyError):\n        pass\n    raise E(x)\n",
+     "try:\n    f(1)\nexcept ValueError:\n    pass\n"),
+    ("def f(d, k):\n    class KeyError(Exception):\n        pass\n    raise KeyError(k)\n",
+     "try:\n    f({}, 1)\nexcept LookupError:\n    pass\n"),
+    ("class Quit(SystemExit):\n    pass\ndef f(x):\n    raise Quit(1)\n",
+     "try:\n    f(1)\nexcept Exception:\n    pass\nelse:\n    assert False\n"),
+])
+def test_a_class_named_like_another_is_not_mistaken_for_it(code: str, tests: str):
+    result = evaluate_code(code, tests, timeout=3.0)
+    assert not result.passed, result
+
+
+def test_a_program_that_kills_itself_is_reported_killed_by_its_signal():
+    result = evaluate_code("import os, signal\ndef add(a, b):\n    os.kill(os.getpid(), signal.SIGKILL)\n", ADD_TESTS)
+    assert result.error_type == "killed" and "SIGKILL" in result.error_message, result
+
+
+def test_an_answer_over_the_message_limit_is_unsupported():
+    tests = "big = 'x' * (9 << 20)\nassert echo(big) == big * 2\n"
+    assert evaluate_code("def echo(s):\n    return s * 2\n", tests, timeout=10.0).error_type == "unsupported"
