@@ -94,10 +94,9 @@ class Session:
         return self.fatal
 
     def exchange(self, message):
-        """Send a message (None: only read) and return the program's answer; Fatal when it has none."""
+        """Send a message and return the program's answer; Fatal when it has none."""
         try:
-            if message is not None:
-                protocol.send(self.requests, message)
+            protocol.send(self.requests, message)
             answer = protocol.receive(self.answers, self.deadline_s, time.monotonic)
         except TimeoutError:
             raise self.end("timeout", _TIMEOUT_MESSAGE) from None
