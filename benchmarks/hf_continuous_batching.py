@@ -23,7 +23,7 @@ from common.datasets import load_problems
 from common.directions import random_directions
 from common.generation import generate_batch
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
-from common.steering import Steering, steering_applied
+from common.interventions import ResidualAddition, residual_added
 from common_simplified.model_loader import load_model_and_tokenizer
 
 
@@ -40,11 +40,11 @@ def main() -> None:
     model, tokenizer = load_model_and_tokenizer(args.model, "cpu" if not torch.cuda.is_available() else "auto")
     builder = PromptBuilder(resolve_prompt_style("auto", tokenizer), tokenizer)
     prompts = [builder.build(p.to_row()) for p in load_problems("synthetic").problems[:args.prompts]]
-    steering = Steering(random_directions(args.layer, model.config.hidden_size, 1, seed=0)[0], args.alpha)
+    steering = ResidualAddition(random_directions(args.layer, model.config.hidden_size, 1, seed=0)[0], args.alpha)
 
     started = time.perf_counter()
     ours = generate_batch(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
-                          add_special_tokens=builder.adds_special_tokens, steering=steering,
+                          add_special_tokens=builder.adds_special_tokens, intervention=steering,
                           batch_size=args.batch_size)
     ours_s = time.perf_counter() - started
 
@@ -52,7 +52,7 @@ def main() -> None:
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=False, eos_token_id=tokenizer.eos_token_id,
                               pad_token_id=tokenizer.pad_token_id)
     started = time.perf_counter()
-    with steering_applied(model, steering):  # every position of the packed batch, as ours steers every token
+    with residual_added(model, steering):  # every position of the packed batch, as ours steers every token
         theirs = model.generate_batch(inputs=inputs, generation_config=config, warmup=False)
     theirs_s = time.perf_counter() - started
     their_tokens = [list(out.generated_tokens) for out in sorted(theirs.values(), key=lambda o: int(o.request_id[4:]))]

@@ -23,7 +23,7 @@ from common.datasets import load_problems
 from common.directions import random_directions
 from common.generation import EngineSettings, GenerationRequest, generate
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
-from common.steering import Steering
+from common.interventions import ResidualAddition
 from common_simplified.model_loader import load_model_and_tokenizer
 
 
@@ -31,7 +31,7 @@ def _generate(model, tokenizer, builder, problems, batch_size: int, max_new_toke
               repeats: int) -> tuple[list, float]:
     """The outputs, and the best wall time of `repeats` identical runs (greedy: the outputs repeat too)."""
     requests = [GenerationRequest(builder.build(p), stopper=builder.stopper(p), code_opened=builder.code_opened,
-                                  steering=steering, key=i) for i, p in enumerate(problems)]
+                                  intervention=steering, key=i) for i, p in enumerate(problems)]
     settings = EngineSettings(max_new_tokens, batch_size, (), builder.adds_special_tokens, Config().degeneration_limits)
     best_s = float("inf")
     for _ in range(repeats):
@@ -56,13 +56,13 @@ def main() -> None:
     builder = PromptBuilder(resolve_prompt_style("auto", tokenizer), tokenizer)
     problems = [p.to_row() for p in load_problems("synthetic").problems[:args.prompts]]
     direction = random_directions(args.layer, model.config.hidden_size, 1, seed=0)[0]
-    steering = Steering(direction, args.alpha)
+    steering = ResidualAddition(direction, args.alpha)
 
     _generate(model, tokenizer, builder, problems[:1], 1, 16, steering, 1)  # warm-up: first-call costs not timed
     runs = {name: _generate(model, tokenizer, builder, problems, batch_size, args.max_new_tokens, hook, args.repeats)
             for name, batch_size, hook in (("one_at_a_time", 1, steering), ("batched", args.batch_size, steering),
                                            ("no_hook", args.batch_size, None),
-                                           ("hook_alpha_0", args.batch_size, Steering(direction, 0.0)))}
+                                           ("hook_alpha_0", args.batch_size, ResidualAddition(direction, 0.0)))}
     (one_by_one, _), (batched, _), (no_hook, _), (zero_hook, _) = runs.values()
 
     tokens = {name: sum(o.n_new_tokens for o in outputs) for name, (outputs, _) in runs.items()}

@@ -14,9 +14,10 @@ generator seeded by its own request, so its tokens do not depend on its batch-ma
 tested on CPU in float32; on a GPU, kernels picked by batch shape may change the last bits, and with
 them an occasional token).
 
-Hook site: "layer L" always means the output of decoder layer L (common/hooks.py). A request's
-`Steering` adds its vector there: in its own prefill through `steering_applied`, in decode steps
-through `RowSteering`, which gives each row of the batch its own vector.
+A request may carry an intervention (common/interventions/): the engine knows only its protocol. It
+is applied to the request's own prefill, takes its step after the prefill (which may edit the row's keys
+and values and gives the intervention that follows the row), and in decode steps each kind's applier
+gives every row its own intervention as rows leave and join.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from common.hooks import cache_keyword, decoder_layers
 from common.kv_slots import SlotCache
 from common.prefill import Prefill, Prefiller, PrefillStats
 from common.prompt_utils import Stopper
-from common.steering import RowSteering, Steering
+from common.interventions import DecodeAppliers, Intervention
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class GenerationRequest:
     seed: int = 0  # a sampled request draws from its own generator, seeded with this
     stopper: Stopper | None = None  # text -> where to cut once the answer is complete, else None
     code_opened: CodeOpened | None = None  # text -> has the code started? None: from the first token
-    steering: Steering | None = None
+    intervention: Intervention | None = None
     key: Any = None  # the caller's own tag (a result carries its request)
 
 
@@ -99,11 +100,12 @@ def generate(model, tokenizer, requests: Iterable[GenerationRequest], settings: 
 def generate_batch(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
                    seed: int = 0, stoppers: Sequence[Stopper | None] | None = None,
                    capture_layers: Sequence[int] = (), add_special_tokens: bool = True,
-                   steering: Steering | None = None, batch_size: int | None = None) -> list[GenerationResult]:
+                   intervention: Intervention | None = None, batch_size: int | None = None
+                   ) -> list[GenerationResult]:
     """The results for `prompts`, in their order; greedy when temperature is 0, else row i samples with seed
-    `seed + i`. With `steering`, every row is steered (padding never is)."""
+    `seed + i`. With `intervention`, every row carries it."""
     stoppers = list(stoppers) if stoppers else [None] * len(prompts)
-    requests = [GenerationRequest(prompt, temperature, seed + i, stoppers[i], steering=steering, key=i)
+    requests = [GenerationRequest(prompt, temperature, seed + i, stoppers[i], intervention=intervention, key=i)
                 for i, prompt in enumerate(prompts)]
     settings = EngineSettings(max_new_tokens, batch_size or max(1, len(prompts)), tuple(capture_layers),
                               add_special_tokens)
@@ -117,6 +119,7 @@ class _Row:
     generator: torch.Generator | None
     activations: dict[int, torch.Tensor]
     time_s: float
+    intervention: Intervention | None = None  # the request's, after its step past the prefill
     tokens: list[int] = field(default_factory=list)
 
 
@@ -134,27 +137,27 @@ class _Engine:
     def run(self, requests: Iterator[GenerationRequest]) -> Iterator[GenerationResult]:
         cache = SlotCache(self.n_layers, self.settings.batch_size, self.settings.max_new_tokens)
         rows: list[_Row] = []
-        with RowSteering(self.model) as row_steering:
+        with DecodeAppliers(self.model) as appliers:
             changed = False
             while True:
                 while len(rows) < self.settings.batch_size:
                     request = next(requests, None)
                     if request is None:
                         break
-                    row, prefill = self._start(request)
+                    row, prefill, keys_values = self._start(request)
                     reason = self._append(row, self._pick(prefill.last_logits[None], [row])[0])
                     if reason:
                         yield self._result(row, reason)
                         continue
-                    cache.add_row(prefill.keys_values)
+                    cache.add_row(keys_values)
                     rows.append(row)
                     changed = True
                 if not rows:
                     return
                 started = time.perf_counter()
                 if changed:
-                    row_steering.update([row.request.steering for row in rows])
-                finished = self._decode_step(cache, rows, row_steering)
+                    appliers.update([row.intervention for row in rows])
+                finished = self._decode_step(cache, rows, appliers)
                 step_s = time.perf_counter() - started
                 self.stats.decode_steps += 1
                 self.stats.decoded_rows += len(rows)
@@ -170,17 +173,17 @@ class _Engine:
                     yield self._result(row, reason)
                 changed = bool(finished)
 
-    def _decode_step(self, cache: SlotCache, rows: list[_Row], row_steering: RowSteering) -> list[tuple[int, str]]:
+    def _decode_step(self, cache: SlotCache, rows: list[_Row], appliers: DecodeAppliers) -> list[tuple[int, str]]:
         """One token for every row; returns (slot, stop reason) of the rows that finished."""
         cache.make_room(1)
         inputs = torch.tensor([[row.tokens[-1]] for row in rows], device=self.device)
-        row_steering.active = True
+        appliers.set_active(True)
         try:
             output = self.model(input_ids=inputs, attention_mask=cache.attention_mask().to(self.device),
                                 position_ids=cache.positions().to(self.device), use_cache=True, logits_to_keep=1,
                                 **{self.cache_keyword: cache})
         finally:
-            row_steering.active = False
+            appliers.set_active(False)
         cache.advance(1)
         picked = self._pick(output.logits[:, -1, :], rows)
         finished = []
@@ -190,15 +193,19 @@ class _Engine:
                 finished.append((slot, reason))
         return finished
 
-    def _start(self, request: GenerationRequest) -> tuple[_Row, Prefill]:
-        prefill = self.prefiller.get(request.prompt, request.steering)
+    def _start(self, request: GenerationRequest
+               ) -> tuple[_Row, Prefill, list[tuple[torch.Tensor, torch.Tensor]]]:
+        prefill = self.prefiller.get(request.prompt, request.intervention)
+        intervention, keys_values = None, prefill.keys_values
+        if request.intervention is not None:
+            intervention, keys_values = request.intervention.after_prefill(prefill)
         generator = None
         if request.temperature > 0:
             generator = torch.Generator(self.device).manual_seed(request.seed)
         guard = DegenerationGuard(self.settings.limits, request.code_opened, self.settings.max_new_tokens)
-        row = _Row(request, guard, generator, prefill.activations, prefill.time_s)
+        row = _Row(request, guard, generator, prefill.activations, prefill.time_s, intervention)
         prefill.time_s = 0.0  # a reused prefill costs the next row nothing
-        return row, prefill
+        return row, prefill, keys_values
 
     def _pick(self, logits: torch.Tensor, rows: Sequence[_Row]) -> list[int]:
         """Greedy rows take the argmax; a sampled row draws from softmax(logits / T) with its own generator."""

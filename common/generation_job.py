@@ -38,7 +38,7 @@ from common.positions import LAST_PROMPT, activation_path
 from common.program_pass import ProgramText, record_programs
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
 from common.sandbox import ExecutionResult, Program, SandboxPool
-from common.steering import Steering
+from common.interventions import Intervention
 from common.utils import atomic_path, phase_dir
 from common_simplified.model_loader import load_model_and_tokenizer
 
@@ -50,26 +50,26 @@ class WorkItem:
     problem: dict[str, Any]
     sample_idx: int
     temperature: float  # 0.0 = greedy
-    steering: Steering | None = None
+    intervention: Intervention | None = None
 
     @property
     def condition(self) -> str:
-        """'' when unsteered; else the steering's label."""
-        return self.steering.label if self.steering else ""
+        """'' without an intervention; else its label."""
+        return self.intervention.label if self.intervention else ""
 
     @property
     def key(self) -> str:
         task = f"{self.problem['task_id']}#{self.sample_idx}"
-        return f"{self.condition}|{task}" if self.steering else task
+        return f"{self.condition}|{task}" if self.intervention else task
 
     @property
     def order(self) -> tuple[str, int, int]:
-        """Output order: steering condition, task in split order, sample."""
+        """Output order: intervention, task in split order, sample."""
         return self.condition, self.problem["_order"], self.sample_idx
 
     @property
     def generation_order(self) -> tuple[int, int, str]:
-        """Task first, so the samples and steerings of one prompt arrive together and share its prefill."""
+        """Task first, so the samples and interventions of one prompt arrive together and share its prefill."""
         return self.problem["_order"], self.sample_idx, self.condition
 
 
@@ -124,7 +124,7 @@ def make_temperature_items(problems: Sequence[dict[str, Any]], temperatures: Seq
 def request_for(item: WorkItem, builder: PromptBuilder, seed: int) -> GenerationRequest:
     """The engine request of a work item; a sampled item's generator is seeded from its own key."""
     return GenerationRequest(builder.build(item.problem), item.temperature, zlib.crc32(f"{seed}:{item.key}".encode()),
-                             builder.stopper(item.problem), builder.code_opened, item.steering, key=item)
+                             builder.stopper(item.problem), builder.code_opened, item.intervention, key=item)
 
 
 def drop_long_prompts(items: list[WorkItem], builder: PromptBuilder, tokenizer, max_prompt_tokens: int
@@ -243,13 +243,13 @@ def _record(output: GenerationResult, code: str, result: ExecutionResult) -> dic
         "generation_time": output.generation_time_s, "exec_time": result.duration_s,
         "cyclomatic_complexity": int(item.problem["cyclomatic_complexity"]),
         "difficulty": int(item.problem.get("difficulty", 0)), "family": str(item.problem.get("family", "")),
-        **({"steering": item.condition} if item.steering else {}),
+        **({"intervention": item.condition} if item.intervention else {}),
     }
 
 
 @dataclass
 class SplitGeneration:
-    rows: list[dict[str, Any]]  # by steering condition (unsteered first), then tasks in split order, samples together
+    rows: list[dict[str, Any]]  # by intervention (none first), then tasks in split order, samples together
     activations: dict[str, dict[int, torch.Tensor]]  # position -> layer -> [n_rows, d_model]; empty when not captured
     prompt_style: str
     too_long: list[str]  # task ids left out because their prompt is over max_prompt_tokens

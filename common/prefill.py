@@ -3,9 +3,9 @@
 A prefill is one prompt's forward pass, alone (batch of one): its keys and values per layer, the
 logits of its last token, and the activations to capture at that token. Two kinds of reuse:
 - the same prompt with the same steering (phase 3.5's thirteen samples of a task): the prefill itself;
-- the same prompt under a steering at layer L (phase 4.5's grid, phase 4.8's arms): decoder layers
-  0..L compute exactly what they compute unsteered, so their outputs, keys and values are replayed
-  from the unsteered prefill and only layers L+1.. run (a third of the work for a layer-20 direction
+- the same prompt under an intervention whose `first_layer` is L (phase 4.5's grid, phase 4.8's arms):
+  decoder layers 0..L compute exactly what they compute unsteered, so their outputs, keys and values are
+  replayed from the unsteered prefill and only layers L+1.. run (a third of the work for a layer-20 direction
   of a 30-layer model). The result is bit for bit that of a full steered pass: the same operations
   on the same inputs.
 """
@@ -22,7 +22,7 @@ import torch
 from transformers import DynamicCache
 
 from common.hooks import decoder_layers, layer_forward_hooks, layer_output
-from common.steering import Steering, steering_applied
+from common.interventions import Intervention
 
 CACHED_PROMPTS = 4  # requests arrive grouped by prompt, so a few suffice
 
@@ -61,26 +61,30 @@ def capture_last_prompt_token(model: torch.nn.Module, layers: Sequence[int]) -> 
 
 
 class _Replay(torch.nn.Module):
-    """Stands in for decoder layer `index` during a partial prefill: writes that layer's recorded keys and
-    values into the cache and returns its recorded output, computing nothing."""
+    """Stands in for decoder layer `index`: writes that layer's recorded keys and values into the cache (when
+    there is one) and returns its recorded output, computing nothing."""
 
-    def __init__(self, index: int, output: Any, keys: torch.Tensor, values: torch.Tensor):
+    def __init__(self, index: int, output: Any, keys: torch.Tensor | None, values: torch.Tensor | None):
         super().__init__()
         self.index, self.output, self.keys, self.values = index, output, keys, values
 
     def forward(self, *args, cache=None, past_key_values=None, **kwargs):
-        (cache if cache is not None else past_key_values).update(self.keys, self.values, self.index)
+        if self.keys is not None:
+            (cache if cache is not None else past_key_values).update(self.keys, self.values, self.index)
         return self.output
 
 
 @contextlib.contextmanager
-def _replaying(model: torch.nn.Module, base: Prefill, up_to: int) -> Iterator[None]:
-    """Decoder layers 0..up_to replaced by replays of `base` inside the block; the real ones come back after."""
+def replaying(model: torch.nn.Module, layer_outputs: Sequence[Any], up_to: int,
+              keys_values: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Iterator[None]:
+    """Decoder layers 0..up_to replaced by replays of their recorded outputs (and keys and values, for a pass
+    that fills a cache) inside the block; the real ones come back after. Hooks registered inside the block
+    land on the replays."""
     layers = decoder_layers(model)
     originals = [layers[i] for i in range(up_to + 1)]
     try:
         for i in range(up_to + 1):
-            layers[i] = _Replay(i, base.layer_outputs[i], *base.keys_values[i])
+            layers[i] = _Replay(i, layer_outputs[i], *(keys_values[i] if keys_values else (None, None)))
         yield
     finally:
         for i, original in enumerate(originals):
@@ -103,17 +107,17 @@ class Prefiller:
         self.reserve_tokens = reserve_tokens
         self._cached: OrderedDict[tuple[str, str], Prefill] = OrderedDict()
 
-    def get(self, prompt: str, steering: Steering | None) -> Prefill:
-        key = (prompt, steering.label if steering else "")
+    def get(self, prompt: str, intervention: Intervention | None) -> Prefill:
+        key = (prompt, intervention.label if intervention else "")
         if key in self._cached:
             self._cached.move_to_end(key)
             self.stats.reused_prefills += 1
             return self._cached[key]
         ids = self._tokens(prompt)
-        if steering is None:
-            prefill = self._run(ids, None, None)
+        if intervention is None or intervention.first_layer is None:
+            prefill = self._run(ids, intervention, None)
         else:
-            prefill = self._run(ids, steering, self.get(prompt, None))
+            prefill = self._run(ids, intervention, self.get(prompt, None))
         self._cached[key] = prefill
         if len(self._cached) > CACHED_PROMPTS:
             self._cached.popitem(last=False)
@@ -126,17 +130,18 @@ class Prefiller:
                              f"model's sliding attention window ({self.window_limit})")
         return ids.to(self.device)
 
-    def _run(self, ids: torch.Tensor, steering: Steering | None, base: Prefill | None) -> Prefill:
-        """A full unsteered pass that records every layer's output, or a steered pass over the layers above the
-        steering, replaying `base` below it."""
+    def _run(self, ids: torch.Tensor, intervention: Intervention | None, base: Prefill | None) -> Prefill:
+        """A full unsteered pass that records every layer's output, or a pass under an intervention: over the
+        layers from its first one up, replaying `base` below it, when it has a first layer."""
         started = time.perf_counter()
         kv = DynamicCache(config=self.model.config)
         outputs: dict[int, Any] = {}
         n_layers = len(decoder_layers(self.model))
-        replay = _replaying(self.model, base, steering.direction.layer) if base else contextlib.nullcontext()
+        replay = (replaying(self.model, base.layer_outputs, intervention.first_layer, base.keys_values) if base
+                  else contextlib.nullcontext())
         with replay, contextlib.ExitStack() as stack:
-            if steering is not None:  # registered after the swap: on the replay of its layer when there is one
-                stack.enter_context(steering_applied(self.model, steering))
+            if intervention is not None:  # applied after the swap: on the replay of its layer when there is one
+                stack.enter_context(intervention.prefill_applied(self.model))
             else:
                 stack.enter_context(layer_forward_hooks(self.model, {i: _recorder(outputs, i) for i in range(n_layers)}))
             captured = stack.enter_context(capture_last_prompt_token(self.model, self.capture_layers))
@@ -150,4 +155,4 @@ class Prefiller:
             self.stats.partial_prefills += 1
         return Prefill([(layer.keys, layer.values) for layer in kv.layers], logits[0, -1].float(),
                        {layer: captured[layer][0].clone() for layer in self.capture_layers}, elapsed_s,
-                       [outputs[i] for i in range(n_layers)] if steering is None else None)
+                       [outputs[i] for i in range(n_layers)] if intervention is None else None)

@@ -1,6 +1,6 @@
 """Steered generations compared task by task with an unsteered greedy baseline (phases 4.5 and 4.8).
 
-An `Arm` is one steering (direction, alpha, positions) applied to a set of tasks. Every arm of a
+An `Arm` is one intervention (common/interventions/) applied to a set of tasks. Every arm of a
 phase goes through the shared generation job in one checkpointed run, and each steered program is
 set beside the baseline program of the same task: did the outcome flip, which way, how far did
 the code move. The baseline is the greedy generation of phase 3.5/3.6; batched greedy generation
@@ -24,7 +24,7 @@ from common.errors import PipelineError
 from common.generation_job import WorkItem, generate_split
 from common.phases import PhaseSpec
 from common.statistics import rate
-from common.steering import Steering
+from common.interventions import Intervention
 from common.utils import atomic_path, atomic_write_text
 
 FENCE = "````"  # four backticks: prompts and model output hold ``` fences of their own
@@ -34,7 +34,7 @@ BASELINE_COLUMNS = ["task_id", "prompt", "generated_code", "test_passed", "error
 @dataclass(frozen=True)
 class Arm:
     name: str  # what the arm tests, e.g. "correct@30" or "control/random_0"
-    steering: Steering
+    intervention: Intervention
     task_ids: tuple[Any, ...]
 
 
@@ -44,9 +44,9 @@ def run_arms(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, str]],
     """One row per (arm, task): baseline and steered outcome side by side, and the generation report (stop
     reasons, tokens, speed). None while a --start/--end slice leaves work.
 
-    Arms that share a steering share its generations: each (steering, task) is generated once. The
-    generations stay in the phase's checkpoint, keyed by steering label (direction, digest of its vector,
-    alpha, positions) and task. The checkpoint depends on what the generations depend on (generation
+    Arms that share an intervention share its generations: each (intervention, task) is generated once. The
+    generations stay in the phase's checkpoint, keyed by the intervention's label (for a residual addition:
+    direction, digest of its vector, alpha, positions) and task. The checkpoint depends on what the generations depend on (generation
     config, baseline rows, problems), not on upstream manifests: rerunning an upstream phase in a way
     that leaves those alone (phase 3.5 with other temperatures, phase 4.5 with another choice) reuses
     every generation still planned, and a changed choice reruns in seconds."""
@@ -58,7 +58,7 @@ def run_arms(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, str]],
         unique = {}
         for arm in arms:
             for task_id in arm.task_ids:
-                item = WorkItem(by_id[task_id], 0, 0.0, arm.steering)
+                item = WorkItem(by_id[task_id], 0, 0.0, arm.intervention)
                 unique.setdefault(item.key, item)
         return list(unique.values())
 
@@ -66,21 +66,19 @@ def run_arms(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, str]],
                                checkpoint_inputs=checkpoint_inputs)
     if generated is None:
         return None
-    by_key = {(row["steering"], row["task_id"]): row for row in generated.rows}
+    by_key = {(row["intervention"], row["task_id"]): row for row in generated.rows}
     entry_points = dict(zip(problems["task_id"], problems["entry_point"]))
     base = baseline.set_index("task_id")
     rows = []
     for arm, task_id in ((arm, task_id) for arm in arms for task_id in arm.task_ids):
-        steered = by_key.get((arm.steering.label, task_id))
+        steered = by_key.get((arm.intervention.label, task_id))
         if steered is None:  # left out: prompt over max_prompt_tokens (reported by the generation job)
             continue
         before = base.loc[task_id]
         if steered["prompt"] != before["prompt"]:
             raise PipelineError(f"task {steered['task_id']}: the prompt differs from the baseline's (prompt_style or "
                                 "prompt template changed since the baseline phase ran): rerun it first")
-        rows.append({"arm": arm.name, "direction": arm.steering.direction.name, "source": arm.steering.direction.source,
-                     "layer": arm.steering.direction.layer, "alpha": arm.steering.alpha,
-                     "positions": arm.steering.positions, "task_id": steered["task_id"],
+        rows.append({"arm": arm.name, **arm.intervention.columns(), "task_id": steered["task_id"],
                      "cyclomatic_complexity": int(before["cyclomatic_complexity"]),
                      "baseline_passed": bool(before["test_passed"]), "steered_passed": bool(steered["test_passed"]),
                      "flipped": bool(before["test_passed"]) != bool(steered["test_passed"]),

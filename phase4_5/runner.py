@@ -25,7 +25,7 @@ from common.logging import get_logger
 from common.phases import get_phase
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
 from common.steered_runs import BASELINE_COLUMNS, Arm, save_rows, arm_metrics, run_arms, write_examples
-from common.steering import Steering
+from common.interventions import ResidualAddition
 from common.utils import (discover_latest_phase_output, phase_dir, save_json, upstream_inputs,
     write_manifest)
 from common_simplified.model_loader import load_model_and_tokenizer
@@ -55,7 +55,7 @@ def run(config: Config) -> Path | None:
     norms = mean_residual_norms(model, tokenizer, steered_prompts, sorted({best[kind].layer for kind in selected}),
                                 builder.adds_special_tokens)
     grid = sorted(config.steering_coefficients)
-    arms = [Arm(f"{kind}@{c:g}", Steering(best[kind], _alpha(config, c, norms[best[kind].layer]),
+    arms = [Arm(f"{kind}@{c:g}", ResidualAddition(best[kind], _alpha(config, c, norms[best[kind].layer]),
                                             config.steering_positions), tuple(selected[kind]["task_id"]))
             for kind in selected for c in grid]
     steered = run_arms(config, spec, inputs, problems, baseline, arms, "phase 4.5 (coefficient grid)",

@@ -7,9 +7,11 @@ Experiments (on the validation split's greedy baseline):
 Against the baseline: exact McNemar on the paired outcomes. On the tasks of one experiment the
 discordant pairs can only go one way, so that p-value says only "outcomes changed"; for the correct
 direction the whole split (correction and preservation together) gives the two-sided test of
-"the pass rate moved". Against controls: `compare_with_controls` (common/statistics.py), on the
-same tasks, at the same layer and alpha; and `given_valid_code`, the same comparison among steered
-programs that still parse, because a push that breaks most code has few chances to fix any.
+"the pass rate moved". Against controls, on the same tasks, at the same layer and alpha: the
+inference is at the direction level (`common.direction_inference.versus_controls`: the target's
+rank among its controls and the prediction test), because directions differ more than tasks;
+`compare_with_controls` (Fisher on pooled rows, a task bootstrap with the controls fixed) and
+`given_valid_code` (the same among steered programs that still parse) are descriptive only.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import pandas as pd
 from scipy.stats import fisher_exact
 
+from common.direction_inference import versus_controls
 from common.statistics import compare_with_controls, mcnemar_exact, rate
 
 EXPERIMENTS = {"correct": ("correction", "preservation"), "incorrect": ("corruption",)}
@@ -78,8 +81,10 @@ def _method_effects(target: pd.DataFrame, kind: str, control_rows: pd.DataFrame,
         controls = control_rows.pivot(index="task_id", columns="arm", values="flipped")
         shared = controls.dropna().index.intersection(on_tasks["task_id"])
         flips = on_tasks.set_index("task_id").loc[shared, "flipped"].to_numpy(dtype=bool)
-        effects[experiment]["vs_controls"] = compare_with_controls(
-            flips, controls.loc[shared].to_numpy(dtype=bool).T, bootstrap_samples, seed)
+        control_flips = controls.loc[shared].to_numpy(dtype=bool).T
+        effects[experiment]["direction_level"] = versus_controls(flips, control_flips)
+        effects[experiment]["vs_controls"] = {**compare_with_controls(flips, control_flips, bootstrap_samples, seed),
+                                              "descriptive": "rows pooled over control directions; not a test"}
         effects[experiment]["given_valid_code"] = given_valid_code(
             on_tasks[on_tasks["task_id"].isin(shared)], control_rows[control_rows["task_id"].isin(shared)])
     effects["direction"] = str(target["direction"].iloc[0])

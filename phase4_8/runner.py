@@ -25,7 +25,7 @@ from common.errors import PipelineError
 from common.logging import get_logger
 from common.phases import get_phase
 from common.steered_runs import BASELINE_COLUMNS, Arm, save_rows, run_arms, write_examples
-from common.steering import Steering
+from common.interventions import ResidualAddition
 from common.utils import (discover_latest_phase_output, load_json, phase_dir, save_json,
     upstream_inputs, write_manifest)
 from phase4_8.analysis import EXPERIMENTS, METHODS, arm_name, control_arm_name, steering_effects
@@ -115,13 +115,10 @@ def _arms(config: Config, chosen: dict[str, Any], baseline: pd.DataFrame, latent
             warnings.append(f"no initially {'failing' if kind == 'correct' else 'passing'} validation tasks: "
                             f"the {kind} experiment has nothing to measure")
             continue
-        arms.append(Arm(arm_name("sae", kind), Steering(direction, alpha, positions), tasks))
+        arms.append(Arm(arm_name("sae", kind), ResidualAddition(direction, alpha, positions), tasks))
         if direction.layer in mean_difference:
-            md = mean_difference[direction.layer]
-            if kind == "incorrect":
-                md = SteeringDirection(f"{md.name}/negated", md.layer, -md.vector, md.source,
-                                       {**md.provenance, "negated": True})
-            arms.append(Arm(arm_name("mean_difference", kind), Steering(md, alpha, positions), tasks))
+            md = ResidualAddition(mean_difference[direction.layer], alpha, positions)
+            arms.append(Arm(arm_name("mean_difference", kind), md.negated() if kind == "incorrect" else md, tasks))
         else:
             warnings.append(f"phase 2.6 has no mean-difference direction at layer {direction.layer}")
         zero_discrimination = [d for d in latents if d.source == "zero_discrimination" and d.layer == direction.layer]
@@ -130,7 +127,7 @@ def _arms(config: Config, chosen: dict[str, Any], baseline: pd.DataFrame, latent
                             f"(wanted {config.zero_discrimination_controls})")
         controls = (random_directions(direction.layer, direction.vector.shape[0], config.random_controls, config.seed)
                     + zero_discrimination[:config.zero_discrimination_controls])
-        arms += [Arm(control_arm_name(kind, c.name), Steering(c, alpha, positions), control_tasks) for c in controls]
+        arms += [Arm(control_arm_name(kind, c.name), ResidualAddition(c, alpha, positions), control_tasks) for c in controls]
     return arms, warnings
 
 
@@ -163,14 +160,14 @@ def _headline(effects: dict[str, Any]) -> list[str]:
                         f"{100 * r['rate']:.1f}% [{100 * r['low']:.1f}-{100 * r['high']:.1f}%]")
                 if "mcnemar_p" in r:
                     line += f", McNemar p = {r['mcnemar_p']:.3g}"
-                versus = r.get("vs_controls")
-                if versus and versus["difference"] is not None:
+                versus, level = r.get("vs_controls"), r.get("direction_level")
+                if versus and level and level["rank_p"] is not None:
                     pooled = versus["pooled_control"]
                     line += (f"; controls {pooled['successes']}/{pooled['trials']} = {100 * pooled['rate']:.1f}%, "
-                             f"difference {100 * versus['difference']:+.1f} pts "
-                             f"[{100 * versus['difference_interval'][0]:+.1f}, "
-                             f"{100 * versus['difference_interval'][1]:+.1f}], Fisher p = {versus['fisher_p']:.3g}, "
-                             f"{versus['controls_at_or_above_target']} of {versus['n_controls']} controls at or above")
+                             f"difference {100 * level['difference']:+.1f} pts (one-sided 95% lower bound "
+                             f"{100 * level['difference_lower_bound']:+.1f}); direction level: "
+                             f"{level['controls_at_or_above_target']} of {level['n_controls']} controls at or above, "
+                             f"rank p = {level['rank_p']:.3g}, prediction p = {level['prediction_p']:.3g}")
                 line += f"; valid code {100 * r['steered_valid_code']['rate']:.0f}%"
                 if versus and control_valid:
                     line += f" (controls {100 * control_valid['rate']:.0f}%)"

@@ -11,7 +11,7 @@ from common.generation import EngineSettings, GenerationRequest, generate, gener
 from common.hooks import decoder_layers
 from common.kv_slots import SlotCache
 from common.prefill import Prefiller, PrefillStats, capture_last_prompt_token
-from common.steering import Steering, steering_applied
+from common.interventions import ResidualAddition, residual_added
 
 # Prompt lengths differ a lot, so rows join a running batch both shorter and longer than the window.
 PROMPTS = ["x", "def add(a, b):", "Write a function that reverses a list of numbers and returns it.", "y =",
@@ -66,10 +66,10 @@ def test_rows_with_different_steerings_share_a_batch_and_each_gets_its_own(tiny_
     model, tokenizer = tiny_model
     d_model = model.config.hidden_size
     vectors = torch.randn(2, d_model, generator=torch.Generator().manual_seed(5))
-    at_1 = Steering(SteeringDirection("test/a", 1, vectors[0], "random"), 40.0, "all")
-    at_2 = Steering(SteeringDirection("test/b", 2, vectors[1], "random"), 40.0, "last_prompt")
+    at_1 = ResidualAddition(SteeringDirection("test/a", 1, vectors[0], "random"), 40.0, "all")
+    at_2 = ResidualAddition(SteeringDirection("test/b", 2, vectors[1], "random"), 40.0, "last_prompt")
     steerings = [None, at_1, at_2, at_1, None, at_2, at_1]
-    requests = [GenerationRequest(prompt, steering=s, key=i) for i, (prompt, s) in enumerate(zip(PROMPTS, steerings))]
+    requests = [GenerationRequest(prompt, intervention=s, key=i) for i, (prompt, s) in enumerate(zip(PROMPTS, steerings))]
     together = _run(model, tokenizer, requests, batch_size=3)
     plain = _run(model, tokenizer, [GenerationRequest(p, key=i) for i, p in enumerate(PROMPTS)], batch_size=3)
     for request in requests:
@@ -78,13 +78,13 @@ def test_rows_with_different_steerings_share_a_batch_and_each_gets_its_own(tiny_
     assert all(together[i].text == plain[i].text for i, s in enumerate(steerings) if s is None)
 
 
-def _steered_greedy_without_cache(model, tokenizer, prompt: str, steering: Steering, max_new_tokens: int) -> str:
+def _steered_greedy_without_cache(model, tokenizer, prompt: str, steering: ResidualAddition, max_new_tokens: int) -> str:
     """The reference the engine must match: every step one full pass over prompt + tokens so far, steered
     as a whole sequence (prompt positions by the policy, generated positions when it is `all`); no cache."""
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     prompt_mask = torch.ones_like(ids)
     new_tokens: list[int] = []
-    with torch.no_grad(), steering_applied(model, steering, prompt_mask):
+    with torch.no_grad(), residual_added(model, steering, prompt_mask):
         for _ in range(max_new_tokens):
             logits = model(input_ids=torch.cat([ids, torch.tensor([new_tokens], dtype=ids.dtype)], dim=1)).logits
             new_tokens.append(int(logits[0, -1].argmax()))
@@ -96,13 +96,13 @@ def test_steered_rows_of_a_shared_batch_match_a_cacheless_steered_decode(tiny_mo
     the wrong row in the engine would each change these tokens."""
     model, tokenizer = tiny_model
     vectors = torch.randn(2, model.config.hidden_size, generator=torch.Generator().manual_seed(9))
-    steerings = [Steering(SteeringDirection("test/a", 1, vectors[0], "random"), 30.0, "all"),
-                 Steering(SteeringDirection("test/b", 3, vectors[1], "random"), 30.0, "all"),
-                 Steering(SteeringDirection("test/c", 2, vectors[0], "random"), 30.0, "last_prompt")]
-    requests = [GenerationRequest(prompt, steering=steerings[i % 3], key=i) for i, prompt in enumerate(PROMPTS)]
+    steerings = [ResidualAddition(SteeringDirection("test/a", 1, vectors[0], "random"), 30.0, "all"),
+                 ResidualAddition(SteeringDirection("test/b", 3, vectors[1], "random"), 30.0, "all"),
+                 ResidualAddition(SteeringDirection("test/c", 2, vectors[0], "random"), 30.0, "last_prompt")]
+    requests = [GenerationRequest(prompt, intervention=steerings[i % 3], key=i) for i, prompt in enumerate(PROMPTS)]
     together = _run(model, tokenizer, requests, batch_size=3, max_new_tokens=10, capture=())
     for request in requests:
-        expected = _steered_greedy_without_cache(model, tokenizer, request.prompt, request.steering, 10)
+        expected = _steered_greedy_without_cache(model, tokenizer, request.prompt, request.intervention, 10)
         assert together[request.key].n_new_tokens == 10  # no eos here, so the texts cover the same tokens
         assert together[request.key].text == expected
 
@@ -166,7 +166,7 @@ def test_a_steered_prefill_that_replays_the_layers_below_the_steering_equals_a_f
         model_fixture, positions, request):
     model, tokenizer = request.getfixturevalue(model_fixture)
     prompt = PROMPTS[2]
-    steering = Steering(SteeringDirection("test/s", 2, torch.randn(model.config.hidden_size), "random"), 30.0, positions)
+    steering = ResidualAddition(SteeringDirection("test/s", 2, torch.randn(model.config.hidden_size), "random"), 30.0, positions)
     prefiller = Prefiller(model, tokenizer, True, (1, 3), "cache", 8, PrefillStats())
     prefiller.get(prompt, None)
     partial = prefiller.get(prompt, steering)
@@ -175,7 +175,7 @@ def test_a_steered_prefill_that_replays_the_layers_below_the_steering_equals_a_f
 
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     kv = DynamicCache(config=model.config)
-    with torch.inference_mode(), steering_applied(model, steering), capture_last_prompt_token(model, (1, 3)) as seen:
+    with torch.inference_mode(), residual_added(model, steering), capture_last_prompt_token(model, (1, 3)) as seen:
         logits = model(input_ids=ids, cache=kv, use_cache=True, logits_to_keep=1).logits
     assert torch.equal(partial.last_logits, logits[0, -1].float())
     for (keys, values), layer in zip(partial.keys_values, kv.layers):

@@ -77,7 +77,11 @@ def test_phase_4_8_measures_corruption_against_controls(steered_run):
     versus = corruption["vs_controls"]
     assert versus["n_controls"] == 5 and versus["pooled_control"]["trials"] == 5 * n_passing
     assert versus["pooled_control"]["rate"] < 0.5 and versus["difference"] > 0.5
-    assert versus["controls_at_or_above_target"] == 0 and versus["rank_p"] == pytest.approx(1 / 6)
+    level = corruption["direction_level"]  # the inference: directions, not pooled rows
+    assert level["controls_at_or_above_target"] == 0 and level["rank_p"] == pytest.approx(1 / 6)
+    assert level["n_controls"] == 5 and level["difference"] == pytest.approx(1.0 - versus["pooled_control"]["rate"])
+    assert 0 < level["prediction_p"] < 0.5  # every task broken, no control broke one; but a handful of tasks and
+    #                                         five controls are too few for a direction-level claim at 5%
     assert incorrect["by_method"]["mean_difference"]["corruption"]["rate"] == 1.0  # alpha * 0.71 > BIAS
     # the planted model never writes a function, so no steered program counts as valid code
     assert (corruption["steered_valid_code"]["successes"], corruption["steered_valid_code"]["trials"]) == (0, n_passing)

@@ -1,0 +1,84 @@
+"""Control directions: what a target direction's steering effect must beat, four kinds at one layer.
+
+- `random_isotropic`: uniform on the sphere (any push of this size);
+- `random_top_pc_span`: random within the span of the top principal components of the recorded
+  activations (a push along directions the model actually uses);
+- `random_active_latent`: decoder rows of SAE latents that fire on this code but were not chosen
+  (a real feature, just not the one that separates passing from failing);
+- `shuffled_label_mean_difference`: the mean difference of the same activations with pass/fail labels
+  permuted across tasks (the extraction recipe without the signal).
+Every control is a unit vector; its strength is set later (by matched disruption, common/disruption.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from common.directions import SteeringDirection
+
+CONTROL_TYPES = ("random_isotropic", "random_top_pc_span", "random_active_latent", "shuffled_label_mean_difference")
+
+
+@dataclass(frozen=True)
+class ControlSources:
+    """What the controls of one layer are drawn from; a missing source leaves its type out (and says so)."""
+    activations: torch.Tensor | None = None  # [rows, d_model] recorded at the layer and position
+    passed: np.ndarray | None = None  # [rows] test outcome of each row
+    task_ids: np.ndarray | None = None  # [rows] labels are permuted between tasks, a task's rows together
+    active_latents: torch.Tensor | None = None  # [n, d_model] decoder rows of active, unchosen latents
+    top_pcs: int = 10
+
+
+def control_directions(layer: int, position: str, d_model: int, sources: ControlSources, per_type: int,
+                       seed: int) -> tuple[list[SteeringDirection], list[str]]:
+    """`per_type` unit controls of every type the sources allow, and a note for each type left out."""
+    rng = np.random.default_rng([seed, layer])
+    made: list[SteeringDirection] = []
+    missing: list[str] = []
+
+    def add(kind: str, vectors: np.ndarray, provenance: list[dict]) -> None:
+        for i, (vector, extra) in enumerate(zip(vectors, provenance)):
+            tensor = torch.as_tensor(vector, dtype=torch.float32)
+            if float(tensor.norm()) > 0:
+                made.append(SteeringDirection(f"control/{kind}/layer_{layer}/{i}", layer, tensor, kind,
+                                              {"control": kind, "seed": seed, **extra}, position).unit())
+
+    add("random_isotropic", rng.standard_normal((per_type, d_model)), [{}] * per_type)
+    if sources.activations is not None and len(sources.activations) > sources.top_pcs:
+        centred = sources.activations.double() - sources.activations.double().mean(dim=0)
+        components = torch.linalg.svd(centred, full_matrices=False).Vh[:sources.top_pcs].numpy()
+        weights = rng.standard_normal((per_type, components.shape[0]))
+        add("random_top_pc_span", weights @ components, [{"top_pcs": sources.top_pcs}] * per_type)
+    else:
+        missing.append("random_top_pc_span: no recorded activations at this layer")
+    if sources.active_latents is not None and len(sources.active_latents):
+        picked = rng.choice(len(sources.active_latents), size=min(per_type, len(sources.active_latents)), replace=False)
+        add("random_active_latent", sources.active_latents[picked].numpy(), [{"pool_index": int(i)} for i in picked])
+    else:
+        missing.append("random_active_latent: no SAE latents active on this code at this layer")
+    if sources.activations is not None and sources.passed is not None and 0 < sources.passed.sum() < len(sources.passed):
+        add("shuffled_label_mean_difference",
+            np.stack([_shuffled_mean_difference(sources, rng) for _ in range(per_type)]), [{}] * per_type)
+    else:
+        missing.append("shuffled_label_mean_difference: needs activations with both outcomes")
+    return made, missing
+
+
+def _shuffled_mean_difference(sources: ControlSources, rng: np.random.Generator) -> np.ndarray:
+    """Passing minus failing mean after the tasks' outcome vectors are dealt to other tasks at random (rows of
+    one task stay together, so a task's shared prompt cannot carry the label); same class sizes when every
+    task has the same number of rows, close to them otherwise."""
+    passed = np.asarray(sources.passed, dtype=bool)
+    if sources.task_ids is None:
+        labels = rng.permutation(passed)
+    else:
+        tasks, inverse = np.unique(sources.task_ids, return_inverse=True)
+        task_rate = np.bincount(inverse, weights=passed) / np.bincount(inverse)
+        labels = rng.random(len(passed)) < rng.permutation(task_rate)[inverse]
+        if labels.all() or not labels.any():
+            labels = rng.permutation(passed)
+    activations = sources.activations.double().numpy()
+    return activations[labels].mean(axis=0) - activations[~labels].mean(axis=0)

@@ -1,0 +1,129 @@
+"""How much an intervention disturbs the model, measured without generating anything.
+
+Disruption = the mean, over the tokens of baseline programs (the model's own unsteered outputs on the
+hyperparams split), of KL(unsteered next-token distribution || steered one), teacher-forced: the
+same text is read with and without the intervention. It is cheap (one pass per program, every
+intervention of a layer in one batch, the layers below the steered one replayed from the unsteered
+pass) and it puts every method and every control on one axis, so "beats its controls" can mean "at
+the same disturbance" rather than "at the same alpha" (a random push and a learned one of equal norm
+can disturb the model by very different amounts).
+
+`matched_alphas` calibrates a residual addition's strength to a disruption level: the disruption is
+measured on a geometric grid of alphas and log-disruption interpolated in log-alpha (made monotone
+first; disruption grows with alpha but the measurement can wobble at the top).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from common.hooks import decoder_layers, layer_forward_hooks, layer_output
+from common.interventions.residual import ResidualAddition, position_weights
+from common.prefill import replaying
+
+ROWS_PER_PASS = 16  # interventions read together over one program: bounds the logits' memory
+
+
+@dataclass(frozen=True)
+class TeacherText:
+    """One baseline program as the model read it: prompt tokens, then the tokens it wrote (capped)."""
+    prompt_ids: tuple[int, ...]
+    output_ids: tuple[int, ...]
+
+
+def teacher_texts(tokenizer, prompts: Sequence[str], outputs: Sequence[str], add_special_tokens: bool,
+                  max_output_tokens: int) -> list[TeacherText]:
+    texts = []
+    for prompt, output in zip(prompts, outputs):
+        output_ids = tokenizer(output, add_special_tokens=False)["input_ids"][:max_output_tokens]
+        if output_ids:
+            texts.append(TeacherText(tuple(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]),
+                                     tuple(output_ids)))
+    return texts
+
+
+def _with_hidden(output, hidden: torch.Tensor):
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+@contextlib.contextmanager
+def _rows_added(model: torch.nn.Module, layer: int, vectors: torch.Tensor, weights: torch.Tensor) -> Iterator[None]:
+    """Row i of the batch gets vectors[i] at every position where weights[i] is 1 ([rows, seq, 1])."""
+
+    def hook(_module, _inputs, output):
+        hidden = layer_output(output)
+        return _with_hidden(output, hidden + weights.to(hidden.dtype) * vectors.to(hidden.dtype)[:, None, :])
+
+    with layer_forward_hooks(model, {layer: hook}):
+        yield
+
+
+def _expanded(output: Any, rows: int) -> Any:
+    hidden = layer_output(output).expand(rows, -1, -1)
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+@torch.inference_mode()
+def disruption(model: torch.nn.Module, texts: Sequence[TeacherText], interventions: Sequence[ResidualAddition],
+               progress: bool = True) -> np.ndarray:
+    """Mean KL per output token (nats), one value per intervention; all at one layer and position policy."""
+    if not interventions:
+        return np.empty(0)
+    layer, positions = interventions[0].direction.layer, interventions[0].positions
+    if any(i.direction.layer != layer or i.positions != positions for i in interventions):
+        raise ValueError("disruption() measures interventions of one layer and one position policy together")
+    device = next(model.parameters()).device
+    vectors = torch.stack([i.added for i in interventions]).to(device)
+    total_kl = torch.zeros(len(interventions), dtype=torch.float64)
+    n_tokens = 0
+    n_layers = len(decoder_layers(model))
+    for text in tqdm(texts, desc="disruption", unit="program", disable=not progress, leave=False):
+        ids = torch.tensor([text.prompt_ids + text.output_ids], device=device)
+        n_out = len(text.output_ids)
+        outputs: dict[int, Any] = {}
+        recorders = {i: (lambda i: lambda _m, _in, out: outputs.__setitem__(i, out))(i) for i in range(n_layers)}
+        with layer_forward_hooks(model, recorders):
+            base = model(input_ids=ids, use_cache=False, logits_to_keep=n_out + 1).logits[0, :-1].float()
+        base_log_p = torch.log_softmax(base, dim=-1)
+        base_p = base_log_p.exp()
+        prompt_mask = torch.ones(1, len(text.prompt_ids), dtype=torch.bool, device=device)
+        for start in range(0, len(interventions), ROWS_PER_PASS):
+            chunk = vectors[start:start + ROWS_PER_PASS]
+            rows = chunk.shape[0]
+            hidden = torch.empty(rows, ids.shape[1], 1, device=device)
+            weights = position_weights(hidden, prompt_mask.expand(rows, -1), positions)
+            replayed = [_expanded(outputs[i], rows) for i in range(layer + 1)]
+            with replaying(model, replayed, layer), _rows_added(model, layer, chunk, weights):
+                logits = model(input_ids=ids.expand(rows, -1), use_cache=False, logits_to_keep=n_out + 1).logits
+            steered_log_p = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            kl = (base_p[None] * (base_log_p[None] - steered_log_p)).sum(dim=-1).clamp_min(0.0)
+            total_kl[start:start + rows] += kl.sum(dim=1).double().cpu()
+        n_tokens += n_out
+    return (total_kl / max(n_tokens, 1)).numpy()
+
+
+def matched_alphas(model: torch.nn.Module, texts: Sequence[TeacherText], unit_interventions: Sequence[ResidualAddition],
+                   levels: Sequence[float], alpha_grid: Sequence[float], progress: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """For each intervention (its alpha is ignored) and each disruption level, the alpha that reaches that level:
+    [n_interventions, n_levels]; and the measured disruption on the grid, [n_interventions, n_alphas]. A level
+    above what the grid's largest alpha reaches gets NaN (the push cannot disturb the model that much)."""
+    grid = np.asarray(sorted(alpha_grid), dtype=float)
+    measured = disruption(model, texts, [u.at(float(a)) for u in unit_interventions for a in grid], progress)
+    measured = measured.reshape(len(unit_interventions), len(grid))
+    alphas = np.full((len(unit_interventions), len(levels)), np.nan)
+    for i, row in enumerate(measured):
+        curve = np.maximum.accumulate(np.log(np.maximum(row, 1e-12)))
+        for j, level in enumerate(levels):
+            target = np.log(level)
+            if curve[0] <= target <= curve[-1]:
+                alphas[i, j] = float(np.exp(np.interp(target, curve, np.log(grid))))
+            elif target < curve[0]:
+                alphas[i, j] = float(grid[0] * np.exp((target - curve[0]) / 2.0))  # KL ~ alpha^2 for small pushes
+    return alphas, measured

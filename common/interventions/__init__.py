@@ -1,0 +1,10 @@
+"""Interventions: one protocol for every way of changing the model during generation (common/interventions/base.py).
+
+Importing the package registers every kind, so `load_interventions` can rebuild any saved one."""
+
+from common.interventions.base import (REGISTRY, DecodeAppliers, Intervention, kind_class, load_interventions,
+                                       register, save_interventions)
+from common.interventions.residual import POSITION_POLICIES, ResidualAddition, residual_added
+
+__all__ = ["REGISTRY", "DecodeAppliers", "Intervention", "POSITION_POLICIES", "ResidualAddition", "kind_class",
+           "load_interventions", "register", "residual_added", "save_interventions"]
