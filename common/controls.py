@@ -1,8 +1,8 @@
 """Control directions: what a target direction's steering effect must beat, four kinds at one layer.
 
 - `random_isotropic`: uniform on the sphere (any push of this size);
-- `random_top_pc_span`: random within the span of the top principal components of the recorded
-  activations (a push along directions the model actually uses);
+- `random_top_pc_span`: isotropic within the span of the top principal components of the recorded
+  activations, not weighted by their variance (a push along directions the model actually uses);
 - `random_active_latent`: decoder rows of SAE latents that fire on this code but were not chosen
   (a real feature, just not the one that separates passing from failing);
 - `shuffled_label_mean_difference`: the mean difference of the same activations with pass/fail labels
@@ -48,7 +48,8 @@ def control_directions(layer: int, position: str, d_model: int, sources: Control
 
     add("random_isotropic", rng.standard_normal((per_type, d_model)), [{}] * per_type)
     if sources.activations is not None and len(sources.activations) > sources.top_pcs:
-        centred = sources.activations.double() - sources.activations.double().mean(dim=0)
+        activations = sources.activations.double()
+        centred = activations - activations.mean(dim=0)
         components = torch.linalg.svd(centred, full_matrices=False).Vh[:sources.top_pcs].numpy()
         weights = rng.standard_normal((per_type, components.shape[0]))
         add("random_top_pc_span", weights @ components, [{"top_pcs": sources.top_pcs}] * per_type)
@@ -57,6 +58,8 @@ def control_directions(layer: int, position: str, d_model: int, sources: Control
     if sources.active_latents is not None and len(sources.active_latents):
         picked = rng.choice(len(sources.active_latents), size=min(per_type, len(sources.active_latents)), replace=False)
         add("random_active_latent", sources.active_latents[picked].numpy(), [{"pool_index": int(i)} for i in picked])
+        if len(picked) < per_type:
+            missing.append(f"random_active_latent: only {len(picked)} active latents (wanted {per_type})")
     else:
         missing.append("random_active_latent: no SAE latents active on this code at this layer")
     if sources.activations is not None and sources.passed is not None and 0 < sources.passed.sum() < len(sources.passed):
@@ -68,17 +71,21 @@ def control_directions(layer: int, position: str, d_model: int, sources: Control
 
 
 def _shuffled_mean_difference(sources: ControlSources, rng: np.random.Generator) -> np.ndarray:
-    """Passing minus failing mean after the tasks' outcome vectors are dealt to other tasks at random (rows of
-    one task stay together, so a task's shared prompt cannot carry the label); same class sizes when every
-    task has the same number of rows, close to them otherwise."""
+    """Passing minus failing mean after each task's outcome vector is given to another task with as many rows
+    (a task's rows keep a task's pattern of outcomes, and the class sizes stay exactly as they were); rows are
+    permuted one by one when there are no task ids."""
     passed = np.asarray(sources.passed, dtype=bool)
     if sources.task_ids is None:
         labels = rng.permutation(passed)
     else:
-        tasks, inverse = np.unique(sources.task_ids, return_inverse=True)
-        task_rate = np.bincount(inverse, weights=passed) / np.bincount(inverse)
-        labels = rng.random(len(passed)) < rng.permutation(task_rate)[inverse]
-        if labels.all() or not labels.any():
-            labels = rng.permutation(passed)
+        labels = np.empty_like(passed)
+        task_ids = np.asarray(sources.task_ids)
+        rows_of = {task: np.flatnonzero(task_ids == task) for task in np.unique(task_ids)}
+        by_size: dict[int, list] = {}
+        for task, rows in rows_of.items():
+            by_size.setdefault(len(rows), []).append(task)
+        for tasks in by_size.values():
+            for receiver, giver in zip(tasks, rng.permutation(len(tasks))):
+                labels[rows_of[receiver]] = passed[rows_of[tasks[giver]]]
     activations = sources.activations.double().numpy()
     return activations[labels].mean(axis=0) - activations[~labels].mean(axis=0)

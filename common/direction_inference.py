@@ -8,9 +8,11 @@ directions times tasks as independent rows (Fisher's test) ignores that and is a
 - rank: the target's place among its m controls, p = (1 + controls at or above it) / (1 + m), exact
   when the target is exchangeable with the controls under the null;
 - prediction: the target's empirical logit against the controls' mean, scaled by their spread
-  (never below the binomial spread at the pooled rate) times sqrt(1 + 1/m), one-sided t with m - 1
-  degrees of freedom: the test of "a new draw from the controls' distribution", equivalent to a
-  mixed model with a direction random effect. `difference_lower_bound` is the target's rate minus the
+  (never below the sampling spread of an empirical logit at the pooled count) times sqrt(1 + 1/m),
+  one-sided t with m - 1 degrees of freedom: the test of "a new draw from the controls'
+  distribution", a summary-statistics alternative to a mixed model with a direction random effect
+  (it assumes roughly normal direction effects on the logit scale and does not model the task
+  pairing, which cancels in the means). `difference_lower_bound` is the target's rate minus the
   controls' upper prediction bound (back on the rate scale): positive exactly when that test rejects,
   and what phase 4.5's rule asks for.
 """
@@ -51,10 +53,10 @@ def versus_controls(target: np.ndarray, controls: np.ndarray, confidence: float 
                 "difference_lower_bound": None,
                 "controls_at_or_above_target": None, "rank_p": None, "prediction_p": None}
     at_or_above = int((control_k >= k).sum())
-    pooled = (control_k.sum() + 0.5) / (m * n_tasks + 1.0)
-    binomial_sd = 1.0 / np.sqrt(n_tasks * pooled * (1.0 - pooled))
+    pooled = control_k.sum() / (m * n_tasks)
+    sampling_sd = np.sqrt(1.0 / (n_tasks * pooled + 0.5) + 1.0 / (n_tasks * (1.0 - pooled) + 0.5))
     logits = empirical_logit(control_k, n_tasks)
-    spread = max(float(logits.std(ddof=1)), binomial_sd) * np.sqrt(1.0 + 1.0 / m)
+    spread = max(float(logits.std(ddof=1)), sampling_sd) * np.sqrt(1.0 + 1.0 / m)
     t_value = (float(empirical_logit(k, n_tasks)) - float(logits.mean())) / spread
     rates = control_k / n_tasks
     upper = _rate_of_logit(float(logits.mean()) + float(stats.t.ppf(confidence, m - 1)) * spread, n_tasks)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common.hooks import decoder_layers, layer_forward_hooks, layer_output
+from common.hooks import decoder_layers, layer_forward_hooks, layer_output, with_hidden
 from common.interventions.residual import ResidualAddition, position_weights
 from common.prefill import replaying
 
@@ -32,7 +32,8 @@ ROWS_PER_PASS = 16  # interventions read together over one program: bounds the l
 
 @dataclass(frozen=True)
 class TeacherText:
-    """One baseline program as the model read it: prompt tokens, then the tokens it wrote (capped)."""
+    """One baseline program as the model reads it back: prompt tokens, then its output text re-tokenised (capped).
+    Re-tokenising can split a few spots differently from the tokens sampled; both arms read the same ids."""
     prompt_ids: tuple[int, ...]
     output_ids: tuple[int, ...]
 
@@ -48,25 +49,20 @@ def teacher_texts(tokenizer, prompts: Sequence[str], outputs: Sequence[str], add
     return texts
 
 
-def _with_hidden(output, hidden: torch.Tensor):
-    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-
 @contextlib.contextmanager
 def _rows_added(model: torch.nn.Module, layer: int, vectors: torch.Tensor, weights: torch.Tensor) -> Iterator[None]:
     """Row i of the batch gets vectors[i] at every position where weights[i] is 1 ([rows, seq, 1])."""
 
     def hook(_module, _inputs, output):
         hidden = layer_output(output)
-        return _with_hidden(output, hidden + weights.to(hidden.dtype) * vectors.to(hidden.dtype)[:, None, :])
+        return with_hidden(output, hidden + weights.to(hidden.dtype) * vectors.to(hidden.dtype)[:, None, :])
 
     with layer_forward_hooks(model, {layer: hook}):
         yield
 
 
 def _expanded(output: Any, rows: int) -> Any:
-    hidden = layer_output(output).expand(rows, -1, -1)
-    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+    return with_hidden(output, layer_output(output).expand(rows, -1, -1))
 
 
 @torch.inference_mode()
@@ -117,6 +113,8 @@ def matched_alphas(model: torch.nn.Module, texts: Sequence[TeacherText], unit_in
     grid = np.asarray(sorted(alpha_grid), dtype=float)
     measured = disruption(model, texts, [u.at(float(a)) for u in unit_interventions for a in grid], progress)
     measured = measured.reshape(len(unit_interventions), len(grid))
+    if not np.isfinite(measured).all():
+        raise ValueError("disruption is not finite for some alpha: the model overflowed (try float32)")
     alphas = np.full((len(unit_interventions), len(levels)), np.nan)
     for i, row in enumerate(measured):
         curve = np.maximum.accumulate(np.log(np.maximum(row, 1e-12)))

@@ -43,6 +43,11 @@ def layer_output(output) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
+def with_hidden(output, hidden: torch.Tensor):
+    """A decoder layer's output with its hidden states replaced (what a hook returns to change them)."""
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
 @contextlib.contextmanager
 def layer_forward_hooks(model: torch.nn.Module, hooks: Mapping[int, Callable]) -> Iterator[None]:
     """Forward hooks on decoder layers (layer -> hook(module, inputs, output)), removed on leaving, whatever happens."""

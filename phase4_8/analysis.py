@@ -11,7 +11,9 @@ direction the whole split (correction and preservation together) gives the two-s
 inference is at the direction level (`common.direction_inference.versus_controls`: the target's
 rank among its controls and the prediction test), because directions differ more than tasks;
 `compare_with_controls` (Fisher on pooled rows, a task bootstrap with the controls fixed) and
-`given_valid_code` (the same among steered programs that still parse) are descriptive only.
+`given_valid_code` (the same among steered programs that still parse) are descriptive only. The
+direction-level test needs the target exchangeable with its controls under the null; these controls
+match layer and alpha, not disruption, so its p-values are exploratory here.
 """
 
 from __future__ import annotations

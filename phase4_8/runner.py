@@ -165,7 +165,8 @@ def _headline(effects: dict[str, Any]) -> list[str]:
                     pooled = versus["pooled_control"]
                     line += (f"; controls {pooled['successes']}/{pooled['trials']} = {100 * pooled['rate']:.1f}%, "
                              f"difference {100 * level['difference']:+.1f} pts (one-sided 95% lower bound "
-                             f"{100 * level['difference_lower_bound']:+.1f}); direction level: "
+                             f"{100 * level['difference_lower_bound']:+.1f}); direction level (exploratory: controls matched on alpha "
+                             "only): "
                              f"{level['controls_at_or_above_target']} of {level['n_controls']} controls at or above, "
                              f"rank p = {level['rank_p']:.3g}, prediction p = {level['prediction_p']:.3g}")
                 line += f"; valid code {100 * r['steered_valid_code']['rate']:.0f}%"

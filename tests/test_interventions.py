@@ -120,20 +120,36 @@ def test_rows_of_different_kinds_in_one_batch_get_their_one_at_a_time_output(tin
     that join and leave: each row as if generated alone."""
     model, tokenizer = tiny_model
     kinds = [_addition(5, layer=1), _ValueShift(2, 25.0), None, _addition(6, layer=3, positions="last_prompt")]
-    requests = [GenerationRequest(p, intervention=kinds[i % 4], key=(i, j))
+    requests = [GenerationRequest(p, intervention=kinds[(i + 2 * j) % 4], key=(j, (i + 2 * j) % 4))
                 for j, p in enumerate(PROMPTS) for i in range(2)]
+    assert sorted({key[1] for key in (r.key for r in requests)}) == [0, 1, 2, 3]  # every kind and a plain row
     together = _by_key(model, tokenizer, requests, batch_size=3)
     for request in requests:
         assert together[request.key] == _by_key(model, tokenizer, [request], batch_size=1)[request.key]
-    unsteered = {key: text for key, text in together.items() if kinds[key[0] % 4] is None}
-    shifted = {key: text for key, text in together.items() if isinstance(kinds[key[0] % 4], _ValueShift)}
-    assert set(shifted.values()) != set(unsteered.values())  # the edit after the prefill changed the output
+    plain = {j: _by_key(model, tokenizer, [GenerationRequest(p, key="p")], 1)["p"] for j, p in enumerate(PROMPTS)}
+    for (j, kind), text in together.items():
+        assert (text == plain[j]) == (kinds[kind] is None)  # every intervention, the edit included, changed it
+
+
+@dataclass(frozen=True)
+class _InPlaceShift(_ValueShift):
+    """The mistake the protocol forbids: editing the prefill's own values."""
+    kind: ClassVar[str] = "test_in_place_shift"
+
+    def after_prefill(self, prefill):
+        prefill.keys_values[self.layer][1][..., -1, :] += self.delta
+        return self, prefill.keys_values
 
 
 def test_an_edit_after_the_prefill_leaves_the_reused_prefill_alone(tiny_model):
-    """The same prompt, first edited, then plain: the plain row must not see the edit (prefills are reused)."""
+    """The same edit twice on one prompt: the second row reuses the cached prefill and must start from it
+    unedited, so both rows write the same; the in-place variant shows the check can fail."""
     model, tokenizer = tiny_model
-    plain = _by_key(model, tokenizer, [GenerationRequest(PROMPTS[1], key="plain")], 1)["plain"]
-    both = _by_key(model, tokenizer, [GenerationRequest(PROMPTS[1], intervention=_ValueShift(2, 25.0), key="edited"),
-                                      GenerationRequest(PROMPTS[1], key="plain")], 1)
-    assert both["plain"] == plain and both["edited"] != plain
+
+    def twice(shift):
+        return _by_key(model, tokenizer, [GenerationRequest(PROMPTS[1], intervention=shift, key=k) for k in "ab"], 1)
+
+    copied = twice(_ValueShift(2, 3.0))
+    assert copied["a"] == copied["b"]
+    in_place = twice(_InPlaceShift(2, 3.0))
+    assert in_place["a"] == copied["a"] and in_place["b"] != in_place["a"]

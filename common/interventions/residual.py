@@ -20,7 +20,7 @@ import torch
 
 from common.config import POSITION_POLICIES
 from common.directions import SteeringDirection
-from common.hooks import decoder_layers, layer_forward_hooks, layer_output
+from common.hooks import decoder_layers, layer_forward_hooks, layer_output, with_hidden
 from common.interventions.base import register
 
 
@@ -42,9 +42,10 @@ class ResidualAddition:
 
     @cached_property
     def label(self) -> str:
-        """e.g. 'mean_difference/layer_15#1a2b3c4d@30:all': name, digest of the unit vector, alpha, positions."""
+        """e.g. 'mean_difference/layer_15#1a2b3c4d@L15x30:all': name, digest of the unit vector, layer, alpha,
+        positions."""
         digest = hashlib.sha256(self.unit_vector.numpy().tobytes()).hexdigest()[:8]
-        return f"{self.direction.name}#{digest}@{self.alpha:g}:{self.positions}"
+        return f"{self.direction.name}#{digest}@L{self.direction.layer}x{self.alpha:g}:{self.positions}"
 
     @cached_property
     def added(self) -> torch.Tensor:
@@ -101,24 +102,18 @@ class ResidualAddition:
         return cls(direction, float(metadata["alpha"]), metadata["positions"])
 
 
-def _with_hidden(output, hidden: torch.Tensor):
-    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-
 @contextlib.contextmanager
-def residual_added(model: torch.nn.Module, addition: ResidualAddition, prompt_mask: torch.Tensor | None = None,
-                   row_alphas: torch.Tensor | None = None) -> Iterator[None]:
+def residual_added(model: torch.nn.Module, addition: ResidualAddition, prompt_mask: torch.Tensor | None = None
+                   ) -> Iterator[None]:
     """Steer every forward pass inside the block as a pass over whole prompts; `prompt_mask`
     [batch, prompt_len] marks real prompt tokens (None: all are real). Positions past the prompt in a
-    longer pass (teacher forcing a program) count as generated tokens. `row_alphas` [batch], if given,
-    replaces alpha row by row (one pass measuring several strengths at once)."""
+    longer pass (teacher forcing a program) count as generated tokens. The vector is `added`, made in
+    float32 and cast once, the same one decode steps add."""
 
     def hook(_module, _inputs, output):
         hidden = layer_output(output)
-        unit = addition.unit_vector.to(hidden.device, hidden.dtype)
-        alphas = (torch.full((hidden.shape[0],), addition.alpha) if row_alphas is None else row_alphas)
-        added = alphas.to(hidden.device, hidden.dtype)[:, None, None] * unit
-        return _with_hidden(output, hidden + position_weights(hidden, prompt_mask, addition.positions) * added)
+        added = addition.added.to(hidden.device, hidden.dtype)
+        return with_hidden(output, hidden + position_weights(hidden, prompt_mask, addition.positions) * added)
 
     with layer_forward_hooks(model, {addition.direction.layer: hook}):
         yield
@@ -177,5 +172,5 @@ class RowAdditions:
             if not self.active or layer not in self.additions:
                 return output
             hidden = layer_output(output)
-            return _with_hidden(output, hidden + self.additions[layer][:, None, :])
+            return with_hidden(output, hidden + self.additions[layer][:, None, :])
         return hook
