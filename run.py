@@ -23,7 +23,8 @@ from common.errors import PipelineError
 from common.logging import add_phase_log_file, configure_console, get_logger
 from common.phases import PHASES, PhaseSpec, get_phase
 from common.plan import plan_lines
-from common.utils import all_phase_statuses, phase_status, upstream_inputs
+from common.phase_run import PhaseRun
+from common.utils import all_phase_statuses, phase_status
 
 logger = get_logger("run")
 
@@ -55,17 +56,17 @@ def _parser() -> argparse.ArgumentParser:
 def run_phase(config: Config, spec: PhaseSpec) -> Path | None:
     """Run one phase; returns its manifest, or None when only a slice of its tasks was done (or this is not
     the main process of a distributed launch)."""
-    upstream_inputs(config, spec)  # fails with the command to run before anything is written
+    phase = PhaseRun.start(config, spec)  # fails with the command to run before anything is written
     shard = current_shard()
     if not shard.is_main and not spec.shards:
         return None  # a phase that does not generate runs in the main process alone
     if not shard.is_main:
-        return spec.runner().run(config)
+        return spec.runner().run(phase)
     handler = add_phase_log_file(config.data_path, spec.folder)
     started = time.perf_counter()
     try:
         logger.info("phase %s (%s) starting", spec.id, spec.title)
-        result = spec.runner().run(config)
+        result = spec.runner().run(phase)
         logger.info("phase %s finished in %.1f s", spec.id, time.perf_counter() - started)
         return result
     finally:

@@ -70,26 +70,3 @@ def record_windows(model: torch.nn.Module, windows: torch.Tensor, layers: Sequen
                 out[layer][start * per_window:start * per_window + len(hidden)] = hidden
             bar.update(len(batch))
     return out
-
-
-@torch.no_grad()
-def mean_residual_norms(model: torch.nn.Module, tokenizer, prompts: Sequence[str], layers: Sequence[int],
-                        add_special_tokens: bool = True, batch_size: int = 8) -> dict[int, float]:
-    """layer -> mean L2 norm of its output over the real prompt positions after the first.
-
-    The yardstick for steering coefficients: adding alpha to a stream of norm ~N moves it by ~alpha / N.
-    The first real position is left out: it is an attention sink tens of times the typical norm."""
-    device = next(model.parameters()).device
-    totals = {layer: 0.0 for layer in layers}
-    count = 0
-    with recording_layer_outputs(model, layers, stop_after_last=True) as recorded:
-        for start in range(0, len(prompts), batch_size):
-            encoded = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt", padding=True,
-                                add_special_tokens=add_special_tokens).to(device)
-            forward_until_recorded(model, encoded["input_ids"], encoded["attention_mask"])
-            real = encoded["attention_mask"].bool()
-            real[torch.arange(real.shape[0]), real.long().argmax(dim=1)] = False  # first real position (left padding)
-            count += int(real.sum())
-            for layer in layers:
-                totals[layer] += float(recorded[layer].float().norm(dim=-1)[real].sum())
-    return {layer: totals[layer] / count if count else float("nan") for layer in layers}

@@ -18,7 +18,7 @@ import yaml
 
 from common.degeneration import DegenerationLimits
 from common.errors import PipelineError
-from common.positions import LAST_PROMPT, POSITIONS
+from common.positions import CODE_POSITIONS, POSITIONS
 
 DEFAULT_MODEL_ALIAS = "smollm2-135m-instruct"
 DATASETS = ("synthetic", "humaneval", "mbpp")
@@ -26,9 +26,9 @@ PROMPT_STYLES = ("auto", "chat", "base")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MBPP_VARIANTS = ("full", "sanitized")
-COEFFICIENT_SCALES = ("absolute", "residual_norm")
 SPLIT_BY = ("complexity", "family")
 POSITION_POLICIES = ("all", "last_prompt")
+ENDPOINTS = ("correction", "preservation", "corruption")
 
 
 @dataclass
@@ -95,19 +95,28 @@ class Config:
     general_freq_max: float = 0.02  # phase 2.5 drops latents firing on more held-out code tokens than this
     bootstrap_samples: int = 200  # task resamples for the stability of the latent ranking
 
-    # --- steering (phase 4.5 picks coefficients on hyperparams, phase 4.8 measures on validation)
-    steering_coefficients: list[float] = field(default_factory=lambda: [1, 3, 10, 30, 100, 300, 1000])  # seed 001
-    coefficient_scale: str = "absolute"  # absolute: alpha = coefficient; residual_norm: alpha = coefficient x the
-    #                                      mean residual norm at the steered layer (then use a grid like 0.01..3)
-    steering_positions: str = "all"  # all (seed 001: prompt and every generated token) | last_prompt
-    steering_direction_position: str = LAST_PROMPT  # the activation position whose directions 4.5 and 4.8 steer with
-    problems_per_coefficient: int = 10  # complexity-stratified; the same problems at every coefficient
-    min_valid_code_rate: float = 0.8  # the proposed coefficient keeps at least this share of steered programs
-    #                                   valid: they parse and still define the function under test
-    correct_coefficient: float | None = None  # a person's choice (coefficient units), overriding the proposal
-    incorrect_coefficient: float | None = None
-    random_controls: int = 3  # phase 4.8: random unit directions per steered layer
-    zero_discrimination_controls: int = 2  # phase 4.8: latents firing equally often in both classes, per layer
+    # --- steering (phase 4.5 calibrates every method on hyperparams, phase 4.8 measures on validation)
+    steering_direction_position: str = CODE_POSITIONS[0]  # the activation position whose directions are steered: a
+    #                                   last_prompt direction is added at the last prompt token only, a code one at
+    #                                   every position (prompt and each generated token)
+    steering_layer: int | None = None  # None: the layer of phase 2.5's best correct-preferring latent there
+    methods: list[str] = field(default_factory=lambda: ["sae_latent", "mean_difference"])  # common/methods.py
+    disruption_levels: list[float] = field(default_factory=lambda: [0.03, 0.1, 0.3])  # nats per token of KL on
+    #                                   hyperparams baseline programs: phase 4.5's grid; every arm and control of
+    #                                   a level is calibrated to it (common/disruption.py)
+    calibration_alphas: list[float] = field(default_factory=lambda: [1, 3, 10, 30, 100, 300, 1000, 3000])
+    disruption_programs: int = 8  # baseline programs the disruption is measured over
+    disruption_max_tokens: int = 96  # of each program's output
+    preregistered_level: float = 0.1  # the dose phase 4.8 runs when 4.5 finds no effective level for a method
+    controls_per_type: int = 5  # of each of the 4 control types (common/controls.py): 20 controls in phase 4.8
+    selection_controls_per_type: int = 2  # phase 4.5's controls at each level (8): the rule's comparison
+    max_break_rate: float = 0.10  # the rule: pass -> fail on passing problems at most this (and at most the
+    #                               controls' mean)
+    min_problems_per_level: int = 30  # phase 4.5 warns below this many problems at a grid point
+    control_tasks: int = 100  # phase 4.8: validation tasks the controls run on (half passing where possible);
+    #                           every arm is also compared on exactly these tasks
+    primary_endpoints: list[str] = field(default_factory=lambda: ["correction", "preservation"])  # per method, of
+    #                                 the correct class, against controls; Holm over all of them
 
     # --- sandboxed execution
     exec_timeout: float = 5.0  # seconds for one program and all of its tests
@@ -165,19 +174,24 @@ class Config:
         _check(self.samples_per_temperature >= 0, "samples_per_temperature", self.samples_per_temperature, ">= 0")
         _check(self.bootstrap_samples >= 0, "bootstrap_samples", self.bootstrap_samples, ">= 0")
         _check(bool(self.sae_source), "sae_source", self.sae_source, "'train', a sae-lens release or a directory")
-        _check(len(self.steering_coefficients) > 0 and all(c > 0 for c in self.steering_coefficients)
-               and len(set(self.steering_coefficients)) == len(self.steering_coefficients),
-               "steering_coefficients", self.steering_coefficients, "distinct positive numbers")
-        _check(self.coefficient_scale in COEFFICIENT_SCALES, "coefficient_scale", self.coefficient_scale,
-               f"one of {COEFFICIENT_SCALES}")
-        _check(self.steering_positions in POSITION_POLICIES, "steering_positions", self.steering_positions,
-               f"one of {POSITION_POLICIES}")
-        _check(self.problems_per_coefficient >= 1, "problems_per_coefficient", self.problems_per_coefficient, ">= 1")
-        _check(0 <= self.min_valid_code_rate <= 1, "min_valid_code_rate", self.min_valid_code_rate, "in [0, 1]")
-        for key in ("correct_coefficient", "incorrect_coefficient"):
-            _check(getattr(self, key) is None or getattr(self, key) >= 0, key, getattr(self, key), "null or >= 0")
-        for key in ("random_controls", "zero_discrimination_controls"):
-            _check(getattr(self, key) >= 0, key, getattr(self, key), ">= 0")
+        for key in ("disruption_levels", "calibration_alphas"):
+            values = getattr(self, key)
+            _check(len(values) > 0 and all(v > 0 for v in values) and len(set(values)) == len(values), key, values,
+                   "distinct positive numbers")
+        _check(self.preregistered_level > 0, "preregistered_level", self.preregistered_level, "> 0")
+        _check(self.steering_layer is None or self.steering_layer in self.layers, "steering_layer",
+               self.steering_layer, "null or one of layers")
+        _check(len(self.methods) > 0 and len(set(self.methods)) == len(self.methods), "methods", self.methods,
+               "a non-empty list without repeats")
+        for key in ("disruption_programs", "disruption_max_tokens", "min_problems_per_level", "control_tasks"):
+            _check(getattr(self, key) >= 1, key, getattr(self, key), ">= 1")
+        for key in ("controls_per_type", "selection_controls_per_type"):
+            _check(getattr(self, key) >= 1, key, getattr(self, key), ">= 1")
+        _check(self.selection_controls_per_type <= self.controls_per_type, "selection_controls_per_type",
+               self.selection_controls_per_type, "<= controls_per_type")
+        _check(0 <= self.max_break_rate <= 1, "max_break_rate", self.max_break_rate, "in [0, 1]")
+        _check(set(self.primary_endpoints) <= set(ENDPOINTS), "primary_endpoints", self.primary_endpoints,
+               f"a subset of {ENDPOINTS}")
         if self.data_file is not None and not Path(self.data_file).is_file():
             raise PipelineError(f"data_file '{self.data_file}' is not a readable file")
         return self

@@ -23,7 +23,6 @@ REFERENCE_SECONDS_PER_UNIT = {
     "4.5": 0.50, "4.8": 0.68,
 }
 DATASET_SIZES = {"humaneval": 164, "mbpp/full": 974, "mbpp/sanitized": 427}  # before phase 0 has counted them
-ASSUMED_PASS_RATE = 0.3  # phase 4.8's split into passing and failing tasks, before phase 3.5 has measured it
 
 
 @dataclass(frozen=True)
@@ -74,13 +73,6 @@ def _n_problems(config: Config) -> int:
     return DATASET_SIZES.get(key, config.n_tasks)
 
 
-def _pass_rate(config: Config) -> float:
-    summary = manifest_path(config.data_dir, "3.5").parent / "phase_3_5_summary.json"
-    if manifest_path(config.data_dir, "3.5").is_file() and summary.is_file():
-        return float(load_json(summary)["by_temperature"]["0"]["pass_rate"]["rate"])
-    return ASSUMED_PASS_RATE
-
-
 def _work(config: Config, spec: PhaseSpec, sizes: dict[str, int]) -> tuple[float, str]:
     """(units, unit name) of one phase's work."""
     if spec.id == "1":
@@ -89,13 +81,12 @@ def _work(config: Config, spec: PhaseSpec, sizes: dict[str, int]) -> tuple[float
         return sizes["validation"] * (1 + len(config.temperatures) * config.samples_per_temperature), "generations"
     if spec.id == "3.6":
         return sizes["hyperparams"], "generations"
-    if spec.id == "4.5":
-        return 2 * len(config.steering_coefficients) * config.problems_per_coefficient, "generations"
-    if spec.id == "4.8":
-        controls = config.random_controls + config.zero_discrimination_controls
-        passing = sizes["validation"] * _pass_rate(config)
-        failing = sizes["validation"] - passing
-        return 2 * sizes["validation"] + controls * failing + (2 + controls) * passing, "generations"
+    if spec.id == "4.5":  # two classes per method and the selection controls, at every level, on every problem
+        arms = 2 * len(config.methods) + 4 * config.selection_controls_per_type
+        return arms * len(config.disruption_levels) * sizes["hyperparams"], "generations"
+    if spec.id == "4.8":  # each method-class and its minus-alpha arm, alpha 0, and one control set (the usual case)
+        arms = 4 * len(config.methods) + 1
+        return arms * sizes["validation"] + 4 * config.controls_per_type * config.control_tasks, "generations"
     if spec.id == "2.0":
         if config.sae_source != "train":
             return 1, "run"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from common.code_extraction import defines_function
@@ -122,6 +123,25 @@ def arm_metrics(rows: pd.DataFrame) -> dict[str, Any]:
             "mean_char_similarity": _mean(rows, "char_similarity"),
             "mean_length_ratio": _mean(rows, "length_ratio"),
             "mean_new_tokens": _mean(rows, "n_new_tokens")}
+
+
+def outcome_matrix(rows: pd.DataFrame, arms: Sequence[str], outcome: str) -> tuple[np.ndarray, list[Any]]:
+    """[len(arms), tasks] booleans of `outcome` ("fixed", "broken", "kept") on the tasks every arm has a row for
+    (a steered program the sandbox could not judge leaves its task out of the comparison), and those tasks."""
+    table = rows[rows["arm"].isin(arms)].pivot(index="task_id", columns="arm", values=outcome)
+    table = table.reindex(columns=list(arms)).dropna()
+    return table.to_numpy(dtype=bool).T, list(table.index)
+
+
+def with_outcomes(rows: pd.DataFrame) -> pd.DataFrame:
+    """Adds fixed (fail -> pass), broken (pass -> fail) and kept (pass -> pass), NaN where they do not apply,
+    and leaves out rows whose steered program the sandbox could not judge ("unsupported")."""
+    rows = rows[rows["steered_error_type"] != "unsupported"].copy()
+    passing, steered = rows["baseline_passed"].astype(bool), rows["steered_passed"].astype(bool)
+    rows["fixed"] = (steered & ~passing).where(~passing)
+    rows["broken"] = (~steered & passing).where(passing)
+    rows["kept"] = (steered & passing).where(passing)
+    return rows
 
 
 def _mean(rows: pd.DataFrame, column: str) -> float | None:

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.config import Config
+from common.phase_run import PhaseRun
 from common.datasets import load_problems
 from common.logging import get_logger
-from common.phases import get_phase
-from common.utils import atomic_path, phase_dir, save_json, upstream_inputs, write_manifest
+from common.utils import atomic_path, save_json, upstream_inputs, write_manifest
 
 logger = get_logger("phase0")
 
 
-def run(config: Config) -> Path:
-    spec = get_phase("0")
+def run(phase: PhaseRun) -> Path:
+    config = phase.config
+    spec = phase.spec
     if config.task_start or config.task_end is not None:
         logger.warning("phase 0 always loads the whole dataset: --start/--end apply to generating phases")
     loaded = load_problems(config.dataset, config.data_file, config.mbpp_variant, config.n_tasks,
@@ -31,7 +31,7 @@ def run(config: Config) -> Path:
     if duplicates.any():
         logger.warning("dropping %d rows with repeated task_id", int(duplicates.sum()))
         table = table[~duplicates].reset_index(drop=True)
-    out_dir = phase_dir(config, spec.id)
+    out_dir = phase.out_dir
     problems_path = out_dir / "problems.parquet"
     with atomic_path(problems_path) as tmp:
         table.to_parquet(tmp, index=False)

@@ -22,12 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.config import Config
+from common.phase_run import PhaseRun
 from common.errors import PipelineError
 from common.logging import get_logger
-from common.phases import get_phase
-from common.utils import (atomic_path, discover_latest_phase_output, phase_dir, save_json, upstream_inputs,
-                          write_manifest)
+from common.utils import (atomic_path, save_json, write_manifest)
 
 logger = get_logger("phase0_1")
 
@@ -81,16 +79,17 @@ def problem_families(problems: pd.DataFrame) -> np.ndarray:
     return np.asarray([f"block_{i // ID_BLOCK_TASKS}" for i in range(len(problems))])
 
 
-def run(config: Config) -> Path:
-    spec = get_phase("0.1")
-    inputs = upstream_inputs(config, spec)
-    problems = pd.read_parquet(discover_latest_phase_output("0", config.data_dir).parent / "problems.parquet")
+def run(phase: PhaseRun) -> Path:
+    config = phase.config
+    spec = phase.spec
+    inputs = phase.inputs
+    problems = pd.read_parquet(phase.upstream("0") / "problems.parquet")
     families = problem_families(problems)
     if config.split_by == "family":
         assignment = assign_families(families, config.split_fractions, config.seed)
     else:
         assignment = assign_splits(problems["cyclomatic_complexity"].to_numpy(), config.split_fractions, config.seed)
-    out_dir = phase_dir(config, spec.id)
+    out_dir = phase.out_dir
     outputs, metadata = [], {"seed": config.seed, "fractions": dict(zip(SPLIT_NAMES, config.split_fractions)),
                              "split_by": config.split_by, "splits": {}}
     for index, name in enumerate(SPLIT_NAMES):

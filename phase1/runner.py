@@ -18,24 +18,25 @@ from typing import Any
 import pandas as pd
 
 from common.config import Config
+from common.phase_run import PhaseRun
 from common.hooks import HOOK_SITE
 from common.generation_job import generate_split, make_items, write_split_outputs
 from common.logging import get_logger
-from common.phases import get_phase
 from common.plotting import rate_bars
 from common.statistics import rate
-from common.utils import discover_latest_phase_output, phase_dir, save_json, upstream_inputs, write_manifest
+from common.utils import save_json, write_manifest
 
 logger = get_logger("phase1")
 
 THIN_CLASS_SAMPLES = 20
 
 
-def run(config: Config) -> Path | None:
-    spec = get_phase("1")
-    inputs = upstream_inputs(config, spec)
-    problems = pd.read_parquet(discover_latest_phase_output("0.1", config.data_dir).parent / "sae.parquet")
-    out_dir = phase_dir(config, spec.id)
+def run(phase: PhaseRun) -> Path | None:
+    config = phase.config
+    spec = phase.spec
+    inputs = phase.inputs
+    problems = pd.read_parquet(phase.upstream("0.1") / "sae.parquet")
+    out_dir = phase.out_dir
     generated = generate_split(config, spec, inputs, problems,
                                lambda records: make_items(records, config.samples_per_task, config.temperature),
                                description="phase 1")

@@ -26,14 +26,13 @@ from common.activations import load_position
 from common.checkpoint import phase_checkpoint
 from common.code_corpus import corpus_windows
 from common.config import Config
+from common.phase_run import PhaseRun
 from common.errors import PipelineError
 from common.hooks import check_layers, decoder_layers
 from common.logging import get_logger
-from common.phases import get_phase
 from common.positions import recorded_positions
 from common.saes import layer_source, load_sae, massive_norm_threshold, reconstruction_stats, source_kind
-from common.utils import (atomic_path, discover_latest_phase_output, load_json, phase_dir, save_json,
-    upstream_inputs, write_manifest)
+from common.utils import (atomic_path, load_json, save_json, write_manifest)
 from common_simplified.model_loader import load_model_and_tokenizer
 from phase2_0.quality import delta_cross_entropy, mean_next_token_loss
 from phase2_0.training import SaeTrainingSettings, train_sae
@@ -44,11 +43,12 @@ FREQUENCY_FILE = "general_frequency.safetensors"
 SOURCES_FILE = "sae_sources.json"
 
 
-def run(config: Config) -> Path:
-    spec = get_phase("2.0")
-    inputs = upstream_inputs(config, spec)
-    out_dir = phase_dir(config, spec.id)
-    phase1 = discover_latest_phase_output("1", config.data_dir).parent
+def run(phase: PhaseRun) -> Path:
+    config = phase.config
+    spec = phase.spec
+    inputs = phase.inputs
+    out_dir = phase.out_dir
+    phase1 = phase.upstream("1")
     training = source_kind(config.sae_source) == "trained"
     checkpoint = phase_checkpoint(out_dir / "checkpoint", {k: getattr(config, k) for k in spec.config_keys}, inputs,
                                   config.force)

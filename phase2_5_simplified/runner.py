@@ -29,13 +29,12 @@ from safetensors.torch import load_file
 from common.activations import load_position
 from common.classification import group_bootstrap_counts
 from common.config import Config
+from common.phase_run import PhaseRun
 from common.directions import SteeringDirection, save_directions
 from common.logging import get_logger
-from common.phases import get_phase
 from common.positions import is_code_position, recorded_positions, usable_rows
 from common.saes import encode_rows, load_sae
-from common.utils import (atomic_path, discover_latest_phase_output, load_json, phase_dir, save_json, upstream_inputs,
-    write_manifest)
+from common.utils import (atomic_path, load_json, save_json, write_manifest)
 from phase2_5_simplified.plots import plot_scores_by_layer, plot_top_latent_activations
 from phase2_5_simplified.sae_analyzer import (LatentScores, bootstrap_ranks, bootstrap_separation,
     permutation_max_separation, separation_scores, task_label_permutations, within_task_label_permutations)
@@ -48,12 +47,13 @@ N_ZERO_DISCRIMINATION = 5  # per layer
 ZERO_DISCRIMINATION_MIN_FREQ = 0.1  # a control latent must fire on at least this fraction of each class
 
 
-def run(config: Config) -> Path:
-    spec = get_phase("2.5")
-    inputs = upstream_inputs(config, spec)
-    phase1 = discover_latest_phase_output("1", config.data_dir).parent
-    phase2_0 = discover_latest_phase_output("2.0", config.data_dir).parent
-    out_dir = phase_dir(config, spec.id)
+def run(phase: PhaseRun) -> Path:
+    config = phase.config
+    spec = phase.spec
+    inputs = phase.inputs
+    phase1 = phase.upstream("1")
+    phase2_0 = phase.upstream("2.0")
+    out_dir = phase.out_dir
     table = pd.read_parquet(phase1 / "dataset_sae.parquet")
     sources = load_json(phase2_0 / "sae_sources.json")
     general = load_file(str(phase2_0 / "general_frequency.safetensors"))

@@ -21,12 +21,11 @@ import pandas as pd
 import torch
 
 from common.activations import load_position
-from common.config import Config
+from common.phase_run import PhaseRun
 from common.directions import SteeringDirection, save_directions
 from common.logging import get_logger
-from common.phases import get_phase
 from common.positions import SHARED_BY_TASK, is_code_position, recorded_positions, usable_rows
-from common.utils import discover_latest_phase_output, phase_dir, save_json, upstream_inputs, write_manifest
+from common.utils import save_json, write_manifest
 
 logger = get_logger("phase2_6")
 
@@ -68,10 +67,11 @@ def paired_pca(differences: torch.Tensor) -> tuple[torch.Tensor, float] | None:
     return component, explained
 
 
-def run(config: Config) -> Path:
-    spec = get_phase("2.6")
-    inputs = upstream_inputs(config, spec)
-    phase1 = discover_latest_phase_output("1", config.data_dir).parent
+def run(phase: PhaseRun) -> Path:
+    config = phase.config
+    spec = phase.spec
+    inputs = phase.inputs
+    phase1 = phase.upstream("1")
     table = pd.read_parquet(phase1 / "dataset_sae.parquet")
     warnings: list[str] = []
     directions: list[SteeringDirection] = []
@@ -98,7 +98,7 @@ def run(config: Config) -> Path:
                                   "layers": per_layer}
     if not directions:
         logger.warning("one class is empty: no direction at all")
-    out_dir = phase_dir(config, spec.id)
+    out_dir = phase.out_dir
     directions_path = out_dir / "directions.safetensors"
     save_directions(directions_path, directions)
     summary_path = out_dir / "phase_2_6_summary.json"

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.config import Config
+from common.phase_run import PhaseRun
 from common.generation_job import generate_split, make_temperature_items, write_split_outputs
 from common.logging import get_logger
-from common.phases import get_phase
 from common.statistics import rate
-from common.utils import discover_latest_phase_output, phase_dir, save_json, upstream_inputs, write_manifest
+from common.utils import save_json, write_manifest
 
 logger = get_logger("phase3_5")
 
@@ -29,17 +28,18 @@ def temperature_tag(temperature: float) -> str:
     return f"{whole}_{fraction or '0'}"
 
 
-def run(config: Config) -> Path | None:
-    spec = get_phase("3.5")
-    inputs = upstream_inputs(config, spec)
-    problems = pd.read_parquet(discover_latest_phase_output("0.1", config.data_dir).parent / "validation.parquet")
+def run(phase: PhaseRun) -> Path | None:
+    config = phase.config
+    spec = phase.spec
+    inputs = phase.inputs
+    problems = pd.read_parquet(phase.upstream("0.1") / "validation.parquet")
     generated = generate_split(
         config, spec, inputs, problems,
         lambda records: make_temperature_items(records, config.temperatures, config.samples_per_temperature),
         description="phase 3.5 (validation)")
     if generated is None:
         return None
-    out_dir = phase_dir(config, spec.id)
+    out_dir = phase.out_dir
     outputs, by_temperature = [], {}
     for temperature in [0.0, *config.temperatures]:
         picked = [i for i, row in enumerate(generated.rows) if row["temperature"] == temperature]

@@ -11,22 +11,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.config import Config
+from common.phase_run import PhaseRun
 from common.generation_job import generate_split, make_items, write_split_outputs
 from common.logging import get_logger
-from common.phases import get_phase
 from common.statistics import rate
-from common.utils import discover_latest_phase_output, phase_dir, save_json, upstream_inputs, write_manifest
+from common.utils import save_json, write_manifest
 
 logger = get_logger("phase3_6")
 
 TABLE = "dataset_hyperparams_temp_0_0.parquet"
 
 
-def run(config: Config) -> Path | None:
-    spec = get_phase("3.6")
-    inputs = upstream_inputs(config, spec)
-    problems = pd.read_parquet(discover_latest_phase_output("0.1", config.data_dir).parent / "hyperparams.parquet")
+def run(phase: PhaseRun) -> Path | None:
+    config = phase.config
+    spec = phase.spec
+    inputs = phase.inputs
+    problems = pd.read_parquet(phase.upstream("0.1") / "hyperparams.parquet")
     generated = generate_split(config, spec, inputs, problems, lambda records: make_items(records, 0, 1.0),
                                description="phase 3.6 (hyperparams, greedy)")
     if generated is None:
@@ -34,7 +34,7 @@ def run(config: Config) -> Path | None:
     by_task = {row["task_id"]: row for row in problems.to_dict("records")}
     rows = [{**row, "text": by_task[row["task_id"]]["text"], "test_list": list(by_task[row["task_id"]]["test_list"])}
             for row in generated.rows]
-    out_dir = phase_dir(config, spec.id)
+    out_dir = phase.out_dir
     outputs = write_split_outputs(config, out_dir, TABLE, rows, generated.activations)
     n_passed = sum(row["test_passed"] for row in rows)
     summary = {"split": "hyperparams", "temperature": 0.0, "prompt_style": generated.prompt_style,

@@ -31,12 +31,12 @@ from common.baselines import BASELINES, CLEAN_STOPS, STRONGEST_DECLARED, applica
 from common.classification import (auroc, auroc_with_interval, best_f1_threshold, binary_metrics, incremental_auroc,
     within_task_auroc, within_task_difference)
 from common.config import Config
+from common.phase_run import PhaseRun
 from common.directions import load_directions
 from common.logging import get_logger
-from common.phases import get_phase
 from common.positions import SHARED_BY_TASK, is_code_position, recorded_positions, usable_rows
 from common.saes import encode_rows, load_sae
-from common.utils import discover_latest_phase_output, load_json, phase_dir, save_json, upstream_inputs, write_manifest
+from common.utils import load_json, save_json, write_manifest
 from phase3_8.plots import plot_forest, plot_roc_by_position
 from phase3_8.table import markdown_table
 
@@ -79,10 +79,11 @@ class Family:
     candidates: dict[str, Scorer]
 
 
-def run(config: Config) -> Path:
-    spec = get_phase("3.8")
-    inputs = upstream_inputs(config, spec)
-    folder = {phase: discover_latest_phase_output(phase, config.data_dir).parent for phase in spec.upstream}
+def run(phase: PhaseRun) -> Path:
+    config = phase.config
+    spec = phase.spec
+    inputs = phase.inputs
+    folder = {upstream: phase.upstream(upstream) for upstream in spec.upstream}
     fit = _split("sae", folder["1"], [("dataset_sae.parquet", "activations")])
     choose = _split("hyperparams", folder["3.6"], [("dataset_hyperparams_temp_0_0.parquet", "activations")])
     temperatures = load_json(folder["3.5"] / "phase_3_5_summary.json")["by_temperature"]
@@ -118,7 +119,7 @@ def run(config: Config) -> Path:
             known = ~np.isnan(best["validation_scores"])
             curves[position][f"best baseline: {best_name}"] = (best["validation_scores"][known], report.passed[known])
 
-    out_dir = phase_dir(config, spec.id)
+    out_dir = phase.out_dir
     rows = _table_rows(baselines, best_name, positions)
     results_path, table_path = out_dir / "evaluation_results.json", out_dir / "evaluation_table.md"
     save_json({"splits": {"fit": "sae (phase 1)", "choose": "hyperparams (phase 3.6)",

@@ -1,41 +1,45 @@
-"""Phase 4.5 figure: what each coefficient does, per steered direction, with the chosen one marked."""
+"""Phase 4.5 figure: dose-response. Effect against disruption for every method and every control, per class."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from common.plotting import plt, save_figure
 
-_PANELS = (("flip_rate", "flip rate"), ("valid_code_rate", "valid code (parses, defines the function)"),
-           ("steered_pass_rate", "steered pass rate"), (None, "similarity to baseline code"))
+_PANELS = (("correct", "fixed", "correct directions: fail -> pass on failing problems"),
+           ("correct", "broken", "correct directions: pass -> fail on passing problems"),
+           ("incorrect", "broken", "incorrect directions: pass -> fail on passing problems"))
+_MARKERS = {"random_isotropic": "o", "random_top_pc_span": "s", "random_active_latent": "^",
+            "shuffled_label_mean_difference": "v"}
 
 
-def plot_coefficient_effects(results: dict[str, dict[str, Any]], path: Path) -> None:
-    """2x2 panels against the coefficient (log scale): rates with 95% intervals, and difflib similarities."""
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    for ax, (key, title) in zip(axes.flat, _PANELS):
-        for colour, (kind, result) in zip(("#2a9d8f", "#e76f51"), results.items()):
-            grid = result["grid"]
-            x = np.array([m["coefficient"] for m in grid], dtype=float)
-            if key is None:
-                ax.plot(x, [m["mean_token_similarity"] for m in grid], "o-", color=colour, label=f"{kind}: tokens")
-                ax.plot(x, [m["mean_char_similarity"] for m in grid], "s--", color=colour, label=f"{kind}: characters")
-                ax.set_ylim(0, 1.05)
-            else:
-                values = np.array([m[key]["rate"] for m in grid])
-                errors = [np.maximum(0, values - [m[key]["low"] for m in grid]),
-                          np.maximum(0, np.array([m[key]["high"] for m in grid]) - values)]
-                ax.errorbar(x, values, yerr=errors, fmt="o-", capsize=3, color=colour,
-                            label=f"{kind} (n = {grid[0]['n_problems']})")
-                ax.set_ylim(-0.02, 1.05)
-            ax.axvline(result["coefficient"], color=colour, ls=":", lw=1)
+def plot_dose_response(results: dict[str, dict[str, Any]], controls: list[dict[str, Any]], colours: dict[str, str],
+                       path: Path) -> None:
+    """Grey markers: one per control arm (shape by type); lines: each method with 95% intervals; the chosen
+    level ringed. x is the disruption measured at the calibrated alpha (log scale)."""
+    fig, axes = plt.subplots(1, len(_PANELS), figsize=(5 * len(_PANELS), 4.2))
+    for ax, (kind, outcome, title) in zip(axes, _PANELS):
+        for kind_of_control, marker in _MARKERS.items():
+            points = [p for p in controls if p["type"] == kind_of_control and p[outcome] is not None]
+            ax.scatter([p["disruption"] for p in points], [p[outcome] for p in points], marker=marker, s=16,
+                       color="#9e9e9e", alpha=0.7, label=kind_of_control.replace("_", " "))
+        for result in (r for r in results.values() if r["class"] == kind):
+            grid = [g for g in result["grid"] if g.get("reachable")]
+            key = "versus_controls" if outcome == ("fixed" if kind == "correct" else "broken") else "break_rate"
+            values = [g[key]["target"] if key == "versus_controls" else g[key] for g in grid]
+            x = [g["achieved_disruption"] for g in grid]
+            y = [v["rate"] for v in values]
+            errors = [[max(0.0, v["rate"] - v["low"]) for v in values], [max(0.0, v["high"] - v["rate"]) for v in values]]
+            ax.errorbar(x, y, yerr=errors, fmt="o-", capsize=3, color=colours.get(result["method"], "black"),
+                        label=f"{result['method']} (chosen: {result['chosen_by']})")
+            for g, xi, yi in zip(grid, x, y):
+                if result["chosen_by"] == "rule" and g["level"] == result["level"]:
+                    ax.scatter([xi], [yi], s=160, facecolors="none", edgecolors="black", zorder=5)
         ax.set_xscale("log")
-        ax.set_xlabel("coefficient (dotted: chosen)")
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7)
-    fig.suptitle("Steering coefficient grid, hyperparams split (correct: on failing problems; incorrect: on "
-                 "passing ones)", fontsize=10)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("disruption: KL per token on baseline programs (nats)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=6)
+    fig.suptitle("Phase 4.5, hyperparams split: each method against controls at matched disruption", fontsize=10)
     save_figure(fig, path)

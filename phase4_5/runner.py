@@ -1,12 +1,19 @@
-"""Phase 4.5: which steering coefficient to use, found on the hyperparams split (seed 001).
+"""Phase 4.5: each method's steering strength, chosen on the hyperparams split against controls at matched disruption.
 
-The decoder rows of phase 2.5's best correct-preferring and best incorrect-preferring latents are
-added at their layers during greedy generation, at every coefficient of the grid, on the same
-`problems_per_coefficient` problems (complexity-stratified): the correct direction on problems the
-baseline (phase 3.6) fails, the incorrect direction on problems it passes. Per coefficient: flip
-rate, steered pass rate, syntax-error rate and how far the code moved. A coefficient is proposed by
-a stated rule; `--set correct_coefficient=... incorrect_coefficient=...` overrides it. The
-generations stay in `checkpoint/`, so changing only the choice reruns in seconds.
+The grid is over disruption, not alpha: at every level of `disruption_levels` (mean KL per token of
+the next-token distributions over baseline programs, common/disruption.py) each method's direction of
+each class and `selection_controls_per_type` controls of each type are given the alpha that disturbs
+the model that much. Every arm steers every hyperparams problem (both classes), so each method is
+compared with controls that disturb the model exactly as much, on the same problems. Rule, per method
+and class, the smallest level where:
+- its effect (correct class: fail -> pass on failing problems; incorrect: pass -> fail on passing ones)
+  beats the controls of that level at the direction level with a positive one-sided 95% lower bound
+  (common/direction_inference.py); and
+- for the correct class, pass -> fail on passing problems is no higher than the controls' mean and at
+  most `max_break_rate`.
+None qualifies: "no effective level", and phase 4.8 runs `preregistered_level`. All
+`controls_per_type` controls of each type are calibrated at every level (cheap: no generation) and saved
+with the targets in `interventions.safetensors` + `arms.json` for phase 4.8.
 """
 
 from __future__ import annotations
@@ -14,168 +21,184 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
+from scipy.stats import spearmanr
 
-from common.activation_cache import mean_residual_norms
-from common.config import Config
-from common.directions import SteeringDirection, load_directions
+from common.direction_inference import versus_controls
+from common.disruption import teacher_texts
 from common.errors import PipelineError
 from common.logging import get_logger
-from common.phases import get_phase
+from common.methods import SteeringSite, get_method, steering_layer
+from common.phase_run import PhaseRun
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
-from common.steered_runs import BASELINE_COLUMNS, Arm, save_rows, arm_metrics, run_arms, write_examples
-from common.interventions import ResidualAddition
-from common.utils import (discover_latest_phase_output, phase_dir, save_json, upstream_inputs,
-    write_manifest)
+from common.statistics import rate
+from common.steered_runs import (BASELINE_COLUMNS, Arm, arm_metrics, outcome_matrix, run_arms, save_rows,
+                                 with_outcomes, write_examples)
+from common.utils import save_json
 from common_simplified.model_loader import load_model_and_tokenizer
-from phase4_5.plots import plot_coefficient_effects
+from common.calibrated_arms import save_arms
+from phase4_5.calibration import achieved_disruption, calibrate, make_controls
+from phase4_5.plots import plot_dose_response
 
 logger = get_logger("phase4_5")
 
-KINDS = {"correct": "initially failing", "incorrect": "initially passing"}  # direction -> problems it is tried on
+EFFECT = {"correct": "fixed", "incorrect": "broken"}  # the outcome a class's direction is meant to cause
 
 
-def run(config: Config) -> Path | None:
-    spec = get_phase("4.5")
-    inputs = upstream_inputs(config, spec)
-    folder = {phase: discover_latest_phase_output(phase, config.data_dir).parent for phase in spec.upstream}
-    baseline = pd.read_parquet(folder["3.6"] / "dataset_hyperparams_temp_0_0.parquet", columns=BASELINE_COLUMNS)
-    problems = pd.read_parquet(folder["0.1"] / "hyperparams.parquet")
-    best = best_latent_directions(folder["2.5"] / "latent_directions.safetensors", config.steering_direction_position)
-    selected, warnings = _problems_to_steer(config, baseline, best)
+def run(phase: PhaseRun) -> Path | None:
+    config = phase.config
+    folders = {upstream: phase.upstream(upstream) for upstream in phase.spec.upstream}
+    baseline = pd.read_parquet(folders["3.6"] / "dataset_hyperparams_temp_0_0.parquet", columns=BASELINE_COLUMNS
+                               + ["raw_output"])
+    unsupported = int((baseline["error_type"] == "unsupported").sum())
+    baseline = baseline[baseline["error_type"] != "unsupported"].reset_index(drop=True)
+    problems = pd.read_parquet(folders["0.1"] / "hyperparams.parquet")
+    position = config.steering_direction_position
+    layer = steering_layer(folders["2.5"], position, config.steering_layer)
+    if layer is None:
+        raise PipelineError(f"phase 4.5 has nothing to steer: phase 2.5 lists no correct-preferring latent at {position} "
+                            "to place the steering layer (set steering_layer)")
+    site = SteeringSite(layer, position, folders)
+    warnings = [f"{unsupported} baseline programs the sandbox could not judge are left out"] if unsupported else []
+    targets = {}
+    for name in config.methods:
+        proposal = get_method(name).propose(site)
+        warnings += proposal.warnings
+        targets.update({(name, kind): intervention for kind, intervention in proposal.interventions.items()})
+    if not targets:
+        raise PipelineError("phase 4.5 has nothing to steer: " + "; ".join(warnings))
+    if len(baseline) < config.min_problems_per_level:
+        warnings.append(f"only {len(baseline)} hyperparams problems per level (wanted {config.min_problems_per_level})")
     for warning in warnings:
         logger.warning(warning)
-    if not selected:
-        raise PipelineError("phase 4.5 has nothing to steer: " + "; ".join(warnings))
 
     model, tokenizer = load_model_and_tokenizer(config.model_name, config.device, config.dtype)
     builder = PromptBuilder(resolve_prompt_style(config.prompt_style, tokenizer), tokenizer)
-    steered_prompts = pd.concat(list(selected.values()))["prompt"].tolist()
-    norms = mean_residual_norms(model, tokenizer, steered_prompts, sorted({best[kind].layer for kind in selected}),
-                                builder.adds_special_tokens)
-    grid = sorted(config.steering_coefficients)
-    arms = [Arm(f"{kind}@{c:g}", ResidualAddition(best[kind], _alpha(config, c, norms[best[kind].layer]),
-                                            config.steering_positions), tuple(selected[kind]["task_id"]))
-            for kind in selected for c in grid]
-    steered = run_arms(config, spec, inputs, problems, baseline, arms, "phase 4.5 (coefficient grid)",
-                       loaded=(model, tokenizer))
-    if steered is None:
+    chosen_latents = [t.direction.provenance.get("feature_idx") for t in targets.values()]
+    controls, missing = make_controls(site, [i for i in chosen_latents if i is not None], config.controls_per_type,
+                                      model.config.hidden_size, config.seed)
+    warnings += [f"control type left out: {m}" for m in missing]
+    sample = baseline.sample(n=min(config.disruption_programs, len(baseline)), random_state=config.seed)
+    texts = teacher_texts(tokenizer, sample["prompt"].tolist(), sample["raw_output"].tolist(),
+                          builder.adds_special_tokens, config.disruption_max_tokens)
+    levels = sorted(set(config.disruption_levels) | {config.preregistered_level})
+    arms, curves = calibrate(model, texts, targets, controls, levels, config)
+    steered = [(arm, addition) for arm, addition in arms if arm.level in config.disruption_levels
+               and (arm.role == "target" or _selection_control(arm, config.selection_controls_per_type))]
+    curves["achieved"] = achieved_disruption(model, texts, steered)
+    tasks = tuple(baseline["task_id"])
+    generated = run_arms(config, phase.spec, phase.inputs, problems, baseline[BASELINE_COLUMNS],
+                         [Arm(arm.name, addition, tasks) for arm, addition in steered],
+                         "phase 4.5 (disruption grid)", loaded=(model, tokenizer))
+    if generated is None:
         return None
-    rows, generation = steered
-
-    out_dir = phase_dir(config, spec.id)
+    rows, generation = generated
+    rows = with_outcomes(rows)
+    out_dir = phase.out_dir
     grid_path = out_dir / "coefficient_grid_results.parquet"
     save_rows(rows, grid_path)
-    results: dict[str, Any] = {}
-    example_paths = []
-    for kind in selected:
-        by_coefficient = []
-        for c in grid:
-            arm_rows = rows[rows["arm"] == f"{kind}@{c:g}"]
-            by_coefficient.append({"coefficient": c, "alpha": _alpha(config, c, norms[best[kind].layer]),
-                                   **arm_metrics(arm_rows)})
-            path = out_dir / "coefficient_examples" / f"{kind}_coeff_{c:g}.md"
-            write_examples(path, f"{kind} steering, coefficient {c:g} ({best[kind].name}), on {KINDS[kind]} "
-                                 "hyperparams problems", arm_rows)
-            example_paths.append(path)
-        results[kind] = _choice(config, kind, best[kind], by_coefficient, norms[best[kind].layer],
-                                selected[kind], len(baseline))
-        logger.info("%s steering: %s", kind, results[kind]["rationale"])
-
+    results = {f"{method}/{kind}": _choose(config, method, kind, [a for a, _ in steered], rows, curves["achieved"])
+               for method, kind in targets}
+    for key, result in results.items():
+        logger.info("%s: %s", key, result["rationale"])
+    example_paths = _write_examples(out_dir / "coefficient_examples", [a for a, _ in steered], rows)
+    outputs = save_arms(out_dir, arms)
     selected_path = out_dir / "selected_coefficients.json"
-    save_json({**results, "rule": PROPOSAL_RULE.format(validity=config.min_valid_code_rate),
-               "coefficient_scale": config.coefficient_scale, "positions": config.steering_positions,
-               "split": "hyperparams", "warnings": warnings}, selected_path)
+    save_json({"methods": results, "layer": layer, "position": position, "positions": site.policy,
+               "preregistered_level": config.preregistered_level, "rule": RULE.format(config.max_break_rate),
+               "split": "hyperparams", "n_problems": len(baseline), "warnings": warnings}, selected_path)
+    similarity = _similarity_check(rows, curves["achieved"])
     plot_path = out_dir / "coefficient_analysis_plots.png"
-    plot_coefficient_effects(results, plot_path)
+    plot_dose_response(results, _control_points(rows, [a for a, _ in steered], curves["achieved"]),
+                       {m: get_method(m).colour for m in config.methods}, plot_path)
     summary_path = out_dir / "phase_4_5_summary.json"
-    save_json({"grid": grid, "coefficient_scale": config.coefficient_scale, "positions": config.steering_positions,
-               "mean_residual_norm": {str(layer): norm for layer, norm in norms.items()},
-               "n_generations": int(len(rows)), "generation": generation, "warnings": warnings,
-               "by_direction": {kind: {"direction": r["direction"], "selected_coefficient": r["coefficient"],
-                                       "chosen_by": r["chosen_by"], "grid": r["grid"]} for kind, r in results.items()}},
-              summary_path)
-    return write_manifest(config, spec, inputs, [grid_path, selected_path, plot_path, summary_path, *example_paths])
+    save_json({"layer": layer, "position": position, "levels": list(config.disruption_levels),
+               "n_controls_at_each_level": {f"{level:g}": sum(a.role == "control" and a.level == level for a, _ in steered)
+                                            for level in config.disruption_levels},
+               "n_controls_calibrated": len(controls), "calibration": curves, "disruption_vs_token_similarity":
+               similarity, "n_generations": int(len(rows)), "generation": generation, "warnings": warnings,
+               "chosen": {key: {"level": r["level"], "alpha": r["alpha"], "chosen_by": r["chosen_by"]}
+                          for key, r in results.items()}}, summary_path)
+    return phase.finish([grid_path, selected_path, plot_path, summary_path, *outputs, *example_paths])
 
 
-def best_latent_directions(path: Path, position: str) -> dict[str, SteeringDirection]:
-    """Phase 2.5's rank-1 latent of each class at one activation position, by the class it prefers."""
-    return {d.provenance["prefers"]: d for d in load_directions(path)
-            if d.source == "sae_latent" and d.provenance.get("rank") == 1 and d.position == position}
+RULE = ("per method and class, the smallest disruption level where the effect on the target class beats that level's "
+        "controls with a positive one-sided 95% lower bound (direction-level prediction test), and, for the correct "
+        "class, pass -> fail on passing problems is at most the controls' mean and at most {:.0%}; otherwise no "
+        "effective level, and phase 4.8 runs the pre-registered level")
 
 
-def _problems_to_steer(config: Config, baseline: pd.DataFrame, best: dict[str, SteeringDirection]
-                       ) -> tuple[dict[str, pd.DataFrame], list[str]]:
-    """Per direction, its complexity-stratified problems (failing ones for correct, passing for incorrect)."""
-    selected, warnings = {}, []
-    for kind, pool_name in KINDS.items():
-        pool = baseline[~baseline["test_passed"]] if kind == "correct" else baseline[baseline["test_passed"]]
-        if kind not in best:
-            warnings.append(f"phase 2.5 listed no {kind}-preferring latent (see its warnings: a class may be "
-                            f"missing on the sae split): {kind} steering is skipped")
-        elif pool.empty:
-            warnings.append(f"no {pool_name} problems on the hyperparams split: {kind} steering is skipped")
-        else:
-            if len(pool) < config.problems_per_coefficient:
-                warnings.append(f"only {len(pool)} {pool_name} problems (wanted {config.problems_per_coefficient}): "
-                                f"{kind} steering uses all of them")
-            selected[kind] = stratified_by_complexity(pool, config.problems_per_coefficient, config.seed)
-    return selected, warnings
+def _selection_control(arm, per_type: int) -> bool:
+    return arm.role == "control" and int(arm.name.split("/")[2].split("@")[0]) < per_type
 
 
-def stratified_by_complexity(pool: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    """`n` problems spread over the complexity range: sort by complexity, cut into n equal bins, draw one
-    from each. The pool itself when it holds n or fewer."""
-    if len(pool) <= n:
-        return pool
-    ordered = pool.sort_values(["cyclomatic_complexity", "task_id"], kind="stable").reset_index(drop=True)
-    rng = np.random.default_rng(seed)
-    picks = [int(rng.choice(chunk)) for chunk in np.array_split(np.arange(len(ordered)), n)]
-    return ordered.iloc[picks]
+def _choose(config, method: str, kind: str, arms, rows: pd.DataFrame, achieved: dict[str, float]) -> dict[str, Any]:
+    grid = []
+    for level in sorted(config.disruption_levels):
+        target = next((a for a in arms if a.role == "target" and a.group == method and a.kind == kind
+                       and a.level == level), None)
+        if target is None:
+            grid.append({"level": level, "reachable": False})
+            continue
+        controls = [a.name for a in arms if a.role == "control" and a.level == level]
+        effect, tasks = outcome_matrix(rows, [target.name, *controls], EFFECT[kind])
+        breaks, _ = outcome_matrix(rows, [target.name, *controls], "broken")
+        target_rows = rows[rows["arm"] == target.name]
+        entry = {"level": level, "reachable": True, "alpha": target.alpha, "achieved_disruption": achieved[target.name],
+                 "effect": EFFECT[kind], "versus_controls": versus_controls(effect[0], effect[1:]),
+                 "break_rate": rate(int(breaks[0].sum()), breaks.shape[1]).to_dict(),
+                 "controls_mean_break_rate": float(breaks[1:].mean()) if breaks.shape[0] > 1 and breaks.size else None,
+                 **arm_metrics(target_rows)}
+        bound = entry["versus_controls"]["difference_lower_bound"]
+        preserved = kind != "correct" or (entry["controls_mean_break_rate"] is not None
+                                          and entry["break_rate"]["rate"] <= entry["controls_mean_break_rate"]
+                                          and entry["break_rate"]["rate"] <= config.max_break_rate)
+        entry["qualifies"] = bool(bound is not None and bound > 0 and preserved)
+        grid.append(entry)
+    chosen = next((g for g in grid if g.get("qualifies")), None)
+    if chosen is not None:
+        v = chosen["versus_controls"]
+        rationale = (f"level {chosen['level']:g} (alpha {chosen['alpha']:.3g}): {v['target']['successes']}/"
+                     f"{v['target']['trials']} {EFFECT[kind]} against controls' mean {100 * v['controls_mean_rate']:.1f}%, "
+                     f"lower bound {100 * v['difference_lower_bound']:+.1f} pts")
+        level, chosen_by = chosen["level"], "rule"
+    else:
+        level, chosen_by = config.preregistered_level, "preregistered"
+        rationale = (f"no effective level: at no level did {EFFECT[kind]} beat the controls with a positive lower bound"
+                     f"{' while preserving passing code' if kind == 'correct' else ''}; phase 4.8 runs the "
+                     f"pre-registered level {level:g}")
+    return {"method": method, "class": kind, "level": level, "chosen_by": chosen_by, "rationale": rationale,
+            "alpha": chosen["alpha"] if chosen else None, "grid": grid}
 
 
-def _alpha(config: Config, coefficient: float, residual_norm: float) -> float:
-    return coefficient * residual_norm if config.coefficient_scale == "residual_norm" else coefficient
+def _control_points(rows: pd.DataFrame, arms, achieved: dict[str, float]) -> list[dict[str, Any]]:
+    """Each control arm's fix and break rates with its achieved disruption, for the dose-response figure."""
+    points = []
+    for arm in (a for a in arms if a.role == "control"):
+        r = rows[rows["arm"] == arm.name]
+        points.append({"level": arm.level, "disruption": achieved[arm.name], "type": arm.group,
+                       "fixed": float(r["fixed"].dropna().astype(bool).mean()) if r["fixed"].notna().any() else None,
+                       "broken": float(r["broken"].dropna().astype(bool).mean()) if r["broken"].notna().any() else None})
+    return points
 
 
-PROPOSAL_RULE = ("among coefficients whose steered programs are valid (parse and define the function under test) at "
-                 "least {validity:.0%} of the time, the one "
-                 "with the most flips (the smallest on ties); if none flips anything, the largest such coefficient; "
-                 "if none keeps that validity, the smallest coefficient")
+def _similarity_check(rows: pd.DataFrame, achieved: dict[str, float]) -> dict[str, Any]:
+    """Does the disruption measure agree with how far steered code moved? Spearman over arms."""
+    by_arm = rows.groupby("arm")["token_similarity"].mean()
+    names = [name for name in by_arm.index if name in achieved]
+    if len(names) < 3:
+        return {"n_arms": len(names), "spearman_rho": None}
+    rho, p = spearmanr([achieved[n] for n in names], [by_arm[n] for n in names])
+    return {"n_arms": len(names), "spearman_rho": float(rho), "p_value": float(p)}
 
 
-def propose_coefficient(by_coefficient: list[dict[str, Any]], min_validity: float) -> tuple[float, str]:
-    valid = [m for m in by_coefficient if m["valid_code_rate"]["rate"] >= min_validity - 1e-12]
-    if not valid:
-        return by_coefficient[0]["coefficient"], (f"no coefficient kept valid code >= {min_validity:.0%}; "
-                                                  "the smallest is proposed")
-    most = max(m["flip_rate"]["successes"] for m in valid)
-    if most == 0:
-        chosen = valid[-1]
-        return chosen["coefficient"], (f"no coefficient flipped any of the {chosen['n_problems']} problems; the largest "
-                                       f"with valid code >= {min_validity:.0%} is proposed")
-    chosen = next(m for m in valid if m["flip_rate"]["successes"] == most)
-    flips = chosen["flip_rate"]
-    return chosen["coefficient"], (f"most flips with valid code >= {min_validity:.0%}: {flips['successes']}/"
-                                   f"{flips['trials']} at coefficient {chosen['coefficient']:g}")
-
-
-def _choice(config: Config, kind: str, direction: SteeringDirection, by_coefficient: list[dict[str, Any]],
-            residual_norm: float, problems: pd.DataFrame, n_split: int) -> dict[str, Any]:
-    proposed, rationale = propose_coefficient(by_coefficient, config.min_valid_code_rate)
-    override = getattr(config, f"{kind}_coefficient")
-    coefficient = proposed if override is None else override
-    metrics = next((m for m in by_coefficient if m["coefficient"] == coefficient), None)
-    if override is not None:
-        rationale = f"set by hand (--set {kind}_coefficient={override:g}); the rule proposed {proposed:g}: {rationale}"
-        if metrics is None:
-            rationale += f"; {override:g} is not on the grid, so it has no metrics here"
-    return {"coefficient": coefficient, "alpha": _alpha(config, coefficient, residual_norm),
-            "coefficient_scale": config.coefficient_scale, "mean_residual_norm": residual_norm,
-            "chosen_by": "override" if override is not None else "rule", "proposed_coefficient": proposed,
-            "rationale": rationale, "direction": direction.name, "layer": direction.layer,
-            "feature_index": direction.provenance.get("feature_idx"), "positions": config.steering_positions,
-            "separation_score": direction.provenance.get("separation_score"), "metrics": metrics,
-            "problems": [str(t) for t in problems["task_id"]], "n_problems_evaluated": int(len(problems)),
-            "n_problems_in_split": n_split, "grid": by_coefficient}
+def _write_examples(folder: Path, arms, rows: pd.DataFrame) -> list[Path]:
+    paths = []
+    for arm in (a for a in arms if a.role == "target"):
+        arm_rows = rows[rows["arm"] == arm.name]
+        path = folder / f"{arm.group}_{arm.kind}_level_{arm.level:g}.md"
+        write_examples(path, f"{arm.group}, {arm.kind} direction, disruption {arm.level:g} nats/token (alpha "
+                             f"{arm.alpha:.3g}), hyperparams problems, {int(arm_rows['flipped'].sum())} of "
+                             f"{len(arm_rows)} flipped", arm_rows.sort_values("flipped", ascending=False, kind="stable"))
+        paths.append(path)
+    return paths

@@ -20,6 +20,7 @@ from common.phases import get_phase
 from common.utils import write_manifest
 
 K, BIAS, LAYER = 0, 10.0, 1
+LEVELS, PREREGISTERED = "0.001,0.3", 0.3  # nats per token: a nudge that changes nothing, and enough to flip
 PASSABLE, IMPOSSIBLE = ["assert 2 + 2 == 4"], ["assert 1 == 2"]  # hold whenever the program runs; never
 
 
@@ -62,9 +63,10 @@ def planted_args(model_dir: Path, tasks: Path) -> list[str]:
     return ["--set", "dataset=mbpp", "--set", f"data_file={tasks}", "--set", f"model_name={model_dir}",
             "--set", "layers=1,3", "--set", "max_new_tokens=8", "--set", "batch_size=4",
             "--set", "split_fractions=0.2,0.4,0.4", "--set", "samples_per_temperature=0",
-            "--set", "steering_coefficients=0.001,40", "--set", "problems_per_coefficient=3",
-            "--set", "min_valid_code_rate=0",  # the planted model never writes a function
-            "--set", "random_controls=3", "--set", "zero_discrimination_controls=2", "--log-level", "WARNING"]
+            "--set", f"disruption_levels={LEVELS}", "--set", f"preregistered_level={PREREGISTERED}",
+            "--set", "calibration_alphas=0.5,1,2,4,8,16,32,64,128,256", "--set", "disruption_programs=3",
+            "--set", "controls_per_type=3", "--set", "selection_controls_per_type=2", "--set", "control_tasks=6",
+            "--set", "min_problems_per_level=3", "--log-level", "WARNING"]
 
 
 def _unit(index: int, sign: float = 1.0) -> torch.Tensor:
@@ -73,15 +75,18 @@ def _unit(index: int, sign: float = 1.0) -> torch.Tensor:
     return vector
 
 
-def write_hand_made_directions(data_dir: Path) -> None:
-    """Phase 2.5 and 2.6 outputs: +e_K prefers correct, -e_K incorrect; controls are orthogonal to e_K;
-    the mean difference leans on e_K (cosine 0.71)."""
+def write_hand_made_directions(data_dir: Path, position: str = "code_last") -> None:
+    """Phase 2.0, 2.5 and 2.6 outputs: no SAE files; +e_K prefers correct, -e_K incorrect; zero-discrimination
+    latents orthogonal to e_K; the mean difference leans on e_K (cosine 0.71). All found at `position`."""
     config = Config(data_dir=str(data_dir)).validate()
+    (data_dir / "phase2_0").mkdir(parents=True)
+    (data_dir / "phase2_0" / "sae_sources.json").write_text("{}")
+    write_manifest(config, get_phase("2.0"), {}, [data_dir / "phase2_0" / "sae_sources.json"])
     latents = [SteeringDirection(f"sae_latent/{kind}/layer_{LAYER}/latent_{i}", LAYER, _unit(K, sign), "sae_latent",
-                                 {"prefers": kind, "rank": 1, "feature_idx": i, "separation_score": 0.5})
+                                 {"prefers": kind, "rank": 1, "feature_idx": i, "separation_score": 0.5}, position)
                for i, (kind, sign) in enumerate((("correct", 1.0), ("incorrect", -1.0)))]
     latents += [SteeringDirection(f"zero_discrimination/control/layer_{LAYER}/latent_{j}", LAYER, _unit(j),
-                                  "zero_discrimination", {"prefers": "control", "rank": j, "feature_idx": j})
+                                  "zero_discrimination", {"prefers": "control", "rank": j, "feature_idx": j}, position)
                 for j in (5, 6, 7)]
     (data_dir / "phase2_5").mkdir(parents=True)
     save_directions(data_dir / "phase2_5" / "latent_directions.safetensors", latents)
@@ -89,5 +94,5 @@ def write_hand_made_directions(data_dir: Path) -> None:
     (data_dir / "phase2_6").mkdir(parents=True)
     save_directions(data_dir / "phase2_6" / "directions.safetensors",
                     [SteeringDirection(f"mean_difference/layer_{LAYER}", LAYER, (_unit(K) + _unit(9)) / 2 ** 0.5,
-                                       "mean_difference")])
+                                       "mean_difference", {}, position)])
     write_manifest(config, get_phase("2.6"), {}, [data_dir / "phase2_6" / "directions.safetensors"])

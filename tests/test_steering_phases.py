@@ -4,7 +4,8 @@ The planted model (tests/planted.py) writes "1" while coordinate K of its residu
 is negative; every embedding carries +BIAS on K, so unsteered it writes "11111111" (a program that
 runs). Steering along -e_K with alpha > BIAS makes it write "xxxxxxxx" (NameError). Tasks whose test
 is `assert 2 + 2 == 4` therefore pass at baseline and fail when steered; tasks whose test is `assert 1 == 2`
-fail whatever the model writes. The "incorrect" latent of our hand-made phase 2.5 output is -e_K.
+fail whatever the model writes. The "incorrect" latent of our hand-made phase 2.5 output is -e_K; controls
+are calibrated to the same disruption, and none of them flips K.
 """
 
 from __future__ import annotations
@@ -17,20 +18,25 @@ import pandas as pd
 import pytest
 
 import run
+from common.calibrated_arms import load_arms
 from common.phases import get_phase
-from tests.planted import BIAS, LAYER, planted_args, write_hand_made_directions, write_tasks
+from tests.planted import LAYER, PREREGISTERED, planted_args, write_hand_made_directions, write_tasks
 
 
 @pytest.fixture(scope="module")
 def steered_run(tmp_path_factory, planted_model_dir: Path) -> tuple[Path, list[str]]:
     data_dir = tmp_path_factory.mktemp("steered")
     args = planted_args(planted_model_dir, write_tasks(data_dir))
-    for phase in ("0", "0.1", "3.5", "3.6"):
+    for phase in ("0", "0.1", "1", "3.5", "3.6"):
         assert run.main(["phase", phase, "--data-dir", str(data_dir), *args]) == 0
     write_hand_made_directions(data_dir)
     for phase in ("4.5", "4.8"):
         assert run.main(["phase", phase, "--data-dir", str(data_dir), *args]) == 0
     return data_dir, args
+
+
+def _selected(data_dir: Path) -> dict:
+    return json.loads((data_dir / "phase4_5" / "selected_coefficients.json").read_text())
 
 
 def test_the_planted_model_passes_passable_tasks_unsteered(steered_run):
@@ -42,54 +48,57 @@ def test_the_planted_model_passes_passable_tasks_unsteered(steered_run):
         assert rows["test_passed"].any() and not rows["test_passed"].all()
 
 
-def test_phase_4_5_finds_the_coefficient_that_flips_and_says_why(steered_run):
+def test_every_arm_of_a_level_is_calibrated_to_that_disruption(steered_run):
     data_dir, _ = steered_run
-    out = data_dir / "phase4_5"
-    chosen = json.loads((out / "selected_coefficients.json").read_text())
-    incorrect = chosen["incorrect"]
-    small, large = incorrect["grid"]
-    assert small["flip_rate"]["successes"] == 0 and small["mean_token_similarity"] == 1.0
-    n = incorrect["n_problems_evaluated"]
-    assert large["flip_rate"]["successes"] == n == large["flip_directions"]["pass->fail"]
-    assert large["syntax_error_rate"]["successes"] == 0  # "xxxxxxxx" parses; it fails on a NameError
-    assert large["valid_code_rate"]["successes"] == 0  # but it defines no function
-    assert (incorrect["coefficient"], incorrect["chosen_by"], incorrect["layer"]) == (40, "rule", LAYER)
-    assert "most flips" in incorrect["rationale"]
-    correct = chosen["correct"]  # on tasks nothing can fix: no flips at any coefficient
-    assert all(m["flip_rate"]["successes"] == 0 for m in correct["grid"])
-    assert correct["coefficient"] == 40 and "no coefficient flipped" in correct["rationale"]
-    examples = (out / "coefficient_examples" / "incorrect_coeff_40.md").read_text()
+    summary = json.loads((data_dir / "phase4_5" / "phase_4_5_summary.json").read_text())
+    achieved = summary["calibration"]["achieved"]
+    controls = {name: value for name, value in achieved.items() if name.startswith("control/")}
+    assert len(controls) == 2 * summary["n_controls_at_each_level"]["0.3"] and controls
+    for name, value in controls.items():
+        level = float(name.rsplit("@", 1)[1])
+        assert value == pytest.approx(level, rel=0.1)  # smooth curves: interpolation lands on the level
+    arms = load_arms(data_dir / "phase4_5")
+    assert {a.group for a, _ in arms if a.role == "control"} == {"random_isotropic", "random_top_pc_span",
+                                                                 "shuffled_label_mean_difference"}
+    assert "random_active_latent" in " ".join(summary["warnings"])  # no SAE in this run: said, not hidden
+    assert all(intervention.direction.layer == LAYER for _, intervention in arms)
+
+
+def test_phase_4_5_chooses_the_level_where_the_planted_direction_beats_its_controls(steered_run):
+    data_dir, _ = steered_run
+    chosen = _selected(data_dir)["methods"]
+    incorrect = chosen["sae_latent/incorrect"]
+    assert incorrect["chosen_by"] == "rule" and incorrect["level"] == 0.3
+    nudge, push = incorrect["grid"]
+    assert nudge["versus_controls"]["target"]["successes"] == 0 and not nudge["qualifies"]
+    versus = push["versus_controls"]
+    assert versus["target"]["successes"] == versus["target"]["trials"] > 0 and versus["controls_mean_rate"] == 0
+    assert versus["difference_lower_bound"] > 0 and push["qualifies"]
+    correct = chosen["sae_latent/correct"]  # on tasks nothing can fix: never effective
+    assert correct["chosen_by"] == "preregistered" and correct["level"] == PREREGISTERED
+    assert "no effective level" in correct["rationale"]
+    examples = (data_dir / "phase4_5" / "coefficient_examples" / "sae_latent_incorrect_level_0.3.md").read_text()
     assert "pass->fail  (FLIPPED)" in examples and "xxxxxxxx" in examples and "-11111111" in examples
-    assert (out / "coefficient_analysis_plots.png").read_bytes().startswith(b"\x89PNG")
-    summary = json.loads((out / "phase_4_5_summary.json").read_text())
-    assert summary["mean_residual_norm"][str(LAYER)] > BIAS - 1
+    assert (data_dir / "phase4_5" / "coefficient_analysis_plots.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_phase_4_8_measures_corruption_against_controls(steered_run):
+def test_phase_4_8_measures_corruption_against_disruption_matched_controls(steered_run):
     data_dir, _ = steered_run
     baseline = pd.read_parquet(data_dir / "phase3_5" / "dataset_temp_0_0.parquet")
     n_passing = int(baseline["test_passed"].sum())
     analysis = json.loads((data_dir / "phase4_8" / "steering_effect_analysis.json").read_text())
-    incorrect = analysis["effects"]["incorrect"]
-    corruption = incorrect["by_method"]["sae"]["corruption"]
-    assert corruption["successes"] == corruption["trials"] == n_passing
-    assert corruption["mcnemar_p"] == pytest.approx(2 * 0.5 ** n_passing)
-    versus = corruption["vs_controls"]
-    assert versus["n_controls"] == 5 and versus["pooled_control"]["trials"] == 5 * n_passing
-    assert versus["pooled_control"]["rate"] < 0.5 and versus["difference"] > 0.5
-    level = corruption["direction_level"]  # the inference: directions, not pooled rows
-    assert level["controls_at_or_above_target"] == 0 and level["rank_p"] == pytest.approx(1 / 6)
-    assert level["n_controls"] == 5 and level["difference"] == pytest.approx(1.0 - versus["pooled_control"]["rate"])
-    assert 0 < level["prediction_p"] < 0.5  # every task broken, no control broke one; but a handful of tasks and
-    #                                         five controls are too few for a direction-level claim at 5%
-    assert incorrect["by_method"]["mean_difference"]["corruption"]["rate"] == 1.0  # alpha * 0.71 > BIAS
-    # the planted model never writes a function, so no steered program counts as valid code
-    assert (corruption["steered_valid_code"]["successes"], corruption["steered_valid_code"]["trials"]) == (0, n_passing)
-    assert incorrect["controls"]["pooled_steered_valid_code"]["trials"] == 5 * n_passing
-    correct = analysis["effects"]["correct"]["by_method"]["sae"]
-    assert correct["correction"]["successes"] == 0 and correct["preservation"]["rate"] == 1.0
-    assert correct["whole_split"]["mcnemar_p"] == 1.0
-    examples = (data_dir / "phase4_8" / "examples" / "sae_corruption.md").read_text()
+    incorrect = analysis["methods"]["sae_latent"]["incorrect"]
+    assert incorrect["level"] == 0.3 and incorrect["chosen_by"] == "rule"
+    assert incorrect["corruption"]["successes"] == incorrect["corruption"]["trials"] == n_passing
+    versus = incorrect["versus_controls"]["corruption"]
+    assert versus["n_controls"] == analysis["n_controls"]["0.3"] == 9  # 3 of each type the sources allow
+    assert versus["controls_at_or_above_target"] == 0 and versus["rank_p"] == pytest.approx(1 / 10)
+    assert versus["n_tasks"] == analysis["control_tasks"]["n_passing"]  # the passing control tasks
+    minus = incorrect["minus_alpha"]  # +e_K: the sign reversed, nothing breaks
+    assert minus["corruption"]["successes"] == 0
+    assert analysis["alpha_0"]["flip_rate"]["successes"] == 0  # no flips from nothing
+    assert analysis["primary_endpoints"] == ["correction", "preservation"]
+    examples = (data_dir / "phase4_8" / "examples" / "sae_latent_incorrect.md").read_text()
     assert examples.count("(FLIPPED)") == n_passing
 
 
@@ -102,29 +111,23 @@ def test_viz_only_redraws_without_generating(steered_run, monkeypatch):
     assert figure.read_bytes().startswith(b"\x89PNG")
 
 
-def test_a_hand_chosen_coefficient_reuses_the_grid_generations(steered_run, monkeypatch):
+def test_a_stricter_preservation_limit_reuses_the_grid_generations(steered_run, monkeypatch):
     data_dir, args = steered_run
     monkeypatch.setattr("common.generation_job.generate", _refuse)
-    assert run.main(["phase", "4.5", "--data-dir", str(data_dir), *args, "--set", "incorrect_coefficient=0.001"]) == 0
-    chosen = json.loads((data_dir / "phase4_5" / "selected_coefficients.json").read_text())
-    assert chosen["incorrect"]["chosen_by"] == "override" and chosen["incorrect"]["coefficient"] == 0.001
-    assert chosen["incorrect"]["proposed_coefficient"] == 40
-    assert chosen["incorrect"]["metrics"]["flip_rate"]["successes"] == 0
+    assert run.main(["phase", "4.5", "--data-dir", str(data_dir), *args, "--set", "max_break_rate=0"]) == 0
+    assert _selected(data_dir)["methods"]["sae_latent/incorrect"]["level"] == 0.3  # the incorrect class has no limit
 
 
 def test_coefficient_selection_never_reads_the_validation_split(steered_run, tmp_path: Path):
     data_dir, args = steered_run
     assert "3.5" not in get_phase("4.5").upstream
     copy = tmp_path / "data"
-    for phase in ("phase0", "phase0_1", "phase2_5", "phase3_6"):
+    for phase in ("phase0", "phase0_1", "phase1", "phase2_0", "phase2_5", "phase2_6", "phase3_6"):
         shutil.copytree(data_dir / phase, copy / phase)
     (copy / "phase4_5").mkdir()
     shutil.copytree(data_dir / "phase4_5" / "checkpoint", copy / "phase4_5" / "checkpoint")
     assert run.main(["phase", "4.5", "--data-dir", str(copy), *args]) == 0  # no phase 3.5 output at all
-    original = json.loads((data_dir / "phase4_5" / "selected_coefficients.json").read_text())
-    again = json.loads((copy / "phase4_5" / "selected_coefficients.json").read_text())
-    assert again["correct"]["coefficient"] == original["correct"]["coefficient"]
-    assert again["incorrect"]["grid"] == original["incorrect"]["grid"]
+    assert _selected(copy)["methods"] == _selected(data_dir)["methods"]
 
 
 def _refuse(*args, **kwargs):
@@ -141,4 +144,4 @@ def test_rerunning_the_baseline_phase_without_changing_its_greedy_rows_reuses_ev
     monkeypatch.setattr("common.generation_job.generate", _refuse)
     assert run.main(["phase", "4.8", "--data-dir", str(data_dir), *more_samples]) == 0
     after = json.loads((data_dir / "phase4_8" / "steering_effect_analysis.json").read_text())
-    assert after["effects"] == before["effects"]
+    assert after["methods"] == before["methods"]

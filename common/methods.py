@@ -1,0 +1,118 @@
+"""The registry of steering methods: what each reads, what it proposes per class, how tables name and colour it.
+
+A method turns upstream outputs into one unit intervention per class it steers ("correct": meant to
+make code pass; "incorrect": meant to make it fail), at the steering layer and position. Phases 4.5
+and 4.8 iterate the registry; they never name a method. Adding one is a `@method` function here (or
+in its own module imported below) plus the phase that makes its upstream output:
+
+    @method("my_direction", "my direction", "#e9c46a", upstream=("2.7",))
+    def my_direction(where: SteeringSite) -> Proposal:
+        found = [d for d in load_directions(where.folder("2.7") / "directions.safetensors")
+                 if d.layer == where.layer and d.position == where.position]
+        if not found:
+            return Proposal({}, [f"phase 2.7 has no direction at layer {where.layer}"])
+        addition = ResidualAddition(found[0], 1.0, where.policy)
+        return Proposal({"correct": addition, "incorrect": addition.negated()}, [])
+
+Phase 4.5 then calibrates it at every disruption level against the controls, chooses its level by
+the rule, and phase 4.8 measures it: nothing else changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from common.directions import load_directions
+from common.interventions import Intervention, ResidualAddition
+from common.positions import LAST_PROMPT
+
+CLASSES = ("correct", "incorrect")
+
+
+@dataclass(frozen=True)
+class SteeringSite:
+    """Where the methods steer and where they find their inputs."""
+    layer: int
+    position: str  # where the directions were found (common/positions.py)
+    folders: dict[str, Path]  # upstream phase id -> output folder
+
+    @property
+    def policy(self) -> str:
+        """A direction read at the last prompt token is added there only; one read over the code, everywhere."""
+        return "last_prompt" if self.position == LAST_PROMPT else "all"
+
+    def folder(self, phase_id: str) -> Path:
+        return self.folders[phase_id]
+
+
+@dataclass(frozen=True)
+class Proposal:
+    interventions: dict[str, Intervention]  # class -> unit-strength intervention (alpha set by calibration)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    title: str  # for tables and figures
+    colour: str
+    upstream: tuple[str, ...]
+    propose: Callable[[SteeringSite], Proposal]
+
+
+METHODS: dict[str, Method] = {}
+
+
+def method(name: str, title: str, colour: str, upstream: tuple[str, ...]):
+    """Decorator: registers `propose` as a method."""
+    def register(propose: Callable[[SteeringSite], Proposal]) -> Callable[[SteeringSite], Proposal]:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is registered twice")
+        METHODS[name] = Method(name, title, colour, upstream, propose)
+        return propose
+    return register
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r} (registered: {', '.join(sorted(METHODS))})") from None
+
+
+@method("sae_latent", "SAE latent", "#2a9d8f", upstream=("2.5",))
+def sae_latent(where: SteeringSite) -> Proposal:
+    """Phase 2.5's best-ranked listed latent of each class at the steering layer: its decoder row."""
+    listed = [d for d in load_directions(where.folder("2.5") / "latent_directions.safetensors")
+              if d.source == "sae_latent" and d.position == where.position and d.layer == where.layer]
+    proposed, warnings = {}, []
+    for kind in CLASSES:
+        ranked = sorted((d for d in listed if d.provenance.get("prefers") == kind), key=lambda d: d.provenance["rank"])
+        if ranked:
+            proposed[kind] = ResidualAddition(ranked[0], 1.0, where.policy)
+        else:
+            warnings.append(f"phase 2.5 lists no {kind}-preferring latent at layer {where.layer} ({where.position})")
+    return Proposal(proposed, warnings)
+
+
+@method("mean_difference", "mean difference", "#457b9d", upstream=("2.6",))
+def mean_difference(where: SteeringSite) -> Proposal:
+    """Phase 2.6's passing-minus-failing mean at the steering layer; negated for the incorrect class."""
+    found = [d for d in load_directions(where.folder("2.6") / "directions.safetensors")
+             if d.source == "mean_difference" and d.position == where.position and d.layer == where.layer]
+    if not found:
+        return Proposal({}, [f"phase 2.6 has no mean-difference direction at layer {where.layer} ({where.position})"])
+    addition = ResidualAddition(found[0], 1.0, where.policy)
+    return Proposal({"correct": addition, "incorrect": addition.negated()})
+
+
+def steering_layer(folder_2_5: Path, position: str, configured: int | None) -> int | None:
+    """The configured layer, else the layer of phase 2.5's rank-1 correct-preferring latent at `position`."""
+    if configured is not None:
+        return configured
+    best = [d for d in load_directions(folder_2_5 / "latent_directions.safetensors")
+            if d.source == "sae_latent" and d.position == position and d.provenance.get("prefers") == "correct"
+            and d.provenance.get("rank") == 1]
+    return best[0].layer if best else None
