@@ -104,10 +104,12 @@ class Config:
     disruption_levels: list[float] = field(default_factory=lambda: [0.03, 0.1, 0.3])  # nats per token of KL on
     #                                   hyperparams baseline programs: phase 4.5's grid; every arm and control of
     #                                   a level is calibrated to it (common/disruption.py)
-    calibration_alphas: list[float] = field(default_factory=lambda: [1, 3, 10, 30, 100, 300, 1000, 3000])
+    calibration_alphas: list[float] = field(default_factory=lambda: [3, 10, 30, 100, 300, 1000])
     disruption_programs: int = 8  # baseline programs the disruption is measured over
     disruption_max_tokens: int = 96  # of each program's output
     preregistered_level: float = 0.1  # the dose phase 4.8 runs when 4.5 finds no effective level for a method
+    chosen_level: float | None = None  # a person's choice of level for every method (seed 001's manual selection,
+    #                                    after reading coefficient_examples/), overriding the rule; recorded as such
     controls_per_type: int = 5  # of each of the 4 control types (common/controls.py): 20 controls in phase 4.8
     selection_controls_per_type: int = 2  # phase 4.5's controls at each level (8): the rule's comparison
     max_break_rate: float = 0.10  # the rule: pass -> fail on passing problems at most this (and at most the
@@ -179,6 +181,8 @@ class Config:
             _check(len(values) > 0 and all(v > 0 for v in values) and len(set(values)) == len(values), key, values,
                    "distinct positive numbers")
         _check(self.preregistered_level > 0, "preregistered_level", self.preregistered_level, "> 0")
+        _check(self.chosen_level is None or self.chosen_level in (*self.disruption_levels, self.preregistered_level),
+               "chosen_level", self.chosen_level, "null, one of disruption_levels or preregistered_level")
         _check(self.steering_layer is None or self.steering_layer in self.layers, "steering_layer",
                self.steering_layer, "null or one of layers")
         _check(len(self.methods) > 0 and len(set(self.methods)) == len(self.methods), "methods", self.methods,

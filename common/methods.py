@@ -51,6 +51,7 @@ class SteeringSite:
 class Proposal:
     interventions: dict[str, Intervention]  # class -> unit-strength intervention (alpha set by calibration)
     warnings: list[str] = field(default_factory=list)
+    exclude_latents: list[int] = field(default_factory=list)  # SAE latents the active-latent controls must not use
 
 
 @dataclass(frozen=True)
@@ -87,14 +88,15 @@ def sae_latent(where: SteeringSite) -> Proposal:
     """Phase 2.5's best-ranked listed latent of each class at the steering layer: its decoder row."""
     listed = [d for d in load_directions(where.folder("2.5") / "latent_directions.safetensors")
               if d.source == "sae_latent" and d.position == where.position and d.layer == where.layer]
-    proposed, warnings = {}, []
+    proposed, warnings, chosen = {}, [], []
     for kind in CLASSES:
         ranked = sorted((d for d in listed if d.provenance.get("prefers") == kind), key=lambda d: d.provenance["rank"])
         if ranked:
             proposed[kind] = ResidualAddition(ranked[0], 1.0, where.policy)
+            chosen.append(int(ranked[0].provenance["feature_idx"]))
         else:
             warnings.append(f"phase 2.5 lists no {kind}-preferring latent at layer {where.layer} ({where.position})")
-    return Proposal(proposed, warnings)
+    return Proposal(proposed, warnings, chosen)
 
 
 @method("mean_difference", "mean difference", "#457b9d", upstream=("2.6",))

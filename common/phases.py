@@ -19,9 +19,11 @@ _GENERATION_KEYS = ("model_name", "prompt_style", "max_new_tokens", "max_prompt_
 # Which positions the teacher-forced pass reads after generation: they change the outputs, not the generations.
 _POSITION_KEYS = ("activation_positions", "position_k")
 
-# What phase 4.5 steers with and how it calibrates: they change its interventions and so its generations.
+# What phase 4.5 steers with, how it calibrates and how it chooses. Choice keys all: its checkpoint is keyed by
+# each intervention's label (direction, alpha), so a changed key regenerates only the arms it changes.
 _STEERING_KEYS = ("steering_direction_position", "steering_layer", "methods", "disruption_levels", "calibration_alphas",
-                  "disruption_programs", "disruption_max_tokens", "controls_per_type", "selection_controls_per_type")
+                  "disruption_programs", "disruption_max_tokens", "controls_per_type", "selection_controls_per_type",
+                  "preregistered_level", "min_problems_per_level", "max_break_rate", "chosen_level")
 
 _SAE_KEYS = ("sae_source", "sae_id_template", "sae_width", "sae_k", "sae_epochs", "sae_train_tokens", "sae_eval_tokens",
              "sae_delta_ce_tokens", "sae_context_tokens", "sae_batch_tokens", "sae_lr")
@@ -77,10 +79,10 @@ PHASES: tuple[PhaseSpec, ...] = (
               ("1", "2.0", "2.5", "2.6", "3.5", "3.6"), ("seed",)),
     PhaseSpec("4.5", "phase4_5", "every method calibrated at matched disruption against controls, hyperparams split",
               ("0.1", "1", "2.0", "2.5", "2.6", "3.6"),
-              _GENERATION_KEYS + _STEERING_KEYS + ("min_problems_per_level", "max_break_rate"),
-              choice_keys=("min_problems_per_level", "max_break_rate"), shards=True),
+              _GENERATION_KEYS + _STEERING_KEYS,
+              choice_keys=_STEERING_KEYS, shards=True),
     PhaseSpec("4.8", "phase4_8", "steering effects on the validation split, against disruption-matched controls",
-              ("0.1", "3.5", "4.5"), _GENERATION_KEYS + ("preregistered_level", "control_tasks", "primary_endpoints"),
+              ("0.1", "3.5", "4.5"), _GENERATION_KEYS + ("control_tasks", "primary_endpoints"),
               choice_keys=("primary_endpoints",), shards=True),
 )
 

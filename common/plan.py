@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from common.config import Config
+from common.controls import CONTROL_TYPES
 from common.phases import PhaseSpec
 from common.utils import load_json, manifest_path
 
@@ -84,9 +85,11 @@ def _work(config: Config, spec: PhaseSpec, sizes: dict[str, int]) -> tuple[float
     if spec.id == "4.5":  # two classes per method and the selection controls, at every level, on every problem
         arms = 2 * len(config.methods) + 4 * config.selection_controls_per_type
         return arms * len(config.disruption_levels) * sizes["hyperparams"], "generations"
-    if spec.id == "4.8":  # each method-class and its minus-alpha arm, alpha 0, and one control set (the usual case)
-        arms = 4 * len(config.methods) + 1
-        return arms * sizes["validation"] + 4 * config.controls_per_type * config.control_tasks, "generations"
+    if spec.id == "4.8":  # each method-class and its minus-alpha arm, alpha 0, and one control set per level in use:
+        arms = 4 * len(config.methods) + 1  # at most one per method-class, at least one (all pre-registered)
+        levels = min(2 * len(config.methods), len(set(config.disruption_levels) | {config.preregistered_level}))
+        controls = len(CONTROL_TYPES) * config.controls_per_type * config.control_tasks
+        return arms * sizes["validation"] + levels * controls, "generations (at most)"
     if spec.id == "2.0":
         if config.sae_source != "train":
             return 1, "run"

@@ -23,8 +23,13 @@ from common.utils import load_json
 ACTIVE_LATENT_MIN_FREQ = 0.05  # a control latent fires on at least this share of each class's programs
 
 
+CONTROL_ROLES = ("selection_control", "control")  # 4.5's rule compares with the first, 4.8 with the second: two
+#                                                   independent draws, so 4.8 never reuses what the level was chosen
+#                                                   against (a control's effect belongs to the direction)
+
+
 def arm_name(group: str, kind_or_index: str, level: float, role: str) -> str:
-    prefix = "control/" if role == "control" else ""
+    prefix = f"{role}/" if role in CONTROL_ROLES else ""
     return f"{prefix}{group}/{kind_or_index}@{level:g}"
 
 
@@ -43,7 +48,7 @@ def control_sources(where: SteeringSite, exclude_latents: Sequence[int]) -> Cont
         record = load_json(where.folder("2.0") / "sae_sources.json").get(str(where.layer))
         if record is not None and len(pool):
             decoder = load_sae(record).W_dec.detach().cpu().float()
-            active = decoder[torch.as_tensor(pool["feature_idx"].to_numpy())]
+            active = decoder[torch.as_tensor(pool["feature_idx"].to_numpy(copy=True))]
     return ControlSources(activations, table.loc[usable, "test_passed"].to_numpy(dtype=bool),
                           table.loc[usable, "task_id"].astype(str).to_numpy(), active)
 
@@ -57,15 +62,16 @@ def make_controls(where: SteeringSite, exclude_latents: Sequence[int], per_type:
 
 
 def calibrate(model, texts: Sequence[TeacherText], targets: dict[tuple[str, str], ResidualAddition],
-              controls: list[ResidualAddition], levels: Sequence[float], config: Config
+              controls: dict[str, list[ResidualAddition]], levels: Sequence[float], config: Config
               ) -> tuple[list[tuple[CalibratedArm, ResidualAddition]], dict[str, Any]]:
-    """Every target and control at every level: (arm, intervention) pairs, and the measured disruption curves.
-    A level a direction cannot reach with the grid's largest alpha gives no arm (reported)."""
-    units = list(targets.values()) + controls
+    """Every target and control (by role) at every level: (arm, intervention) pairs, and the measured disruption
+    curves. A level a direction cannot reach with the grid's largest alpha gives no arm (reported)."""
+    units = list(targets.values()) + [c for role in CONTROL_ROLES for c in controls[role]]
     alphas, measured = matched_alphas(model, texts, units, levels, config.calibration_alphas)
     arms, unreachable = [], []
     names = ([("target", method, kind) for method, kind in targets]
-             + [("control", c.direction.source, c.direction.name.rsplit("/", 1)[-1]) for c in controls])
+             + [(role, c.direction.source, c.direction.name.rsplit("/", 1)[-1])
+                for role in CONTROL_ROLES for c in controls[role]])
     for unit, (role, group, kind), row in zip(units, names, alphas):
         for level, alpha in zip(levels, row):
             name = arm_name(group, kind, level, role)
@@ -73,7 +79,7 @@ def calibrate(model, texts: Sequence[TeacherText], targets: dict[tuple[str, str]
                 unreachable.append(name)
                 continue
             addition = unit.at(float(alpha))
-            kind_of_arm = kind if role == "target" else "control"
+            kind_of_arm = kind if role == "target" else "control"  # a control has no class
             arms.append((CalibratedArm(name, role, group, kind_of_arm, float(level), float(alpha), addition.label),
                          addition))
     curves = {"alpha_grid": sorted(config.calibration_alphas), "levels": list(levels),

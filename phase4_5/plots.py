@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from common.controls import CONTROL_TYPES
 from common.plotting import plt, save_figure
 
 _PANELS = (("correct", "fixed", "correct directions: fail -> pass on failing problems"),
            ("correct", "broken", "correct directions: pass -> fail on passing problems"),
            ("incorrect", "broken", "incorrect directions: pass -> fail on passing problems"))
-_MARKERS = {"random_isotropic": "o", "random_top_pc_span": "s", "random_active_latent": "^",
-            "shuffled_label_mean_difference": "v"}
+_MARKERS = dict(zip(CONTROL_TYPES, "os^v"))
 
 
 def plot_dose_response(results: dict[str, dict[str, Any]], controls: list[dict[str, Any]], colours: dict[str, str],

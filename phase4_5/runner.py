@@ -11,7 +11,8 @@ and class, the smallest level where:
   (common/direction_inference.py); and
 - for the correct class, pass -> fail on passing problems is no higher than the controls' mean and at
   most `max_break_rate`.
-None qualifies: "no effective level", and phase 4.8 runs `preregistered_level`. All
+None qualifies: "no effective level", and phase 4.8 runs `preregistered_level`. `--set chosen_level=L`
+records a person's choice instead (seed 001's manual selection); the generations are reused. All
 `controls_per_type` controls of each type are calibrated at every level (cheap: no generation) and saved
 with the targets in `interventions.safetensors` + `arms.json` for phase 4.8.
 """
@@ -60,10 +61,16 @@ def run(phase: PhaseRun) -> Path | None:
                             "to place the steering layer (set steering_layer)")
     site = SteeringSite(layer, position, folders)
     warnings = [f"{unsupported} baseline programs the sandbox could not judge are left out"] if unsupported else []
-    targets = {}
+    targets, exclusions = {}, []
     for name in config.methods:
-        proposal = get_method(name).propose(site)
+        method = get_method(name)
+        unread = [p for p in method.upstream if p not in folders]
+        if unread:
+            raise PipelineError(f"method {name} reads phase {', '.join(unread)}, which phase 4.5 does not: add it to "
+                                "4.5's upstream in common/phases.py")
+        proposal = method.propose(site)
         warnings += proposal.warnings
+        exclusions += proposal.exclude_latents
         targets.update({(name, kind): intervention for kind, intervention in proposal.interventions.items()})
     if not targets:
         raise PipelineError("phase 4.5 has nothing to steer: " + "; ".join(warnings))
@@ -74,17 +81,18 @@ def run(phase: PhaseRun) -> Path | None:
 
     model, tokenizer = load_model_and_tokenizer(config.model_name, config.device, config.dtype)
     builder = PromptBuilder(resolve_prompt_style(config.prompt_style, tokenizer), tokenizer)
-    chosen_latents = [t.direction.provenance.get("feature_idx") for t in targets.values()]
-    controls, missing = make_controls(site, [i for i in chosen_latents if i is not None], config.controls_per_type,
-                                      model.config.hidden_size, config.seed)
-    warnings += [f"control type left out: {m}" for m in missing]
+    controls = {}
+    for role, per_type, seed in (("selection_control", config.selection_controls_per_type, config.seed),
+                                 ("control", config.controls_per_type, config.seed + 1)):
+        controls[role], missing = make_controls(site, exclusions, per_type, model.config.hidden_size, seed)
+        warnings += [f"{role} type left out: {m}" for m in missing]
     sample = baseline.sample(n=min(config.disruption_programs, len(baseline)), random_state=config.seed)
     texts = teacher_texts(tokenizer, sample["prompt"].tolist(), sample["raw_output"].tolist(),
                           builder.adds_special_tokens, config.disruption_max_tokens)
     levels = sorted(set(config.disruption_levels) | {config.preregistered_level})
     arms, curves = calibrate(model, texts, targets, controls, levels, config)
-    steered = [(arm, addition) for arm, addition in arms if arm.level in config.disruption_levels
-               and (arm.role == "target" or _selection_control(arm, config.selection_controls_per_type))]
+    steered = [(arm, addition) for arm, addition in arms
+               if arm.level in config.disruption_levels and arm.role in ("target", "selection_control")]
     curves["achieved"] = achieved_disruption(model, texts, steered)
     tasks = tuple(baseline["task_id"])
     generated = run_arms(config, phase.spec, phase.inputs, problems, baseline[BASELINE_COLUMNS],
@@ -104,7 +112,7 @@ def run(phase: PhaseRun) -> Path | None:
     example_paths = _write_examples(out_dir / "coefficient_examples", [a for a, _ in steered], rows)
     outputs = save_arms(out_dir, arms)
     selected_path = out_dir / "selected_coefficients.json"
-    save_json({"methods": results, "layer": layer, "position": position, "positions": site.policy,
+    save_json({"methods": results, "methods_declared": list(config.methods), "layer": layer, "position": position, "positions": site.policy,
                "preregistered_level": config.preregistered_level, "rule": RULE.format(config.max_break_rate),
                "split": "hyperparams", "n_problems": len(baseline), "warnings": warnings}, selected_path)
     similarity = _similarity_check(rows, curves["achieved"])
@@ -113,9 +121,9 @@ def run(phase: PhaseRun) -> Path | None:
                        {m: get_method(m).colour for m in config.methods}, plot_path)
     summary_path = out_dir / "phase_4_5_summary.json"
     save_json({"layer": layer, "position": position, "levels": list(config.disruption_levels),
-               "n_controls_at_each_level": {f"{level:g}": sum(a.role == "control" and a.level == level for a, _ in steered)
-                                            for level in config.disruption_levels},
-               "n_controls_calibrated": len(controls), "calibration": curves, "disruption_vs_token_similarity":
+               "n_controls_at_each_level": {f"{level:g}": sum(a.role == "selection_control" and a.level == level
+                                                              for a, _ in steered) for level in config.disruption_levels},
+               "n_controls_calibrated_for_4_8": len(controls["control"]), "calibration": curves, "disruption_vs_token_similarity":
                similarity, "n_generations": int(len(rows)), "generation": generation, "warnings": warnings,
                "chosen": {key: {"level": r["level"], "alpha": r["alpha"], "chosen_by": r["chosen_by"]}
                           for key, r in results.items()}}, summary_path)
@@ -128,10 +136,6 @@ RULE = ("per method and class, the smallest disruption level where the effect on
         "effective level, and phase 4.8 runs the pre-registered level")
 
 
-def _selection_control(arm, per_type: int) -> bool:
-    return arm.role == "control" and int(arm.name.split("/")[2].split("@")[0]) < per_type
-
-
 def _choose(config, method: str, kind: str, arms, rows: pd.DataFrame, achieved: dict[str, float]) -> dict[str, Any]:
     grid = []
     for level in sorted(config.disruption_levels):
@@ -140,7 +144,7 @@ def _choose(config, method: str, kind: str, arms, rows: pd.DataFrame, achieved: 
         if target is None:
             grid.append({"level": level, "reachable": False})
             continue
-        controls = [a.name for a in arms if a.role == "control" and a.level == level]
+        controls = [a.name for a in arms if a.role == "selection_control" and a.level == level]
         effect, tasks = outcome_matrix(rows, [target.name, *controls], EFFECT[kind])
         breaks, _ = outcome_matrix(rows, [target.name, *controls], "broken")
         target_rows = rows[rows["arm"] == target.name]
@@ -156,6 +160,12 @@ def _choose(config, method: str, kind: str, arms, rows: pd.DataFrame, achieved: 
         entry["qualifies"] = bool(bound is not None and bound > 0 and preserved)
         grid.append(entry)
     chosen = next((g for g in grid if g.get("qualifies")), None)
+    if config.chosen_level is not None:
+        proposed = chosen["level"] if chosen else f"none (pre-registered {config.preregistered_level:g})"
+        person = next((g for g in grid if g["level"] == config.chosen_level and g.get("reachable")), None)
+        return {"method": method, "class": kind, "level": config.chosen_level, "chosen_by": "person",
+                "rationale": f"set by hand (--set chosen_level={config.chosen_level:g}); the rule proposed {proposed}",
+                "alpha": person["alpha"] if person else None, "grid": grid}
     if chosen is not None:
         v = chosen["versus_controls"]
         rationale = (f"level {chosen['level']:g} (alpha {chosen['alpha']:.3g}): {v['target']['successes']}/"
@@ -174,7 +184,7 @@ def _choose(config, method: str, kind: str, arms, rows: pd.DataFrame, achieved: 
 def _control_points(rows: pd.DataFrame, arms, achieved: dict[str, float]) -> list[dict[str, Any]]:
     """Each control arm's fix and break rates with its achieved disruption, for the dose-response figure."""
     points = []
-    for arm in (a for a in arms if a.role == "control"):
+    for arm in (a for a in arms if a.role == "selection_control"):
         r = rows[rows["arm"] == arm.name]
         points.append({"level": arm.level, "disruption": achieved[arm.name], "type": arm.group,
                        "fixed": float(r["fixed"].dropna().astype(bool).mean()) if r["fixed"].notna().any() else None,

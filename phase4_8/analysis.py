@@ -4,7 +4,8 @@ Per method and class, on every task:
 - correct class: correction (fail -> pass on initially failing tasks), preservation (pass -> pass on
   initially passing ones), and the whole-split McNemar (the two-sided test that the pass rate moved);
 - incorrect class: corruption (pass -> fail on initially passing tasks);
-- minus alpha (the same direction negated, same alpha): the sign should reverse the effect;
+- minus alpha (the same direction negated, same alpha): the sign should reverse the effect; it is not
+  calibrated on its own (KL is not symmetric in the sign), so its comparison with controls is descriptive;
 - alpha 0: flips from nothing (re-running the baseline through the steered path: the floor).
 Against controls, on `control_tasks` (the same tasks for every arm): the direction-level tests of
 common/direction_inference.py against the controls calibrated to the same disruption. Within one
@@ -53,13 +54,18 @@ def versus_level_controls(rows: pd.DataFrame, target: str, controls: Sequence[st
     return out
 
 
-def primary_tests(methods: dict[str, Any], endpoints: Sequence[str]) -> dict[str, Any]:
-    """Holm over every (method, primary endpoint) prediction p-value; each endpoint's class is fixed by its name."""
-    raw = {}
-    for name, result in methods.items():
+def primary_tests(methods: dict[str, Any], declared_methods: Sequence[str], endpoints: Sequence[str]
+                  ) -> dict[str, Any]:
+    """Holm over the prediction p-values of every declared (method, primary endpoint): the family is fixed by the
+    config, not by what ran, so an arm that could not run counts as p = 1. (The rank p cannot serve: with m
+    controls it is at least 1 / (m + 1), too large to survive Holm over several endpoints.)"""
+    raw, missing = {}, []
+    for name in declared_methods:
         for endpoint in endpoints:
             kind = ENDPOINT_OUTCOME[endpoint][0]
-            if kind in result:
-                raw[f"{name}/{endpoint}"] = result[kind]["versus_controls"][endpoint]["prediction_p"]
+            p = methods.get(name, {}).get(kind, {}).get("versus_controls", {}).get(endpoint, {}).get("prediction_p")
+            raw[f"{name}/{endpoint}"] = 1.0 if p is None else p
+            if p is None:
+                missing.append(f"{name}/{endpoint}")
     adjusted = holm(raw)
-    return {key: {"p": raw[key], "holm_p": adjusted[key]} for key in raw}
+    return {key: {"p": raw[key], "holm_p": adjusted[key], "ran": key not in missing} for key in raw}

@@ -2,8 +2,8 @@
 
 Validation split, greedy baseline from phase 3.5 (programs the sandbox could not judge left out).
 Everything steered here was calibrated in phase 4.5 on hyperparams (`interventions.safetensors`,
-`arms.json`); nothing here chooses anything. Per method and class, at its level (4.5's choice, or the
-pre-registered level when 4.5 found none), on every task: the method's arm and its minus-alpha arm;
+`arms.json`); nothing here chooses anything. Per method and class, at the level 4.5 chose (by its rule,
+by a person, or the pre-registered level when neither), on every task: the method's arm and its minus-alpha arm;
 once: an alpha-0 arm. The controls calibrated to each level in use (`controls_per_type` of each type)
 run on `control_tasks` tasks, half of them initially passing where possible, and every arm is compared
 with them on exactly those tasks (phase4_8/analysis.py). `--viz-only` redraws the figure.
@@ -46,12 +46,11 @@ def run(phase: PhaseRun) -> Path | None:
     control_tasks = _control_tasks(baseline, config.control_tasks, config.seed)
     arms, plan = [], {}
     for key, choice in chosen["methods"].items():
-        level = choice["level"] if choice["chosen_by"] == "rule" else config.preregistered_level
+        level = choice["level"]
         found = [(a, i) for a, i in calibrated if a.role == "target" and a.group == choice["method"]
                  and a.kind == choice["class"] and a.level == level]
         if not found:
-            logger.warning("%s: no intervention calibrated at level %g (unreachable, or 4.5 ran with another "
-                           "preregistered_level): skipped", key, level)
+            logger.warning("%s: its direction cannot reach disruption %g with calibration_alphas: skipped", key, level)
             continue
         arm, intervention = found[0]
         plan[key] = {"method": choice["method"], "class": choice["class"], "level": level, "alpha": arm.alpha,
@@ -67,6 +66,8 @@ def run(phase: PhaseRun) -> Path | None:
     if generated is None:
         return None
     rows, generation = generated
+    n_unsupported = {arm: int(n) for arm, n in rows.groupby("arm")["steered_error_type"].apply(
+        lambda e: (e == "unsupported").sum()).items() if n}
     rows = with_outcomes(rows)
     out_dir = phase.out_dir
     rows_path = out_dir / "steered_results.parquet"
@@ -93,7 +94,8 @@ def run(phase: PhaseRun) -> Path | None:
                                                                                      "test_passed"].sum())},
                 "n_controls": {f"{level:g}": len(controls[level]) for level in levels},
                 "primary_endpoints": list(config.primary_endpoints),
-                "primary": primary_tests(methods, config.primary_endpoints),
+                "primary": primary_tests(methods, chosen["methods_declared"], config.primary_endpoints),
+                "n_unsupported_steered": n_unsupported,
                 "alpha_0": arm_effects(rows[rows["arm"] == "alpha_0"]), "methods": methods,
                 "controls": control_rates, "colours": {m: get_method(m).colour for m in methods},
                 "n_generations": int(len(rows))}
@@ -150,6 +152,14 @@ def _line(name: str, r: dict[str, Any]) -> str:
     return f"{name} {r['successes']}/{r['trials']} = {100 * r['rate']:.1f}% [{100 * r['low']:.1f}-{100 * r['high']:.1f}]"
 
 
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
 def _headline(analysis: dict[str, Any]) -> list[str]:
     lines = []
     for method, by_class in analysis["methods"].items():
@@ -161,7 +171,7 @@ def _headline(analysis: dict[str, Any]) -> list[str]:
                 lines.append(f"{method} {kind} (level {result['level']:g}, alpha {result['alpha']:.3g}): "
                              f"{_line(endpoint, result[endpoint])}; on {versus['n_tasks']} control tasks "
                              f"{versus['target']['successes']}/{versus['target']['trials']} vs controls' mean "
-                             f"{100 * (versus['controls_mean_rate'] or 0):.1f}%, rank p {versus['rank_p']}, "
-                             f"prediction p {versus['prediction_p']}"
+                             f"{_percent(versus['controls_mean_rate'])}, rank p {_number(versus['rank_p'])}, "
+                             f"prediction p {_number(versus['prediction_p'])}"
                              + (f", Holm p {primary['holm_p']:.3g} (primary)" if primary else " (exploratory)"))
     return lines

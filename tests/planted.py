@@ -20,7 +20,7 @@ from common.phases import get_phase
 from common.utils import write_manifest
 
 K, BIAS, LAYER = 0, 10.0, 1
-LEVELS, PREREGISTERED = "0.001,0.3", 0.3  # nats per token: a nudge that changes nothing, and enough to flip
+LEVELS, PREREGISTERED = "0.001,0.3", 0.1  # nats per token: a nudge that changes nothing, enough to flip; between
 PASSABLE, IMPOSSIBLE = ["assert 2 + 2 == 4"], ["assert 1 == 2"]  # hold whenever the program runs; never
 
 

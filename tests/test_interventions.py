@@ -42,6 +42,12 @@ class _ValueShift:
     def columns(self) -> dict[str, Any]:
         return {"kind": self.kind, "intervention": self.label}
 
+    def at(self, strength: float) -> _ValueShift:
+        return _ValueShift(self.layer, strength)
+
+    def negated(self) -> _ValueShift:
+        return _ValueShift(self.layer, -self.delta)
+
     def prefill_applied(self, model):
         return contextlib.nullcontext()
 

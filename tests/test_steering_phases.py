@@ -52,14 +52,19 @@ def test_every_arm_of_a_level_is_calibrated_to_that_disruption(steered_run):
     data_dir, _ = steered_run
     summary = json.loads((data_dir / "phase4_5" / "phase_4_5_summary.json").read_text())
     achieved = summary["calibration"]["achieved"]
-    controls = {name: value for name, value in achieved.items() if name.startswith("control/")}
-    assert len(controls) == 2 * summary["n_controls_at_each_level"]["0.3"] and controls
+    controls = {name: value for name, value in achieved.items() if name.startswith("selection_control/")}
+    assert summary["n_controls_at_each_level"] == {"0.001": 6, "0.3": 6}  # 2 of each type the sources allow
+    assert len(controls) == 12
     for name, value in controls.items():
         level = float(name.rsplit("@", 1)[1])
         assert value == pytest.approx(level, rel=0.1)  # smooth curves: interpolation lands on the level
     arms = load_arms(data_dir / "phase4_5")
-    assert {a.group for a, _ in arms if a.role == "control"} == {"random_isotropic", "random_top_pc_span",
-                                                                 "shuffled_label_mean_difference"}
+    for role in ("selection_control", "control"):
+        assert {a.group for a, _ in arms if a.role == role} == {"random_isotropic", "random_top_pc_span",
+                                                                "shuffled_label_mean_difference"}
+    assert {a.level for a, _ in arms if a.role == "control"} == {0.001, 0.1, 0.3}  # the pre-registered one too
+    selection = {i.label for a, i in arms if a.role == "selection_control"}
+    assert not selection & {i.label for a, i in arms if a.role == "control"}  # 4.8 never reuses 4.5's controls
     assert "random_active_latent" in " ".join(summary["warnings"])  # no SAE in this run: said, not hidden
     assert all(intervention.direction.layer == LAYER for _, intervention in arms)
 
@@ -91,13 +96,20 @@ def test_phase_4_8_measures_corruption_against_disruption_matched_controls(steer
     assert incorrect["level"] == 0.3 and incorrect["chosen_by"] == "rule"
     assert incorrect["corruption"]["successes"] == incorrect["corruption"]["trials"] == n_passing
     versus = incorrect["versus_controls"]["corruption"]
-    assert versus["n_controls"] == analysis["n_controls"]["0.3"] == 9  # 3 of each type the sources allow
-    assert versus["controls_at_or_above_target"] == 0 and versus["rank_p"] == pytest.approx(1 / 10)
+    calibrated = [a for a, _ in load_arms(data_dir / "phase4_5") if a.role == "control"]
+    for level in ("0.1", "0.3"):  # 3 of each type the sources allow, less any that cannot disturb the model that much
+        assert analysis["n_controls"][level] == sum(a.level == float(level) for a in calibrated) >= 6
+    assert versus["n_controls"] == analysis["n_controls"]["0.3"]
+    assert analysis["methods"]["mean_difference"]["incorrect"]["level"] == PREREGISTERED  # no effective level
+    assert versus["controls_at_or_above_target"] == 0 and versus["rank_p"] == pytest.approx(1 / (versus["n_controls"] + 1))
     assert versus["n_tasks"] == analysis["control_tasks"]["n_passing"]  # the passing control tasks
     minus = incorrect["minus_alpha"]  # +e_K: the sign reversed, nothing breaks
     assert minus["corruption"]["successes"] == 0
     assert analysis["alpha_0"]["flip_rate"]["successes"] == 0  # no flips from nothing
     assert analysis["primary_endpoints"] == ["correction", "preservation"]
+    # the correct class cannot reach any level here, so no primary endpoint ran: each counts as p = 1, not as absent
+    assert analysis["primary"] == {f"{m}/{e}": {"p": 1.0, "holm_p": 1.0, "ran": False}
+                                   for m in ("sae_latent", "mean_difference") for e in ("correction", "preservation")}
     examples = (data_dir / "phase4_8" / "examples" / "sae_latent_incorrect.md").read_text()
     assert examples.count("(FLIPPED)") == n_passing
 
@@ -111,11 +123,15 @@ def test_viz_only_redraws_without_generating(steered_run, monkeypatch):
     assert figure.read_bytes().startswith(b"\x89PNG")
 
 
-def test_a_stricter_preservation_limit_reuses_the_grid_generations(steered_run, monkeypatch):
+def test_a_stricter_limit_or_a_persons_choice_reuses_the_grid_generations(steered_run, monkeypatch):
     data_dir, args = steered_run
     monkeypatch.setattr("common.generation_job.generate", _refuse)
     assert run.main(["phase", "4.5", "--data-dir", str(data_dir), *args, "--set", "max_break_rate=0"]) == 0
     assert _selected(data_dir)["methods"]["sae_latent/incorrect"]["level"] == 0.3  # the incorrect class has no limit
+    assert run.main(["phase", "4.5", "--data-dir", str(data_dir), *args, "--set", "chosen_level=0.001"]) == 0
+    person = _selected(data_dir)["methods"]["sae_latent/incorrect"]
+    assert (person["level"], person["chosen_by"]) == (0.001, "person") and "the rule proposed 0.3" in person["rationale"]
+    assert run.main(["phase", "4.5", "--data-dir", str(data_dir), *args]) == 0  # back to the rule for what follows
 
 
 def test_coefficient_selection_never_reads_the_validation_split(steered_run, tmp_path: Path):

@@ -11,6 +11,7 @@ from common.code_extraction import defines_function
 from common.code_similarity import char_similarity, length_ratio, token_similarity
 from common.statistics import mcnemar_exact
 from common.steered_runs import outcome_matrix, with_outcomes
+from phase4_8.analysis import primary_tests
 
 
 @pytest.mark.parametrize("b, c, p", [(5, 0, 2 / 32), (3, 1, 10 / 16), (0, 0, 1.0), (0, 7, 2 / 128), (4, 4, 1.0)])
@@ -38,6 +39,15 @@ def test_each_outcome_is_defined_on_its_own_class_of_tasks_and_unjudged_programs
     assert out["kept"].tolist()[:2] == [True, False] and out["kept"].iloc[2:].isna().all()
     assert out["broken"].tolist()[:2] == [False, True] and out["fixed"].tolist()[2:] == [True, False]
     assert out["fixed"].iloc[:2].isna().all() and out["broken"].iloc[2:].isna().all()
+
+
+def test_the_holm_family_is_what_the_config_declares_not_what_ran():
+    ran = {"a": {"correct": {"versus_controls": {"correction": {"prediction_p": 0.01},
+                                                 "preservation": {"prediction_p": 0.04}}}}}
+    primary = primary_tests(ran, ["a", "b"], ["correction", "preservation"])
+    assert primary["b/correction"] == {"p": 1.0, "holm_p": 1.0, "ran": False}
+    assert primary["a/correction"]["holm_p"] == pytest.approx(0.04)  # 4 tests, not 2
+    assert primary["a/preservation"]["holm_p"] == pytest.approx(0.12)
 
 
 def test_the_outcome_matrix_keeps_only_tasks_every_arm_has():

@@ -58,6 +58,12 @@ class Intervention(Protocol):
     def columns(self) -> dict[str, Any]:
         """What it adds to each output row: kind, label, and the kind's own description."""
 
+    def at(self, strength: float) -> Intervention:
+        """The same intervention at another strength (alpha, or an adapter's coefficient): what calibration sets."""
+
+    def negated(self) -> Intervention:
+        """The opposite push at the same strength (phase 4.8's minus-alpha arm)."""
+
     def prefill_applied(self, model: torch.nn.Module) -> ContextManager[None]: ...
 
     def after_prefill(self, prefill: Any) -> tuple[Intervention, list[tuple[torch.Tensor, torch.Tensor]]]: ...
