@@ -34,7 +34,7 @@ BASELINE_COLUMNS = ["task_id", "prompt", "generated_code", "test_passed", "error
 
 @dataclass(frozen=True)
 class Arm:
-    name: str  # what the arm tests, e.g. "correct@30" or "control/random_0"
+    name: str  # what the arm tests, e.g. "sae_latent/correct@0.1" or "control/random_isotropic/3@0.1"
     intervention: Intervention
     task_ids: tuple[Any, ...]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from matplotlib.ticker import NullFormatter
+
 from common.controls import CONTROL_TYPES
 from common.plotting import plt, save_figure
 
@@ -37,6 +39,7 @@ def plot_dose_response(results: dict[str, dict[str, Any]], controls: list[dict[s
                 if result["chosen_by"] == "rule" and g["level"] == result["level"]:
                     ax.scatter([xi], [yi], s=160, facecolors="none", edgecolors="black", zorder=5)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # the minor labels of a short log axis collide
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("disruption: KL per token on baseline programs (nats)")
         ax.set_title(title, fontsize=9)
