@@ -105,8 +105,8 @@ def test_phase_1_killed_at_random_moments_resumes_to_identical_outputs(tmp_path:
 def test_phase_4_5_killed_at_random_moments_resumes_to_identical_outputs(tmp_path: Path, planted_model_dir: Path):
     reference = tmp_path / "reference"
     reference.mkdir()
-    args = [*planted_args(planted_model_dir, write_tasks(tmp_path)), "--set", "batch_size=1"]  # 12 batches
-    for phase in ("0", "0.1", "3.6"):
+    args = [*planted_args(planted_model_dir, write_tasks(tmp_path)), "--set", "batch_size=8"]  # 15 batches
+    for phase in ("0", "0.1", "1", "3.6"):
         _run_to_the_end(["phase", phase, "--data-dir", str(reference), *args])
     write_hand_made_directions(reference)
     _run_to_the_end(["phase", "4.5", "--data-dir", str(reference), *args])
@@ -115,7 +115,7 @@ def test_phase_4_5_killed_at_random_moments_resumes_to_identical_outputs(tmp_pat
     total_batches = len(list((reference / "phase4_5" / "checkpoint").glob("batch_*.pt")))
     for seed in (21, 22):
         killed = tmp_path / f"killed_{seed}"
-        _copy_upstream(reference, killed, ["phase0", "phase0_1", "phase2_5", "phase3_6"])
+        _copy_upstream(reference, killed, ["phase0", "phase0_1", "phase1", "phase2_0", "phase2_5", "phase2_6", "phase3_6"])
         assert _kill_at_random_moments(["phase", "4.5", "--data-dir", str(killed), *args], killed / "phase4_5",
                                        total_batches, seed) >= 2
         rows = pd.read_parquet(killed / "phase4_5" / "coefficient_grid_results.parquet")
