@@ -82,7 +82,7 @@ PHASES: tuple[PhaseSpec, ...] = (
               _GENERATION_KEYS + _STEERING_KEYS,
               choice_keys=_STEERING_KEYS, shards=True),
     PhaseSpec("4.8", "phase4_8", "steering effects on the validation split, against disruption-matched controls",
-              ("0.1", "3.5", "4.5"), _GENERATION_KEYS + ("control_tasks", "primary_endpoints"),
+              ("0.1", "3.5", "3.8", "4.5"), _GENERATION_KEYS + ("control_tasks", "primary_endpoints"),
               choice_keys=("primary_endpoints",), shards=True),
 )
 

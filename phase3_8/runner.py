@@ -14,6 +14,7 @@ paired-PCA projections, one candidate per layer. Each chosen score, and each bas
   baseline alone, with a task-bootstrap interval of the difference;
 - precision / recall / F1 at the chosen threshold beside the trivial classifiers, greedy-only AUROC
   and AUROC per temperature (exploratory).
+It also chooses selective steering's gates for phase 4.8 (common/gates.py), on hyperparams like everything else.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from common.classification import (auroc, auroc_with_interval, best_f1_threshold
 from common.config import Config
 from common.phase_run import PhaseRun
 from common.directions import load_directions
+from common.gates import choose_gate, flags, save_gates
 from common.logging import get_logger
 from common.positions import SHARED_BY_TASK, is_code_position, recorded_positions, usable_rows
 from common.saes import encode_rows, load_sae
@@ -102,15 +104,18 @@ def run(phase: PhaseRun) -> Path:
     confidence = baselines.get("program_mean_logprob", {}).get("validation_scores")
     positions: dict[str, Any] = {}
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    detectors: list[tuple[float, str, str, str, np.ndarray, np.ndarray]] = []
     for position in recorded_positions(folder["1"] / "activations"):
         families = _families(position, folder["2.0"], folder["2.5"], folder["2.6"])
         positions[position], curves[position] = {}, {}
         for family_name, family in families.items():
             if not family.candidates:
                 continue
-            result, validation_scores = _evaluate_family(position, family, choose, report, compared, best_name,
-                                                         confidence, config)
+            result, choose_scores, validation_scores = _evaluate_family(position, family, choose, report, compared,
+                                                                        best_name, confidence, config)
             positions[position][family_name] = result
+            detectors.append((np.nan_to_num(result["hyperparams_auroc"], nan=-1), position,
+                              f"{family_name}: {result['chosen']}", family.predicts, choose_scores, validation_scores))
             target = report.passed if family.predicts == "pass" else ~report.passed
             known = ~np.isnan(validation_scores)
             curves[position][f"{family_name}: {result['chosen']}"] = (validation_scores[known], target[known])
@@ -132,7 +137,33 @@ def run(phase: PhaseRun) -> Path:
     plot_paths = [out_dir / "auroc_forest.png", out_dir / "roc_curves.png"]
     plot_forest(rows, plot_paths[0])
     plot_roc_by_position(curves, plot_paths[1])
-    return write_manifest(config, spec, inputs, [results_path, table_path, *plot_paths])
+    gate_paths = _save_gates(out_dir, detectors, baselines, best_name, choose, report)
+    return write_manifest(config, spec, inputs, [results_path, table_path, *plot_paths, *gate_paths])
+
+
+def _save_gates(out_dir: Path, detectors: list[tuple[float, str, str, str, np.ndarray, np.ndarray]],
+                baselines: dict[str, Any], best_name: str | None, choose: Split, report: Split) -> list[Path]:
+    """Selective steering's gates (common/gates.py), chosen on hyperparams: the internal score with the highest
+    AUROC there, and the best baseline; their flags on the validation greedy programs phase 4.8 steers."""
+    greedy = report.table["temperature"].to_numpy() == 0
+    candidates = []
+    if detectors:
+        _, position, score, predicts, choose_scores, report_scores = max(detectors, key=lambda d: (d[0], d[2]))
+        candidates.append(("detector", score, position, predicts, is_code_position(position), choose_scores,
+                           report_scores))
+    if best_name is not None:
+        best = baselines[best_name]
+        candidates.append(("baseline", best_name, "-", best["predicts"], best["level"] == "program",
+                           best["choose_scores"], best["validation_scores"]))
+    gates, flagged = [], {}
+    for name, score, position, predicts, needs_program, choose_scores, report_scores in candidates:
+        gate = choose_gate(name, score, position, predicts, needs_program, choose_scores, ~choose.passed)
+        gates.append(gate)
+        flagged[name] = flags(report_scores[greedy], gate)
+        logger.info("selective-steering gate %s: %s at %s (hyperparams AUROC for failing %.3f, flags %.0f%% there, "
+                    "%d of %d validation greedy programs)", name, score, position, gate.hyperparams_auroc,
+                    100 * gate.hyperparams_flag_rate, int(flagged[name].sum()), int(greedy.sum()))
+    return save_gates(out_dir, gates, report.tasks[greedy], flagged)
 
 
 def _split(name: str, folder: Path, parts: list[tuple[str, str]]) -> Split:
@@ -223,7 +254,7 @@ def _masked(scores: np.ndarray, split: Split, position: str) -> np.ndarray:
 
 def _evaluate_family(position: str, family: Family, choose: Split, report: Split, compared: dict[str, Any],
                      best_name: str | None, confidence: np.ndarray | None, config: Config
-                     ) -> tuple[dict[str, Any], np.ndarray]:
+                     ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Choose the family's candidate on hyperparams; report it on validation, alone, over the best baseline and
     over the strongest declared one, and within tasks against the model's own confidence."""
     target = choose.passed if family.predicts == "pass" else ~choose.passed
@@ -240,7 +271,7 @@ def _evaluate_family(position: str, family: Family, choose: Split, report: Split
         key = "over_best_baseline" if name == best_name else f"over_{name}"
         result[key] = {"baseline": name, **_over_baseline(baseline, choose_scores[chosen], report_scores, choose,
                                                           report, config)}
-    return result, report_scores
+    return result, choose_scores[chosen], report_scores
 
 
 def _known_auroc(scores: np.ndarray, positive: np.ndarray) -> float:

@@ -7,6 +7,9 @@ Per method and class, on every task:
 - minus alpha (the same direction negated, same alpha): the sign should reverse the effect; it is not
   calibrated on its own (KL is not symmetric in the sign), so its comparison with controls is descriptive;
 - alpha 0: flips from nothing (re-running the baseline through the steered path: the floor).
+Selective steering (exploratory): steer only the tasks a phase 3.8 gate flags as likely to fail; the rest keep
+their baseline program. Correction and preservation over the whole split, beside two references at the same flag
+rate: a random gate (expected values), and a perfect gate (flags exactly the failing tasks).
 Against controls, on `control_tasks` (the same tasks for every arm): the direction-level tests of
 common/direction_inference.py against the controls calibrated to the same disruption. Within one
 experiment the discordant pairs go one way, so a McNemar there only says "outcomes changed"; it is
@@ -43,6 +46,29 @@ def arm_effects(rows: pd.DataFrame) -> dict[str, Any]:
                             "fail_to_pass": int(fixed.sum()), "pass_to_fail": int(broken.sum()),
                             "mcnemar_p": mcnemar_exact(int(fixed.sum()), int(broken.sum()))},
             **arm_metrics(rows)}
+
+
+def selective_effects(rows: pd.DataFrame, flagged: pd.Series) -> dict[str, Any]:
+    """One arm's correction and preservation had only the flagged tasks been steered (a task's steered program does
+    not depend on the other rows, so the full arm's rows give it without generating again)."""
+    on = flagged.reindex(rows["task_id"]).fillna(True).to_numpy(dtype=bool)
+    passing = rows["baseline_passed"].to_numpy(dtype=bool)
+    fixed = rows["fixed"].fillna(False).to_numpy(dtype=bool)
+    broken = rows["broken"].fillna(False).to_numpy(dtype=bool)
+    n_failing, n_passing = int((~passing).sum()), int(passing.sum())
+    flag_rate = float(on.mean()) if len(on) else float("nan")
+    full_fixed, full_broken = int(fixed.sum()), int(broken.sum())
+    return {"flagged": {"failing": rate(int((on & ~passing).sum()), n_failing).to_dict(),
+                        "passing": rate(int((on & passing).sum()), n_passing).to_dict()},
+            "correction": rate(int((fixed & on).sum()), n_failing).to_dict(),
+            "preservation": rate(n_passing - int((broken & on).sum()), n_passing).to_dict(),
+            "net_tasks_fixed": int((fixed & on).sum()) - int((broken & on).sum()),
+            "full_arm": {"correction": rate(full_fixed, n_failing).to_dict(),
+                         "preservation": rate(n_passing - full_broken, n_passing).to_dict(),
+                         "net_tasks_fixed": full_fixed - full_broken},
+            "random_gate_expected": {"correction": full_fixed * flag_rate / max(n_failing, 1),
+                                     "preservation": 1 - full_broken * flag_rate / max(n_passing, 1)},
+            "perfect_gate": {"correction": full_fixed / max(n_failing, 1), "preservation": 1.0}}
 
 
 def versus_level_controls(rows: pd.DataFrame, target: str, controls: Sequence[str]) -> dict[str, Any]:

@@ -4,13 +4,15 @@ Validation split, greedy baseline from phase 3.5 (programs the sandbox could not
 Everything steered here was calibrated in phase 4.5 on hyperparams (`interventions.safetensors`,
 `arms.json`); nothing here chooses anything. Per method and class, at the level 4.5 chose (by its rule,
 by a person, or the pre-registered level when neither), on every task: the method's arm and its minus-alpha arm;
-once: an alpha-0 arm. The controls calibrated to each level in use (`controls_per_type` of each type)
+once: an alpha-0 arm. Selective steering (exploratory) comes from the correct-class arm's rows and phase 3.8's
+gates, without generating anything. The controls calibrated to each level in use (`controls_per_type` of each type)
 run on `control_tasks` tasks, half of them initially passing where possible, and every arm is compared
 with them on exactly those tasks (phase4_8/analysis.py). `--viz-only` redraws the figure.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +22,13 @@ import pandas as pd
 from common.calibrated_arms import load_arms
 from common.config import Config
 from common.errors import PipelineError
+from common.gates import load_gates
 from common.logging import get_logger
 from common.methods import get_method
 from common.phase_run import PhaseRun
 from common.steered_runs import BASELINE_COLUMNS, Arm, run_arms, save_rows, with_outcomes, write_examples
 from common.utils import load_json, phase_dir, save_json
-from phase4_8.analysis import arm_effects, primary_tests, versus_level_controls
+from phase4_8.analysis import arm_effects, primary_tests, selective_effects, versus_level_controls
 from phase4_8.plots import plot_steering_effects
 
 logger = get_logger("phase4_8")
@@ -81,6 +84,12 @@ def run(phase: PhaseRun) -> Path | None:
             "minus_alpha": arm_effects(rows[rows["arm"] == info["minus_arm"]]),
             "versus_controls": versus_level_controls(rows, key, names),
             "minus_alpha_versus_controls": versus_level_controls(rows, info["minus_arm"], names)}
+    gates, gate_flags = load_gates(phase.upstream("3.8"))
+    for key, info in plan.items():
+        if info["class"] == "correct":
+            methods[info["method"]]["correct"]["selective"] = {
+                gate.name: {**asdict(gate), **selective_effects(rows[rows["arm"] == key], gate_flags[gate.name])}
+                for gate in gates}
     control_rates = {f"{level:g}": [{"arm": a.name, "type": a.group, "alpha": a.alpha,
                                      **{k: arm_effects(rows[rows["arm"] == a.name])[k]
                                         for k in ("correction", "preservation", "corruption", "valid_code_rate")}}
@@ -174,4 +183,10 @@ def _headline(analysis: dict[str, Any]) -> list[str]:
                              f"{_percent(versus['controls_mean_rate'])}, rank p {_number(versus['rank_p'])}, "
                              f"prediction p {_number(versus['prediction_p'])}"
                              + (f", Holm p {primary['holm_p']:.3g} (primary)" if primary else " (exploratory)"))
+            for gate, selective in result.get("selective", {}).items():
+                lines.append(f"{method} {kind}, selective through the {gate} gate ({selective['score']}; flags "
+                             f"{selective['flagged']['failing']['successes']} failing and "
+                             f"{selective['flagged']['passing']['successes']} passing tasks): "
+                             f"{_line('correction', selective['correction'])}, "
+                             f"{_line('preservation', selective['preservation'])} (exploratory)")
     return lines

@@ -30,7 +30,7 @@ def steered_run(tmp_path_factory, planted_model_dir: Path) -> tuple[Path, list[s
     for phase in ("0", "0.1", "1", "3.5", "3.6"):
         assert run.main(["phase", phase, "--data-dir", str(data_dir), *args]) == 0
     write_hand_made_directions(data_dir)
-    for phase in ("4.5", "4.8"):
+    for phase in ("3.8", "4.5", "4.8"):
         assert run.main(["phase", phase, "--data-dir", str(data_dir), *args]) == 0
     return data_dir, args
 

@@ -16,6 +16,7 @@ from common.activations import save_activations
 from common.classification import (auroc, auroc_with_interval, group_bootstrap_counts, incremental_auroc,
     weighted_aurocs, within_task_auroc)
 from common.config import Config
+from common.gates import load_gates
 from common.phases import get_phase
 from common.positions import activation_path
 from common.utils import save_json, write_manifest
@@ -86,8 +87,15 @@ def _planted_pipeline(data_dir: Path, seed: int = 0) -> dict:
 
 
 @pytest.fixture(scope="module")
-def planted_results(tmp_path_factory) -> dict:
-    return _planted_pipeline(tmp_path_factory.mktemp("planted_3_8"))
+def planted_dir(tmp_path_factory) -> Path:
+    data_dir = tmp_path_factory.mktemp("planted_3_8")
+    _planted_pipeline(data_dir)
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def planted_results(planted_dir: Path) -> dict:
+    return json.loads((planted_dir / "phase3_8" / "evaluation_results.json").read_text())
 
 
 def test_a_signal_in_the_code_that_varies_within_tasks_beats_every_baseline(planted_results: dict):
@@ -126,6 +134,20 @@ def test_the_table_names_every_score_and_baseline_and_the_counts(planted_results
     assert ("last_prompt", "paired_pca") not in scores  # shared by every program of a task: refused in 2.6
     words = planted_results["baselines"]["prompt_words"]["validation"]
     assert words["low"] <= 0.5 <= words["high"]  # the prompts' words carry nothing here
+
+
+def test_the_selective_steering_gate_is_the_best_score_on_hyperparams_and_flags_failing_programs(
+        planted_results: dict, planted_dir: Path):
+    data_dir = planted_dir
+    gates, flags = load_gates(data_dir / "phase3_8")
+    detector = next(g for g in gates if g.name == "detector")
+    assert detector.position == "code_mean" and detector.needs_program and detector.hyperparams_auroc > 0.85
+    greedy = pd.read_parquet(data_dir / "phase3_5" / "dataset_temp_0_0.parquet")
+    assert list(flags.index) == list(greedy["task_id"])  # the validation greedy programs 4.8 steers, in order
+    failing = ~greedy["test_passed"].to_numpy(dtype=bool)
+    flagged = flags["detector"].to_numpy(dtype=bool)
+    assert flagged[failing].mean() > 0.8 and flagged[~failing].mean() < 0.3
+    assert [g.name for g in gates] == ["detector", "baseline"] and gates[1].score == planted_results["best_baseline"]
 
 
 def test_within_task_auroc_counts_only_pairs_of_one_task():
