@@ -5,13 +5,13 @@ A score predicts a positive class (e.g. "this code will pass") when it is high. 
 Mann-Whitney probability that a random positive outscores a random negative (ties count half);
 within-task AUROC asks the same of pairs from one task only, the test a score read before any code
 exists cannot pass.
-Thresholds are picked on the selection split by `best_f1_threshold` and only applied elsewhere
+Thresholds are picked on the selection split by `best_f1_threshold` (or `youden_threshold`) and only applied elsewhere
 with `binary_metrics`, which also reports the trivial classifiers next to the real one.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -168,14 +168,26 @@ def incremental_auroc(base_fit: np.ndarray, score_fit: np.ndarray, positive_fit:
             **_percentile_interval(draws, confidence)}
 
 
-def best_f1_threshold(scores: np.ndarray, positive: np.ndarray) -> float:
-    """The threshold (predict positive when score >= it) that maximises F1; ties go to the higher threshold."""
+def _best_threshold(scores: np.ndarray, positive: np.ndarray, criterion: Callable[..., np.ndarray]) -> float:
+    """The threshold (predict positive when score >= it) maximising `criterion(true_pos, predicted, n_pos, n_neg)`,
+    each an array over the candidate thresholds; ties go to the higher threshold."""
     scores, positive = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
     candidates = np.unique(scores)
     predicted = scores[None, :] >= candidates[:, None]
-    true_pos = (predicted & positive).sum(1)
-    f1 = 2 * true_pos / (predicted.sum(1) + positive.sum())
-    return float(candidates[len(f1) - 1 - np.argmax(f1[::-1])])
+    value = criterion((predicted & positive).sum(1), predicted.sum(1), int(positive.sum()), int((~positive).sum()))
+    return float(candidates[len(value) - 1 - np.argmax(value[::-1])])
+
+
+def best_f1_threshold(scores: np.ndarray, positive: np.ndarray) -> float:
+    """The threshold that maximises F1."""
+    return _best_threshold(scores, positive, lambda tp, predicted, n_pos, n_neg: 2 * tp / (predicted + n_pos))
+
+
+def youden_threshold(scores: np.ndarray, positive: np.ndarray) -> float:
+    """The threshold that maximises sensitivity + specificity - 1 (Youden's J), which, unlike F1, does not favour
+    flagging nearly everything when the positive class is the majority."""
+    return _best_threshold(scores, positive, lambda tp, predicted, n_pos, n_neg:
+                           tp / max(n_pos, 1) - (predicted - tp) / max(n_neg, 1))
 
 
 def binary_metrics(scores: np.ndarray, positive: np.ndarray, threshold: float) -> dict[str, Any]:

@@ -3,20 +3,23 @@
 Phase 3.8 chooses each gate on the hyperparams split (the detector by AUROC, the threshold by Youden's J on its
 fail-oriented score) and writes which validation greedy programs it flags; phase 4.8 reads the flags and derives the
 selective arm from the full arm's rows: a flagged task gets its steered program, an unflagged one keeps its baseline.
-Greedy, padding-correct batched generation makes a task's steered program independent of the other rows, so
-nothing is generated twice. A gate read over the code needs the unsteered program first (generate, score,
-regenerate the flagged); one read at the last prompt token decides before anything is generated.
-A program without a score (nothing was generated) is flagged: it cannot pass.
+Greedy, padding-correct batched generation makes a task's steered program independent of the other rows (4.8's
+alpha-0 arm checks the steered path reproduces the baseline), so nothing is generated twice. A gate read over the
+code needs the unsteered program first (generate, score, regenerate the flagged); one read at the last prompt token
+decides before anything is generated. A program without a score (nothing was generated) is flagged: it cannot pass.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
-from common.classification import auroc
+from common.classification import auroc, youden_threshold
+from common.errors import PipelineError
 from common.utils import atomic_path, load_json, save_json
 
 FLAGS_FILE = "gate_flags.parquet"
@@ -29,25 +32,16 @@ class Gate:
     score: str
     position: str  # "-" for a baseline
     predicts: str  # what a high raw score says: "pass" or "fail"
-    hyperparams_auroc: float  # of the fail-oriented score, where the gate was chosen
-    threshold: float  # flag when the fail-oriented score is at least this
     needs_program: bool
+    hyperparams_auroc: float  # of the fail-oriented score, where the gate was chosen (optimistic: a maximum)
+    threshold: float  # flag when the fail-oriented score is at least this
     hyperparams_flag_rate: float
+    validation_greedy_auroc: dict[str, Any] | None = None  # reported only, never used to choose
 
 
 def fail_oriented(scores: np.ndarray, predicts: str) -> np.ndarray:
     scores = np.asarray(scores, dtype=float)
     return scores if predicts == "fail" else -scores
-
-
-def youden_threshold(scores: np.ndarray, positive: np.ndarray) -> float:
-    """The threshold (positive when score >= it) maximising sensitivity + specificity - 1; unlike F1, it does not
-    drift towards flagging everything when the positive class is the majority."""
-    scores, positive = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
-    candidates = np.unique(scores)
-    predicted = scores[None, :] >= candidates[:, None]
-    j = (predicted & positive).sum(1) / max(positive.sum(), 1) - (predicted & ~positive).sum(1) / max((~positive).sum(), 1)
-    return float(candidates[len(j) - 1 - np.argmax(j[::-1])])
 
 
 def flags(scores: np.ndarray, gate: Gate) -> np.ndarray:
@@ -60,10 +54,9 @@ def choose_gate(name: str, score: str, position: str, predicts: str, needs_progr
     """A gate fitted on the hyperparams split only: its fail-oriented AUROC and Youden threshold there."""
     oriented = fail_oriented(choose_scores, predicts)
     known = ~np.isnan(oriented)
-    threshold = youden_threshold(oriented[known], choose_failed[known])
-    gate = Gate(name, score, position, predicts, auroc(oriented[known], choose_failed[known]), threshold,
-                needs_program, 0.0)
-    return Gate(**{**asdict(gate), "hyperparams_flag_rate": float(flags(choose_scores, gate).mean())})
+    gate = Gate(name, score, position, predicts, needs_program, auroc(oriented[known], choose_failed[known]),
+                youden_threshold(oriented[known], choose_failed[known]), 0.0)
+    return replace(gate, hyperparams_flag_rate=float(flags(choose_scores, gate).mean()))
 
 
 def save_gates(folder: Path, gates: list[Gate], task_ids: np.ndarray, flagged: dict[str, np.ndarray]) -> list[Path]:
@@ -78,7 +71,10 @@ def save_gates(folder: Path, gates: list[Gate], task_ids: np.ndarray, flagged: d
 
 
 def load_gates(folder: Path) -> tuple[list[Gate], pd.DataFrame]:
-    """The gates and a task_id-indexed frame of their flags."""
+    """The gates and a task_id-indexed frame of their flags (one greedy program per task)."""
     gates = [Gate(**g) for g in load_json(folder / GATES_FILE)["gates"]]
     table = pd.read_parquet(folder / FLAGS_FILE).set_index("task_id")
+    if not table.index.is_unique:
+        raise PipelineError(f"{folder / FLAGS_FILE} flags some task twice: selective steering needs one greedy "
+                            "program per task")
     return gates, table.rename(columns=lambda c: c.removeprefix("flag:"))

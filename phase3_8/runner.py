@@ -19,9 +19,9 @@ It also chooses selective steering's gates for phase 4.8 (common/gates.py), on h
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -34,7 +34,7 @@ from common.classification import (auroc, auroc_with_interval, best_f1_threshold
 from common.config import Config
 from common.phase_run import PhaseRun
 from common.directions import load_directions
-from common.gates import choose_gate, flags, save_gates
+from common.gates import choose_gate, fail_oriented, flags, save_gates
 from common.logging import get_logger
 from common.positions import SHARED_BY_TASK, is_code_position, recorded_positions, usable_rows
 from common.saes import encode_rows, load_sae
@@ -75,6 +75,16 @@ class Split:
 Scorer = Callable[[Split], np.ndarray]  # one score per row of the split, NaN where the row has none
 
 
+class Detector(NamedTuple):
+    """A chosen score (or baseline) with its values on both splits: a candidate gate for selective steering."""
+    score: str
+    position: str
+    predicts: str
+    needs_program: bool
+    choose_scores: np.ndarray
+    report_scores: np.ndarray
+
+
 @dataclass(frozen=True)
 class Family:
     predicts: str  # "pass" or "fail": what a high score says
@@ -104,7 +114,7 @@ def run(phase: PhaseRun) -> Path:
     confidence = baselines.get("program_mean_logprob", {}).get("validation_scores")
     positions: dict[str, Any] = {}
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    detectors: list[tuple[float, str, str, str, np.ndarray, np.ndarray]] = []
+    detectors: list[Detector] = []
     for position in recorded_positions(folder["1"] / "activations"):
         families = _families(position, folder["2.0"], folder["2.5"], folder["2.6"])
         positions[position], curves[position] = {}, {}
@@ -114,8 +124,8 @@ def run(phase: PhaseRun) -> Path:
             result, choose_scores, validation_scores = _evaluate_family(position, family, choose, report, compared,
                                                                         best_name, confidence, config)
             positions[position][family_name] = result
-            detectors.append((np.nan_to_num(result["hyperparams_auroc"], nan=-1), position,
-                              f"{family_name}: {result['chosen']}", family.predicts, choose_scores, validation_scores))
+            detectors.append(Detector(f"{family_name}: {result['chosen']}", position, family.predicts,
+                                      is_code_position(position), choose_scores, validation_scores))
             target = report.passed if family.predicts == "pass" else ~report.passed
             known = ~np.isnan(validation_scores)
             curves[position][f"{family_name}: {result['chosen']}"] = (validation_scores[known], target[known])
@@ -137,32 +147,37 @@ def run(phase: PhaseRun) -> Path:
     plot_paths = [out_dir / "auroc_forest.png", out_dir / "roc_curves.png"]
     plot_forest(rows, plot_paths[0])
     plot_roc_by_position(curves, plot_paths[1])
-    gate_paths = _save_gates(out_dir, detectors, baselines, best_name, choose, report)
+    gate_paths = _save_gates(out_dir, detectors, baselines, best_name, choose, report, config)
     return write_manifest(config, spec, inputs, [results_path, table_path, *plot_paths, *gate_paths])
 
 
-def _save_gates(out_dir: Path, detectors: list[tuple[float, str, str, str, np.ndarray, np.ndarray]],
-                baselines: dict[str, Any], best_name: str | None, choose: Split, report: Split) -> list[Path]:
+def _save_gates(out_dir: Path, detectors: list[Detector], baselines: dict[str, Any], best_name: str | None,
+                choose: Split, report: Split, config: Config) -> list[Path]:
     """Selective steering's gates (common/gates.py), chosen on hyperparams: the internal score with the highest
     AUROC there, and the best baseline; their flags on the validation greedy programs phase 4.8 steers."""
     greedy = report.table["temperature"].to_numpy() == 0
     candidates = []
     if detectors:
-        _, position, score, predicts, choose_scores, report_scores = max(detectors, key=lambda d: (d[0], d[2]))
-        candidates.append(("detector", score, position, predicts, is_code_position(position), choose_scores,
-                           report_scores))
+        candidates.append(("detector", max(detectors, key=lambda d: (
+            np.nan_to_num(_known_auroc(d.choose_scores, choose.passed if d.predicts == "pass" else ~choose.passed),
+                          nan=-1), d.score))))
     if best_name is not None:
         best = baselines[best_name]
-        candidates.append(("baseline", best_name, "-", best["predicts"], best["level"] == "program",
-                           best["choose_scores"], best["validation_scores"]))
+        candidates.append(("baseline", Detector(best_name, "-", best["predicts"], best["level"] == "program",
+                                                best["choose_scores"], best["validation_scores"])))
     gates, flagged = [], {}
-    for name, score, position, predicts, needs_program, choose_scores, report_scores in candidates:
-        gate = choose_gate(name, score, position, predicts, needs_program, choose_scores, ~choose.passed)
+    for name, d in candidates:
+        gate = choose_gate(name, d.score, d.position, d.predicts, d.needs_program, d.choose_scores, ~choose.passed)
+        oriented, failed = fail_oriented(d.report_scores[greedy], d.predicts), ~report.passed[greedy]
+        known = ~np.isnan(oriented)
+        gate = replace(gate, validation_greedy_auroc=auroc_with_interval(oriented[known], failed[known],
+                                                                         AUROC_RESAMPLES, config.seed))
         gates.append(gate)
-        flagged[name] = flags(report_scores[greedy], gate)
-        logger.info("selective-steering gate %s: %s at %s (hyperparams AUROC for failing %.3f, flags %.0f%% there, "
-                    "%d of %d validation greedy programs)", name, score, position, gate.hyperparams_auroc,
-                    100 * gate.hyperparams_flag_rate, int(flagged[name].sum()), int(greedy.sum()))
+        flagged[name] = flags(d.report_scores[greedy], gate)
+        logger.info("selective-steering gate %s: %s at %s (AUROC for failing: %.3f on hyperparams, where it was "
+                    "chosen; %.3f on validation greedy); flags %d of %d validation greedy programs", name, d.score,
+                    d.position, gate.hyperparams_auroc, gate.validation_greedy_auroc["auroc"],
+                    int(flagged[name].sum()), int(greedy.sum()))
     return save_gates(out_dir, gates, report.tasks[greedy], flagged)
 
 

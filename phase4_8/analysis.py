@@ -8,8 +8,9 @@ Per method and class, on every task:
   calibrated on its own (KL is not symmetric in the sign), so its comparison with controls is descriptive;
 - alpha 0: flips from nothing (re-running the baseline through the steered path: the floor).
 Selective steering (exploratory): steer only the tasks a phase 3.8 gate flags as likely to fail; the rest keep
-their baseline program. Correction and preservation over the whole split, beside two references at the same flag
-rate: a random gate (expected values), and a perfect gate (flags exactly the failing tasks).
+their baseline program. Correction and preservation over the whole split, beside gates that know nothing of which
+tasks steering fixes (expected values; one of them class-matched, with a hypergeometric test of the fixes kept) and a
+perfect gate (flags exactly the failing tasks).
 Against controls, on `control_tasks` (the same tasks for every arm): the direction-level tests of
 common/direction_inference.py against the controls calibrated to the same disruption. Within one
 experiment the discordant pairs go one way, so a McNemar there only says "outcomes changed"; it is
@@ -23,9 +24,13 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+import numpy as np
+from scipy.stats import hypergeom
+
 from common.direction_inference import holm, versus_controls
+from common.errors import PipelineError
 from common.statistics import mcnemar_exact, rate
-from common.steered_runs import arm_metrics, outcome_matrix
+from common.steered_runs import arm_metrics, outcome_matrix, with_outcomes
 
 ENDPOINT_OUTCOME = {"correction": ("correct", "fixed"), "preservation": ("correct", "kept"),
                     "corruption": ("incorrect", "broken")}
@@ -36,38 +41,58 @@ def _rate_of(rows: pd.DataFrame, outcome: str) -> dict[str, Any]:
     return rate(int(values.sum()), len(values)).to_dict()
 
 
-def arm_effects(rows: pd.DataFrame) -> dict[str, Any]:
-    """Every rate of one arm over the whole split, with counts and Wilson intervals."""
+def endpoint_rates(rows: pd.DataFrame) -> dict[str, Any]:
+    """Correction, preservation and corruption over the whole split, with counts and Wilson intervals, and the
+    whole-split pass rate with its McNemar."""
     fixed, broken = rows["fixed"].dropna().astype(bool), rows["broken"].dropna().astype(bool)
     return {"correction": _rate_of(rows, "fixed"), "preservation": _rate_of(rows, "kept"),
             "corruption": _rate_of(rows, "broken"),
             "whole_split": {"baseline_pass_rate": rate(int(rows["baseline_passed"].sum()), len(rows)).to_dict(),
                             "steered_pass_rate": rate(int(rows["steered_passed"].sum()), len(rows)).to_dict(),
                             "fail_to_pass": int(fixed.sum()), "pass_to_fail": int(broken.sum()),
-                            "mcnemar_p": mcnemar_exact(int(fixed.sum()), int(broken.sum()))},
-            **arm_metrics(rows)}
+                            "mcnemar_p": mcnemar_exact(int(fixed.sum()), int(broken.sum()))}}
+
+
+def arm_effects(rows: pd.DataFrame) -> dict[str, Any]:
+    """Every rate of one arm: the endpoints, and flips, valid code and divergence (common/steered_runs.py)."""
+    return {**endpoint_rates(rows), **arm_metrics(rows)}
 
 
 def selective_effects(rows: pd.DataFrame, flagged: pd.Series) -> dict[str, Any]:
-    """One arm's correction and preservation had only the flagged tasks been steered (a task's steered program does
-    not depend on the other rows, so the full arm's rows give it without generating again)."""
-    on = flagged.reindex(rows["task_id"]).fillna(True).to_numpy(dtype=bool)
+    """One arm's rates had only the flagged tasks been steered (a task's steered program does not depend on the
+    other rows, so the full arm's rows give it without generating again), beside two gates that know nothing of
+    which tasks steering fixes: one flagging the same share of all tasks, and one flagging the same share of the
+    failing and of the passing tasks (a perfect pass/fail detector at this gate's error rates). The hypergeometric
+    p asks whether the gate kept more or fewer of the full arm's fixes than the class-matched gate would. `rows`
+    come without the steered programs the sandbox could not judge, so such a task is out even when unflagged."""
+    missing = sorted(set(rows["task_id"]) - set(flagged.index))
+    if missing:
+        raise PipelineError(f"phase 3.8's gate flags miss {len(missing)} steered tasks (e.g. {missing[0]}): rerun "
+                            "phase 3.8 on the current phase 3.5 output")
+    on = flagged.loc[rows["task_id"]].to_numpy(dtype=bool)
     passing = rows["baseline_passed"].to_numpy(dtype=bool)
-    fixed = rows["fixed"].fillna(False).to_numpy(dtype=bool)
-    broken = rows["broken"].fillna(False).to_numpy(dtype=bool)
+    gated = rows.assign(steered_passed=np.where(on, rows["steered_passed"], rows["baseline_passed"]))
+    effects, full = endpoint_rates(with_outcomes(gated)), endpoint_rates(rows)
     n_failing, n_passing = int((~passing).sum()), int(passing.sum())
-    flag_rate = float(on.mean()) if len(on) else float("nan")
-    full_fixed, full_broken = int(fixed.sum()), int(broken.sum())
-    return {"flagged": {"failing": rate(int((on & ~passing).sum()), n_failing).to_dict(),
-                        "passing": rate(int((on & passing).sum()), n_passing).to_dict()},
-            "correction": rate(int((fixed & on).sum()), n_failing).to_dict(),
-            "preservation": rate(n_passing - int((broken & on).sum()), n_passing).to_dict(),
-            "net_tasks_fixed": int((fixed & on).sum()) - int((broken & on).sum()),
-            "full_arm": {"correction": rate(full_fixed, n_failing).to_dict(),
-                         "preservation": rate(n_passing - full_broken, n_passing).to_dict(),
+    full_fixed, full_broken = full["correction"]["successes"], n_passing - full["preservation"]["successes"]
+    flagged_failing, flagged_passing = int((on & ~passing).sum()), int((on & passing).sum())
+    kept_fixes = effects["correction"]["successes"]
+    fewer = hypergeom.cdf(kept_fixes, n_failing, full_fixed, flagged_failing)
+    more = hypergeom.sf(kept_fixes - 1, n_failing, full_fixed, flagged_failing)
+    return {"flagged": {"failing": rate(flagged_failing, n_failing).to_dict(),
+                        "passing": rate(flagged_passing, n_passing).to_dict()},
+            "correction": effects["correction"], "preservation": effects["preservation"],
+            "whole_split": effects["whole_split"],
+            "net_tasks_fixed": kept_fixes - (n_passing - effects["preservation"]["successes"]),
+            "full_arm": {"correction": full["correction"], "preservation": full["preservation"],
                          "net_tasks_fixed": full_fixed - full_broken},
-            "random_gate_expected": {"correction": full_fixed * flag_rate / max(n_failing, 1),
-                                     "preservation": 1 - full_broken * flag_rate / max(n_passing, 1)},
+            "uninformed_gate_expected": {"correction": full_fixed * on.mean() / max(n_failing, 1),
+                                         "preservation": 1 - full_broken * on.mean() / max(n_passing, 1)},
+            "class_matched_gate_expected": {
+                "fixes_kept": full_fixed * flagged_failing / max(n_failing, 1),
+                "correction": full_fixed * flagged_failing / max(n_failing, 1) ** 2,
+                "preservation": 1 - full_broken * flagged_passing / max(n_passing, 1) ** 2,
+                "fixes_kept_p": min(1.0, 2 * min(fewer, more))},
             "perfect_gate": {"correction": full_fixed / max(n_failing, 1), "preservation": 1.0}}
 
 

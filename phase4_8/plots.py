@@ -45,8 +45,8 @@ def plot_steering_effects(analysis: dict[str, Any], path: Path) -> None:
 
 def _plot_selective(ax: Any, analysis: dict[str, Any]) -> None:
     """Correction against preservation (whole split) for each correct-class arm: steered everywhere (circle), only
-    where a gate flags (square: the internal detector, triangle: the best baseline), the random gate at each flag
-    rate (x) and the perfect gate (star); unsteered is (0, 1)."""
+    where a gate flags (square: the internal detector, triangle: the best baseline), a gate flagging the same shares
+    of failing and passing tasks at random (x) and the perfect gate (star); unsteered is (0, 1)."""
     ax.scatter([0], [1], marker="D", color="black", label="unsteered")
     for name, by_class in analysis["methods"].items():
         result, colour = by_class.get("correct", {}), analysis["colours"].get(name, "black")
@@ -59,9 +59,9 @@ def _plot_selective(ax: Any, analysis: dict[str, Any]) -> None:
         for gate, selective in gates.items():
             ax.scatter([selective["correction"]["rate"]], [selective["preservation"]["rate"]], color=colour,
                        marker=_GATE_MARKERS.get(gate, "o"), label=f"{name}, {gate} gate")
-            expected = selective["random_gate_expected"]
+            expected = selective["class_matched_gate_expected"]
             ax.scatter([expected["correction"]], [expected["preservation"]], color=colour, marker="x")
     ax.set_xlabel("correction (failing tasks fixed)", fontsize=8)
     ax.set_ylabel("preservation (passing tasks kept)", fontsize=8)
-    ax.set_title("selective steering, whole split (x: random gate, *: perfect gate)", fontsize=9)
+    ax.set_title("selective steering, whole split (x: class-matched random gate, *: perfect)", fontsize=9)
     ax.legend(fontsize=6, loc="lower left")

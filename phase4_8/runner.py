@@ -188,5 +188,9 @@ def _headline(analysis: dict[str, Any]) -> list[str]:
                              f"{selective['flagged']['failing']['successes']} failing and "
                              f"{selective['flagged']['passing']['successes']} passing tasks): "
                              f"{_line('correction', selective['correction'])}, "
-                             f"{_line('preservation', selective['preservation'])} (exploratory)")
+                             f"{_line('preservation', selective['preservation'])}; kept "
+                             f"{selective['correction']['successes']} of {result['correction']['successes']} fixes "
+                             f"where a class-matched random gate keeps "
+                             f"{selective['class_matched_gate_expected']['fixes_kept']:.1f} (p "
+                             f"{selective['class_matched_gate_expected']['fixes_kept_p']:.2g}) (exploratory)")
     return lines

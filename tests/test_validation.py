@@ -143,6 +143,10 @@ def test_choices_never_read_validation_labels_and_noise_covers_half(tmp_path: Pa
         assert a[family]["chosen"] == b[family]["chosen"]
         assert a[family]["hyperparams_auroc_by_candidate"] == b[family]["hyperparams_auroc_by_candidate"]
         assert a[family]["validation_at_threshold"]["threshold"] == b[family]["validation_at_threshold"]["threshold"]
+    gates = [[{k: v for k, v in gate.items() if k != "validation_greedy_auroc"}  # reported, not chosen
+              for gate in json.loads((tmp_path / run / "phase3_8" / "gates.json").read_text())["gates"]]
+             for run in ("a", "b")]
+    assert gates[0] == gates[1] and gates[0][0]["name"] == "detector"
     # b's validation labels no longer match its activations: the same latent is at chance there
     assert b["sae_correct_latent"]["validation"]["low"] < 0.5 < b["sae_correct_latent"]["validation"]["high"]
 

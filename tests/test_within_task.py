@@ -16,7 +16,8 @@ from common.activations import save_activations
 from common.classification import (auroc, auroc_with_interval, group_bootstrap_counts, incremental_auroc,
     weighted_aurocs, within_task_auroc)
 from common.config import Config
-from common.gates import load_gates
+from common.errors import PipelineError
+from common.gates import Gate, load_gates
 from common.phases import get_phase
 from common.positions import activation_path
 from common.utils import save_json, write_manifest
@@ -138,14 +139,19 @@ def test_the_table_names_every_score_and_baseline_and_the_counts(planted_results
 
 def test_the_selective_steering_gate_is_the_best_score_on_hyperparams_and_flags_failing_programs(
         planted_results: dict, planted_dir: Path):
-    data_dir = planted_dir
-    gates, flags = load_gates(data_dir / "phase3_8")
+    with pytest.raises(PipelineError, match="flags some task twice"):  # two greedy programs per task here
+        load_gates(planted_dir / "phase3_8")
+    gates = [Gate(**g) for g in json.loads((planted_dir / "phase3_8" / "gates.json").read_text())["gates"]]
+    flags = pd.read_parquet(planted_dir / "phase3_8" / "gate_flags.parquet").set_index("task_id")
     detector = next(g for g in gates if g.name == "detector")
-    assert detector.position == "code_mean" and detector.needs_program and detector.hyperparams_auroc > 0.85
-    greedy = pd.read_parquet(data_dir / "phase3_5" / "dataset_temp_0_0.parquet")
+    best = max(r["hyperparams_auroc"] for families in planted_results["positions"].values() for r in families.values())
+    assert detector.hyperparams_auroc == pytest.approx(best) and best > 0.85
+    assert detector.position == "code_mean" and detector.needs_program  # the planted signal
+    assert detector.validation_greedy_auroc["auroc"] > 0.85
+    greedy = pd.read_parquet(planted_dir / "phase3_5" / "dataset_temp_0_0.parquet")
     assert list(flags.index) == list(greedy["task_id"])  # the validation greedy programs 4.8 steers, in order
     failing = ~greedy["test_passed"].to_numpy(dtype=bool)
-    flagged = flags["detector"].to_numpy(dtype=bool)
+    flagged = flags["flag:detector"].to_numpy(dtype=bool)
     assert flagged[failing].mean() > 0.8 and flagged[~failing].mean() < 0.3
     assert [g.name for g in gates] == ["detector", "baseline"] and gates[1].score == planted_results["best_baseline"]
 
