@@ -95,12 +95,19 @@ class Config:
     general_freq_max: float = 0.02  # phase 2.5 drops latents firing on more held-out code tokens than this
     bootstrap_samples: int = 200  # task resamples for the stability of the latent ranking
 
+    # --- contrastive pairs and their directions (phase 2.7, seed 003)
+    contrastive_mutants_per_task: int = 3  # (reference, mutant failing the tests) pairs per sae task
+    contrastive_own_pairs_per_task: int = 3  # (own passing, own failing) pairs per sae task where phase 1 has both
+    contrastive_aggregators: list[str] = field(default_factory=lambda: ["mean_difference", "pca", "probe"])  # from
+    #                                          common/aggregators.py: each gives a direction per position and layer
+
     # --- steering (phase 4.5 calibrates every method on hyperparams, phase 4.8 measures on validation)
     steering_direction_position: str = CODE_POSITIONS[0]  # the activation position whose directions are steered: a
     #                                   last_prompt direction is added at the last prompt token only, a code one at
     #                                   every position (prompt and each generated token)
     steering_layer: int | None = None  # None: the layer of phase 2.5's best correct-preferring latent there
-    methods: list[str] = field(default_factory=lambda: ["sae_latent", "mean_difference"])  # common/methods.py
+    methods: list[str] = field(default_factory=lambda: ["sae_latent", "mean_difference",
+                                                        "contrastive_mean_difference"])  # common/methods.py
     disruption_levels: list[float] = field(default_factory=lambda: [0.03, 0.1, 0.3])  # nats per token of KL on
     #                                   hyperparams baseline programs: phase 4.5's grid; every arm and control of
     #                                   a level is calibrated to it (common/disruption.py)
@@ -185,6 +192,13 @@ class Config:
                "chosen_level", self.chosen_level, "null, one of disruption_levels or preregistered_level")
         _check(self.steering_layer is None or self.steering_layer in self.layers, "steering_layer",
                self.steering_layer, "null or one of layers")
+        _check(self.contrastive_mutants_per_task >= 0 and self.contrastive_own_pairs_per_task >= 0
+               and self.contrastive_mutants_per_task + self.contrastive_own_pairs_per_task > 0,
+               "contrastive_mutants_per_task", self.contrastive_mutants_per_task,
+               ">= 0, with contrastive_own_pairs_per_task >= 0 and not both 0")
+        _check(len(self.contrastive_aggregators) > 0
+               and len(set(self.contrastive_aggregators)) == len(self.contrastive_aggregators),
+               "contrastive_aggregators", self.contrastive_aggregators, "a non-empty list without repeats")
         _check(len(self.methods) > 0 and len(set(self.methods)) == len(self.methods), "methods", self.methods,
                "a non-empty list without repeats")
         for key in ("disruption_programs", "disruption_max_tokens", "min_problems_per_level", "control_tasks"):

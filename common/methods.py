@@ -99,15 +99,29 @@ def sae_latent(where: SteeringSite) -> Proposal:
     return Proposal(proposed, warnings, chosen)
 
 
-@method("mean_difference", "mean difference", "#457b9d", upstream=("2.6",))
-def mean_difference(where: SteeringSite) -> Proposal:
-    """Phase 2.6's passing-minus-failing mean at the steering layer; negated for the incorrect class."""
-    found = [d for d in load_directions(where.folder("2.6") / "directions.safetensors")
-             if d.source == "mean_difference" and d.position == where.position and d.layer == where.layer]
-    if not found:
-        return Proposal({}, [f"phase 2.6 has no mean-difference direction at layer {where.layer} ({where.position})"])
-    addition = ResidualAddition(found[0], 1.0, where.policy)
-    return Proposal({"correct": addition, "incorrect": addition.negated()})
+def _from_directions(phase_id: str, source: str, title: str) -> Callable[[SteeringSite], Proposal]:
+    """A method steering with a phase's `directions.safetensors` entry of `source` at the steering layer and
+    position (it points towards passing): as it is for the correct class, negated for the incorrect one."""
+    def propose(where: SteeringSite) -> Proposal:
+        found = [d for d in load_directions(where.folder(phase_id) / "directions.safetensors")
+                 if d.source == source and d.position == where.position and d.layer == where.layer]
+        if not found:
+            return Proposal({}, [f"phase {phase_id} has no {title} direction at layer {where.layer} "
+                                 f"({where.position})"])
+        addition = ResidualAddition(found[0], 1.0, where.policy)
+        return Proposal({"correct": addition, "incorrect": addition.negated()})
+    propose.__doc__ = f"Phase {phase_id}'s {title} direction at the steering layer; negated for the incorrect class."
+    return propose
+
+
+method("mean_difference", "mean difference", "#457b9d", upstream=("2.6",))(
+    _from_directions("2.6", "mean_difference", "passing-minus-failing mean"))
+method("contrastive_mean_difference", "contrastive mean difference", "#e76f51", upstream=("2.7",))(
+    _from_directions("2.7", "contrastive_mean_difference", "contrastive-pairs mean difference"))
+method("contrastive_pca", "contrastive PCA", "#f4a261", upstream=("2.7",))(
+    _from_directions("2.7", "contrastive_pca", "contrastive-pairs PCA"))
+method("contrastive_probe", "contrastive probe", "#e9c46a", upstream=("2.7",))(
+    _from_directions("2.7", "contrastive_probe", "contrastive-pairs probe"))
 
 
 def steering_layer(folder_2_5: Path, position: str, configured: int | None) -> int | None:

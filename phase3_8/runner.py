@@ -4,8 +4,9 @@ Three splits, three jobs: directions, latents and baselines are fitted on the sa
 every choice (which latent or layer, the F1 threshold, the best baseline, the weights that combine
 a score with it) is made on the hyperparams split (phase 3.6); the validation split (phase 3.5, all
 temperatures) is only reported on. Per position (common/positions.py) the score families are the
-top 5 correct- and incorrect-preferring SAE latents of phase 2.5, and phase 2.6's mean-difference and
-paired-PCA projections, one candidate per layer. Each chosen score, and each baseline
+top 5 correct- and incorrect-preferring SAE latents of phase 2.5, phase 2.6's mean-difference and
+paired-PCA projections, and phase 2.7's contrastive directions (one family per aggregator), one
+candidate per layer. Each chosen score, and each baseline
 (common/baselines.py), is reported on validation with:
 - AUROC over all rows, its interval resampling tasks (the samples of one task are not independent);
 - within-task AUROC: only pairs of a passing and a failing program of the same task, the test a score
@@ -116,7 +117,7 @@ def run(phase: PhaseRun) -> Path:
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     detectors: list[Detector] = []
     for position in recorded_positions(folder["1"] / "activations"):
-        families = _families(position, folder["2.0"], folder["2.5"], folder["2.6"])
+        families = _families(position, folder["2.0"], folder["2.5"], [folder["2.6"], folder["2.7"]])
         positions[position], curves[position] = {}, {}
         for family_name, family in families.items():
             if not family.candidates:
@@ -157,10 +158,13 @@ def _save_gates(out_dir: Path, detectors: list[Detector], baselines: dict[str, A
     AUROC there, and the best baseline; their flags on the validation greedy programs phase 4.8 steers."""
     greedy = report.table["temperature"].to_numpy() == 0
     candidates = []
-    if detectors:
-        candidates.append(("detector", max(detectors, key=lambda d: (
-            np.nan_to_num(_known_auroc(d.choose_scores, choose.passed if d.predicts == "pass" else ~choose.passed),
-                          nan=-1), d.score))))
+    chosen_auroc = {d.score: _known_auroc(d.choose_scores, choose.passed if d.predicts == "pass" else ~choose.passed)
+                    for d in detectors}
+    scored = [d for d in detectors if np.isfinite(chosen_auroc[d.score])]
+    if scored:
+        candidates.append(("detector", max(scored, key=lambda d: (chosen_auroc[d.score], d.score))))
+    else:
+        logger.warning("no score has an AUROC on hyperparams (one class, or no programs): no detector gate")
     if best_name is not None:
         best = baselines[best_name]
         candidates.append(("baseline", Detector(best_name, "-", best["predicts"], best["level"] == "program",
@@ -227,8 +231,11 @@ def _baselines(fit: Split, choose: Split, report: Split, config: Config) -> tupl
     return results, best
 
 
-def _families(position: str, sae_folder: Path, latent_folder: Path, direction_folder: Path) -> dict[str, Family]:
-    """The score families at one position, each with one candidate per latent or layer."""
+def _families(position: str, sae_folder: Path, latent_folder: Path, direction_folders: list[Path]
+              ) -> dict[str, Family]:
+    """The score families at one position, each with one candidate per latent or layer: SAE latents, and one family
+    per source of direction in the phases' `directions.safetensors` (2.6: mean difference, paired PCA; 2.7: the
+    contrastive aggregators)."""
     families: dict[str, Family] = {}
     top_path = latent_folder / position / "top_20_features.json"
     if top_path.is_file():
@@ -253,8 +260,9 @@ def _families(position: str, sae_folder: Path, latent_folder: Path, direction_fo
     def projection_scorer(layer: int, vector: torch.Tensor) -> Scorer:
         return lambda split: _masked((split.activations(position, layer) @ vector).numpy(), split, position)
 
-    directions = [d for d in load_directions(direction_folder / "directions.safetensors") if d.position == position]
-    for source in ("mean_difference", "paired_pca"):
+    directions = [d for folder in direction_folders if (folder / "directions.safetensors").is_file()
+                  for d in load_directions(folder / "directions.safetensors") if d.position == position]
+    for source in dict.fromkeys(d.source for d in directions):
         families[source] = Family("pass", {d.name: projection_scorer(d.layer, d.unit().vector)
                                            for d in directions if d.source == source})
     return families

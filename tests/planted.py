@@ -66,7 +66,8 @@ def planted_args(model_dir: Path, tasks: Path) -> list[str]:
             "--set", f"disruption_levels={LEVELS}", "--set", f"preregistered_level={PREREGISTERED}",
             "--set", "calibration_alphas=0.5,1,2,4,8,16,32,64,128,256", "--set", "disruption_programs=3",
             "--set", "controls_per_type=3", "--set", "selection_controls_per_type=2", "--set", "control_tasks=6",
-            "--set", "min_problems_per_level=3", "--log-level", "WARNING"]
+            "--set", "min_problems_per_level=3", "--set", "methods=sae_latent,mean_difference",
+            "--log-level", "WARNING"]
 
 
 def _unit(index: int, sign: float = 1.0) -> torch.Tensor:
@@ -76,7 +77,7 @@ def _unit(index: int, sign: float = 1.0) -> torch.Tensor:
 
 
 def write_hand_made_directions(data_dir: Path, position: str = "code_last") -> None:
-    """Phase 2.0, 2.5 and 2.6 outputs: no SAE files; +e_K prefers correct, -e_K incorrect; zero-discrimination
+    """Phase 2.0, 2.5, 2.6 and 2.7 outputs: no SAE files, no contrastive directions; +e_K prefers correct, -e_K incorrect; zero-discrimination
     latents orthogonal to e_K; the mean difference leans on e_K (cosine 0.71). All found at `position`."""
     config = Config(data_dir=str(data_dir)).validate()
     (data_dir / "phase2_0").mkdir(parents=True)
@@ -96,3 +97,6 @@ def write_hand_made_directions(data_dir: Path, position: str = "code_last") -> N
                     [SteeringDirection(f"mean_difference/layer_{LAYER}", LAYER, (_unit(K) + _unit(9)) / 2 ** 0.5,
                                        "mean_difference", {}, position)])
     write_manifest(config, get_phase("2.6"), {}, [data_dir / "phase2_6" / "directions.safetensors"])
+    (data_dir / "phase2_7").mkdir(parents=True)
+    save_directions(data_dir / "phase2_7" / "directions.safetensors", [])
+    write_manifest(config, get_phase("2.7"), {}, [data_dir / "phase2_7" / "directions.safetensors"])

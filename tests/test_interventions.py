@@ -159,3 +159,10 @@ def test_an_edit_after_the_prefill_leaves_the_reused_prefill_alone(tiny_model):
     assert copied["a"] == copied["b"]
     in_place = twice(_InPlaceShift(2, 3.0))
     assert in_place["a"] == copied["a"] and in_place["b"] != in_place["a"]
+
+
+def test_every_registered_method_reads_only_phases_upstream_of_phase_4_5():
+    from common.methods import METHODS
+    from common.phases import get_phase
+
+    assert METHODS and all(set(m.upstream) <= set(get_phase("4.5").upstream) for m in METHODS.values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -104,7 +105,10 @@ def test_phases_0_to_1_write_aligned_outputs(tmp_path: Path, tiny_args: list[str
     assert {"task_id", "text", "test_list", "prompt", "generated_code", "test_passed",
             "cyclomatic_complexity"} <= set(tuning.columns)
     evaluation = json.loads((tmp_path / "phase3_8" / "evaluation_results.json").read_text())
-    assert evaluation["warnings"] and not any(evaluation["positions"].values())  # no class to compare
+    assert evaluation["warnings"]  # no class to compare: only the contrastive pairs (reference vs mutant) give
+    scored = [(family, r) for families in evaluation["positions"].values() for family, r in families.items()]
+    assert scored and all(family.startswith("contrastive_") and np.isnan(r["validation"]["auroc"])
+                          for family, r in scored)  # directions, but nothing to score them against
     assert all("skipped" in b for b in evaluation["baselines"].values()) and evaluation["best_baseline"] is None
 
 
@@ -167,26 +171,26 @@ def test_pipeline_skips_current_phases_and_reruns_stale_ones(tmp_path: Path, tin
     data = ["--data-dir", str(tmp_path)]
     _pipeline_until_steering([*data, *tiny_args], capsys)
     manifests = {p: (tmp_path / p / "phase_output.json").read_text()
-                 for p in ("phase0", "phase0_1", "phase1", "phase2_0", "phase2_5", "phase2_6", "phase3_5", "phase3_6",
-                           "phase3_8")}
+                 for p in ("phase0", "phase0_1", "phase1", "phase2_0", "phase2_5", "phase2_6", "phase2_7", "phase3_5",
+                           "phase3_6", "phase3_8")}
     _pipeline_until_steering([*data, *tiny_args], capsys)
     assert {p: (tmp_path / p / "phase_output.json").read_text() for p in manifests} == manifests
 
     not_run = ["missing"] * 2  # phases 4.5 and 4.8
     assert run.main(["list", *data, *tiny_args]) == 0
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 9 + not_run
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 10 + not_run
     assert run.main(["list", *data, *tiny_args, "--set", "seed=5"]) == 0
     states = [line.split()[1] for line in capsys.readouterr().out.splitlines()]
-    assert states == ["done"] + ["stale"] * 8 + not_run
+    assert states == ["done"] + ["stale"] * 9 + not_run
     assert run.main(["list", *data, *tiny_args, "--set", "batch_size=7"]) == 0  # speed-only key
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 9 + not_run
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 10 + not_run
     assert run.main(["list", *data, *tiny_args, "--set", "general_freq_max=0.5"]) == 0  # 2.5, hence 3.8
     assert ([line.split()[1] for line in capsys.readouterr().out.splitlines()] ==
-        ["done"] * 4 + ["stale", "done", "done", "done", "stale"] + not_run)
+        ["done"] * 4 + ["stale", "done", "done", "done", "done", "stale"] + not_run)
 
     assert run.main(["phase", "0.1", *data, *tiny_args, "--set", "seed=5"]) == 0
     assert run.main(["list", *data, *tiny_args, "--set", "seed=5"]) == 0
-    assert ([line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done", "done"] + ["stale"] * 7
+    assert ([line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done", "done"] + ["stale"] * 8
         + not_run)
 
 

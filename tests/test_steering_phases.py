@@ -138,7 +138,7 @@ def test_coefficient_selection_never_reads_the_validation_split(steered_run, tmp
     data_dir, args = steered_run
     assert "3.5" not in get_phase("4.5").upstream
     copy = tmp_path / "data"
-    for phase in ("phase0", "phase0_1", "phase1", "phase2_0", "phase2_5", "phase2_6", "phase3_6"):
+    for phase in ("phase0", "phase0_1", "phase1", "phase2_0", "phase2_5", "phase2_6", "phase2_7", "phase3_6"):
         shutil.copytree(data_dir / phase, copy / phase)
     (copy / "phase4_5").mkdir()
     shutil.copytree(data_dir / "phase4_5" / "checkpoint", copy / "phase4_5" / "checkpoint")

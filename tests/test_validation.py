@@ -99,6 +99,7 @@ def _validation_upstream(data_dir: Path, recorded_validation_passed: np.ndarray 
     args = ["--data-dir", str(data_dir), "--set", "layers=2", "--set", "bootstrap_samples=20", "--log-level", "ERROR"]
     assert run.main(["phase", "2.5", *args]) == 0 and run.main(["phase", "2.6", *args]) == 0
     config = Config(data_dir=str(data_dir), layers=[2], bootstrap_samples=20).validate()
+    write_manifest(config, get_phase("2.7"), {}, [])  # no contrastive directions here
     tuning = data_dir / "phase3_6"
     _generation_outputs(tuning, "dataset_hyperparams_temp_0_0.parquet", "activations",
                         np.arange(30) % 3 == 0, seed=7)

@@ -67,7 +67,7 @@ def _planted_pipeline(data_dir: Path, seed: int = 0) -> dict:
     config = Config(data_dir=str(data_dir), layers=[2]).validate()
     _write(data_dir / "phase1", "dataset_sae.parquet", "activations", *_planted_split(80, "s", [0.0, 0.8], rng))
     write_manifest(config, get_phase("1"), {}, [data_dir / "phase1" / "dataset_sae.parquet"])
-    for phase in ("2.0", "2.5"):  # no SAE: the score families come from phase 2.6's directions
+    for phase in ("2.0", "2.5", "2.7"):  # no SAE, no contrastive pairs: the score families come from phase 2.6
         write_manifest(config, get_phase(phase), {}, [])
     assert run.main(["phase", "2.6", "--data-dir", str(data_dir), "--set", "layers=2", "--log-level", "ERROR"]) == 0
     _write(data_dir / "phase3_6", "dataset_hyperparams_temp_0_0.parquet", "activations",

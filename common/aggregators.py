@@ -1,0 +1,77 @@
+"""Direction extraction from contrastive pairs: every aggregator takes the same two arguments.
+
+`positive[i]` and `negative[i]` are the activations of pair i (a passing program and a failing one of the same
+task), `[n_pairs, d_model]` each; an aggregator returns one unit direction pointing from "fails" towards "passes".
+A registry keyed by name, as steering-vectors keys its aggregators, so a phase iterates them and a new one is a
+function here:
+- `mean_difference`: the mean of the paired differences;
+- `pca`: the first principal component of the centred paired differences, its sign fixed so that the
+  differences project positively on it (seed 003's paired PCA);
+- `probe`: the weight vector of a logistic regression telling positive rows from negative ones, mapped back to
+  activation space (the features are standardised for the fit).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+Aggregator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+AGGREGATORS: dict[str, Aggregator] = {}
+
+
+def aggregator(name: str) -> Callable[[Aggregator], Aggregator]:
+    def register(function: Aggregator) -> Aggregator:
+        if name in AGGREGATORS:
+            raise ValueError(f"aggregator {name!r} is registered twice")
+        AGGREGATORS[name] = function
+        return function
+    return register
+
+
+def _unit(vector: torch.Tensor) -> torch.Tensor:
+    norm = float(vector.norm())
+    if norm == 0.0 or not np.isfinite(norm):
+        raise ValueError("the pairs give no direction (zero or non-finite)")
+    return (vector / norm).to(torch.float32)
+
+
+@aggregator("mean_difference")
+def mean_difference(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    return _unit((positive - negative).double().mean(0))
+
+
+def first_component(differences: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(unit first principal component of the centred rows, sign towards their mean; share of variance it holds)."""
+    centred = differences.double() - differences.double().mean(0)
+    _, singular, right = torch.linalg.svd(centred, full_matrices=False)
+    component = right[0]
+    if float((differences.double() @ component).mean()) < 0:
+        component = -component
+    explained = float(singular[0] ** 2 / (singular ** 2).sum()) if float(singular.sum()) > 0 else 0.0
+    return component.to(torch.float32), explained
+
+
+@aggregator("pca")
+def pca(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    return _unit(first_component(positive - negative)[0])
+
+
+@aggregator("probe")
+def probe(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    features = torch.cat([positive, negative]).double().numpy()
+    labels = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
+    scaler = StandardScaler().fit(features)
+    model = LogisticRegression(C=1.0, max_iter=2000).fit(scaler.transform(features), labels)
+    weights = model.coef_[0] / np.where(scaler.scale_ > 0, scaler.scale_, 1.0)  # d(logit)/d(activation)
+    return _unit(torch.from_numpy(weights))
+
+
+def paired_accuracy(direction: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> float:
+    """The share of pairs whose positive side projects further along `direction` than its negative side."""
+    return float((((positive - negative).double() @ direction.double()) > 0).double().mean())

@@ -1,0 +1,132 @@
+"""Contrastive pairs for phase 2.7: a program that passes its task's tests against one that fails them.
+
+Two kinds, both verified in the sandbox:
+- `mutant`: the task's reference solution against a single-point AST mutation of it (common/synthetic/engine.py)
+  that fails the tests. Both sides are rendered by `ast.unparse`, so the pair differs in the mutated token only
+  (comments and layout of the reference would otherwise differ too). Any dataset with reference code has them.
+- `own`: a passing and a failing program the model itself wrote for the task in phase 1, where it wrote both.
+Each side becomes the text a model would have answered (`as_output`), so the teacher-forced pass reads it where the
+model's own answer would sit.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from common.logging import get_logger
+from common.prompt_utils import PromptBuilder
+from common.sandbox import Program, evaluate_many
+from common.synthetic.engine import mutants
+from common.utils import atomic_path
+
+logger = get_logger("phase2_7")
+
+CANDIDATES_PER_MUTANT = 3  # mutants tried per mutant wanted: many change nothing the tests see (e.g. a docstring)
+
+
+@dataclass(frozen=True)
+class ContrastivePair:
+    task_id: str
+    kind: str  # "mutant" | "own"
+    positive_code: str  # passes the task's tests
+    negative_code: str  # fails them
+    positive_output: str  # what the model would have answered: the teacher-forced text after the prompt
+    negative_output: str
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def as_output(code: str, problem: Mapping[str, Any], builder: PromptBuilder) -> str:
+    """The answer text holding `code`: a fenced block in chat style; for a base prompt, the code after the stub it
+    continues, or the code on the line after "# Solution:"."""
+    if builder.style != "base":
+        return f"```python\n{code.rstrip()}\n```"
+    prefix = builder.code_prefix(problem)
+    return code[len(prefix):] if prefix and code.startswith(prefix) else "\n" + code
+
+
+def _normalised(code: str) -> str | None:
+    try:
+        return ast.unparse(ast.parse(code)) + "\n"
+    except (SyntaxError, ValueError):
+        return None
+
+
+def mutant_pairs(problems: pd.DataFrame, builder: PromptBuilder, per_task: int, seed: int, exec_timeout_s: float
+                 ) -> tuple[list[ContrastivePair], dict[str, int]]:
+    """Up to `per_task` (reference, failing mutant) pairs per task, every side verified in one sandbox batch."""
+    candidates: list[tuple[int, str, str, int]] = []  # (problem row, reference, mutant, mutation index)
+    skipped = {"reference_not_parsed": 0, "no_mutant": 0}
+    for row, problem in enumerate(problems.to_dict("records")):
+        reference = _normalised(str(problem["reference_code"]))
+        if reference is None:
+            skipped["reference_not_parsed"] += 1
+            continue
+        pool = [(i, m) for i, m in enumerate(mutants(reference)) if m != reference]
+        random.Random(f"{seed}/{problem['task_id']}").shuffle(pool)
+        if not pool:
+            skipped["no_mutant"] += 1
+        candidates += [(row, reference, m, i) for i, m in pool[:per_task * CANDIDATES_PER_MUTANT]]
+    records = problems.to_dict("records")
+    references = {row: reference for row, reference, _, _ in candidates}
+    programs = [Program(builder.code_prefix(records[row]) + code, records[row]["tests"])
+                for row, code in [*references.items(), *((r, m) for r, _, m, _ in candidates)]]
+    results = evaluate_many(programs, timeout=exec_timeout_s, description="verifying references and mutants")
+    reference_passed = {row: result.passed for row, result in zip(references, results)}
+    pairs: list[ContrastivePair] = []
+    taken: dict[int, int] = {}
+    for (row, reference, mutant, index), result in zip(candidates, results[len(references):]):
+        if not reference_passed[row] or result.passed or result.error_type == "unsupported":
+            continue
+        if taken.get(row, 0) >= per_task:
+            continue
+        taken[row] = taken.get(row, 0) + 1
+        problem = records[row]
+        pairs.append(ContrastivePair(str(problem["task_id"]), "mutant", reference, mutant,
+                                     as_output(reference, problem, builder), as_output(mutant, problem, builder),
+                                     {"mutation_index": index, "negative_error_type": result.error_type}))
+    skipped["reference_failed"] = sum(not passed for passed in reference_passed.values())
+    skipped["tasks_without_a_failing_mutant"] = sum(passed and row not in taken
+                                                    for row, passed in reference_passed.items())
+    return pairs, skipped
+
+
+def own_pairs(table: pd.DataFrame, problems: pd.DataFrame, builder: PromptBuilder, per_task: int, seed: int
+              ) -> list[ContrastivePair]:
+    """Up to `per_task` (passing, failing) pairs of the model's own programs per task where it wrote both; the
+    labels are phase 1's sandbox verdicts, and programs it could not judge are left out."""
+    by_task = {str(p["task_id"]): p for p in problems.to_dict("records")}
+    judged = table[(table["error_type"] != "unsupported") & table["generated_code"].astype(bool)]
+    pairs = []
+    for task_id, group in judged.groupby("task_id", sort=True):
+        good = group[group["test_passed"]].to_dict("records")
+        bad = group[~group["test_passed"]].to_dict("records")
+        if not good or not bad or str(task_id) not in by_task:
+            continue
+        rng = random.Random(f"{seed}/{task_id}/own")
+        rng.shuffle(good)
+        rng.shuffle(bad)
+        for i in range(min(per_task, max(len(good), len(bad)))):  # the shorter side's programs recur
+            passing, failing = good[i % len(good)], bad[i % len(bad)]
+            pairs.append(ContrastivePair(str(task_id), "own", passing["generated_code"], failing["generated_code"],
+                                         passing["raw_output"], failing["raw_output"],
+                                         {"positive_sample": int(passing["sample_idx"]),
+                                          "negative_sample": int(failing["sample_idx"]),
+                                          "negative_error_type": failing["error_type"]}))
+    return pairs
+
+
+def save_pairs(path: Path, pairs: Sequence[ContrastivePair]) -> None:
+    """JSON lines, one pair each, with its provenance."""
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(asdict(p), sort_keys=True) + "\n" for p in pairs))
+
+
+def load_pairs(path: Path) -> list[ContrastivePair]:
+    return [ContrastivePair(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]

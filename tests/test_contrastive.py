@@ -1,0 +1,85 @@
+"""Contrastive pairs and their aggregators: a planted direction is recovered, every mutant is verified to fail,
+and the model's own pairs pair a task's passing program with one of its failing ones."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from common.aggregators import AGGREGATORS, paired_accuracy
+from common.datasets import load_mbpp_file
+from common.prompt_utils import PromptBuilder
+from common.sandbox import Program, evaluate_many
+from phase2_7.pairs import as_output, load_pairs, mutant_pairs, own_pairs, save_pairs
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+def test_every_aggregator_recovers_a_planted_direction_and_points_to_passing(name: str):
+    rng = np.random.default_rng(0)
+    d_model, n_pairs = 32, 200
+    planted = torch.from_numpy(rng.normal(size=d_model)).float()
+    planted /= planted.norm()
+    scales = torch.from_numpy(np.geomspace(1.0, 0.3, d_model)).float()  # anisotropic, shared by both sides of a pair
+    context = torch.randn(n_pairs, d_model, generator=torch.Generator().manual_seed(1)) * scales
+    noise = lambda seed: torch.randn(n_pairs, d_model, generator=torch.Generator().manual_seed(seed)) * 0.3  # noqa: E731
+    strength = 0.5 + 3.5 * torch.rand(n_pairs, 1, generator=torch.Generator().manual_seed(2))  # PCA needs it to vary
+    positive = context + strength * planted + noise(3)
+    negative = context + noise(4)
+    direction = AGGREGATORS[name](positive, negative)
+    assert float(direction.norm()) == pytest.approx(1.0, abs=1e-5)
+    # a probe's weights are a discriminative direction (they discount directions of high variance), so they only
+    # approximate the planted shift; a random unit vector in 32 dimensions has |cosine| about 0.14
+    assert float(direction @ planted) > (0.75 if name == "probe" else 0.95)
+    assert paired_accuracy(direction, positive, negative) > 0.95
+    assert paired_accuracy(-direction, positive, negative) < 0.05
+
+
+def test_aggregators_refuse_pairs_that_do_not_differ():
+    same = torch.ones(5, 4)
+    with pytest.raises(ValueError, match="no direction"):
+        AGGREGATORS["mean_difference"](same, same)
+
+
+@pytest.fixture
+def problems(mbpp_full_file) -> pd.DataFrame:
+    return pd.DataFrame([asdict(p) for p in load_mbpp_file(mbpp_full_file)[0]])
+
+
+def test_every_mutant_pair_is_a_passing_reference_against_a_failing_mutant(problems: pd.DataFrame, tmp_path):
+    builder = PromptBuilder("base")
+    pairs, skipped = mutant_pairs(problems, builder, per_task=2, seed=0, exec_timeout_s=5.0)
+    assert len(pairs) >= len(problems)  # most tasks give two
+    assert all(sum(p.task_id == t for p in pairs) <= 2 for t in problems["task_id"])
+    tests = dict(zip(problems["task_id"].astype(str), problems["tests"]))
+    verdicts = evaluate_many([Program(code, tests[p.task_id]) for p in pairs for code in (p.positive_code,
+                                                                                          p.negative_code)],
+                             progress=False)
+    assert all(v.passed for v in verdicts[0::2]) and not any(v.passed for v in verdicts[1::2])
+    for pair in pairs:  # one mutation apart: the same number of lines, one of them changed
+        positive, negative = pair.positive_code.splitlines(), pair.negative_code.splitlines()
+        assert len(positive) == len(negative) and sum(a != b for a, b in zip(positive, negative)) == 1
+        assert pair.positive_output == "\n" + pair.positive_code  # a base prompt ends in "# Solution:"
+        assert as_output(pair.positive_code, {}, PromptBuilder("chat")) == f"```python\n{pair.positive_code}```"
+    save_pairs(tmp_path / "pairs.jsonl", pairs)
+    assert load_pairs(tmp_path / "pairs.jsonl") == pairs
+    assert skipped["reference_failed"] == 0
+
+
+def test_own_pairs_pair_a_tasks_passing_program_with_its_failing_ones(problems: pd.DataFrame):
+    first, second = problems["task_id"].astype(str).iloc[:2]
+    table = pd.DataFrame([
+        {"task_id": first, "sample_idx": 0, "test_passed": True, "error_type": None, "generated_code": "good",
+         "raw_output": "```python\ngood\n```"},
+        {"task_id": first, "sample_idx": 1, "test_passed": False, "error_type": "assertion", "generated_code": "bad1",
+         "raw_output": "bad1"},
+        {"task_id": first, "sample_idx": 2, "test_passed": False, "error_type": "unsupported", "generated_code": "x",
+         "raw_output": "x"},
+        {"task_id": second, "sample_idx": 0, "test_passed": False, "error_type": "runtime", "generated_code": "bad2",
+         "raw_output": "bad2"}])  # the second task has no passing program: no pair
+    pairs = own_pairs(table, problems, PromptBuilder("base"), per_task=3, seed=0)
+    assert [(p.task_id, p.positive_code, p.negative_code, p.kind) for p in pairs] == [(first, "good", "bad1", "own")]
+    assert pairs[0].provenance == {"positive_sample": 0, "negative_sample": 1, "negative_error_type": "assertion"}
