@@ -7,8 +7,8 @@ function here:
 - `mean_difference`: the mean of the paired differences;
 - `pca`: the first principal component of the centred paired differences, its sign fixed so that the
   differences project positively on it (seed 003's paired PCA);
-- `probe`: the weight vector of a logistic regression telling positive rows from negative ones, mapped back to
-  activation space (the features are standardised for the fit).
+- `probe`: the weight vector of a logistic regression telling which side of a pair passes from the paired
+  differences: a discriminative direction, which discounts directions where pairs vary a lot.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Callable
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 
 Aggregator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -64,14 +63,16 @@ def pca(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
 
 @aggregator("probe")
 def probe(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
-    features = torch.cat([positive, negative]).double().numpy()
-    labels = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
-    scaler = StandardScaler().fit(features)
-    model = LogisticRegression(C=1.0, max_iter=2000).fit(scaler.transform(features), labels)
-    weights = model.coef_[0] / np.where(scaler.scale_ > 0, scaler.scale_, 1.0)  # d(logit)/d(activation)
-    return _unit(torch.from_numpy(weights))
+    """A logistic regression on the paired differences, each also entered negated with the other label and no
+    intercept: it learns which side of a pair passes, so the pairing (and a task's shared context) is kept. The
+    features stay in activation units, so its L2 penalty treats every direction of the residual stream alike."""
+    differences = (positive - negative).double().numpy()
+    features = np.concatenate([differences, -differences])
+    labels = np.r_[np.ones(len(differences)), np.zeros(len(differences))]
+    model = LogisticRegression(C=1.0, fit_intercept=False, max_iter=2000).fit(features, labels)
+    return _unit(torch.from_numpy(model.coef_[0]))
 
 
-def paired_accuracy(direction: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> float:
-    """The share of pairs whose positive side projects further along `direction` than its negative side."""
-    return float((((positive - negative).double() @ direction.double()) > 0).double().mean())
+def pair_ordered(direction: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> np.ndarray:
+    """Per pair: does its positive side project further along `direction` than its negative side?"""
+    return (((positive - negative).double() @ direction.double()) > 0).numpy()

@@ -107,7 +107,7 @@ class Config:
     #                                   every position (prompt and each generated token)
     steering_layer: int | None = None  # None: the layer of phase 2.5's best correct-preferring latent there
     methods: list[str] = field(default_factory=lambda: ["sae_latent", "mean_difference",
-                                                        "contrastive_mean_difference"])  # common/methods.py
+                                                        "contrastive_mutant_mean_difference"])  # common/methods.py
     disruption_levels: list[float] = field(default_factory=lambda: [0.03, 0.1, 0.3])  # nats per token of KL on
     #                                   hyperparams baseline programs: phase 4.5's grid; every arm and control of
     #                                   a level is calibrated to it (common/disruption.py)
@@ -196,9 +196,11 @@ class Config:
                and self.contrastive_mutants_per_task + self.contrastive_own_pairs_per_task > 0,
                "contrastive_mutants_per_task", self.contrastive_mutants_per_task,
                ">= 0, with contrastive_own_pairs_per_task >= 0 and not both 0")
-        _check(len(self.contrastive_aggregators) > 0
+        from common.aggregators import AGGREGATORS  # torch and scikit-learn: only when a config is checked
+        _check(len(self.contrastive_aggregators) > 0 and set(self.contrastive_aggregators) <= set(AGGREGATORS)
                and len(set(self.contrastive_aggregators)) == len(self.contrastive_aggregators),
-               "contrastive_aggregators", self.contrastive_aggregators, "a non-empty list without repeats")
+               "contrastive_aggregators", self.contrastive_aggregators,
+               f"a non-empty list without repeats of {', '.join(AGGREGATORS)}")
         _check(len(self.methods) > 0 and len(set(self.methods)) == len(self.methods), "methods", self.methods,
                "a non-empty list without repeats")
         for key in ("disruption_programs", "disruption_max_tokens", "min_problems_per_level", "control_tasks"):

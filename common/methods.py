@@ -2,20 +2,17 @@
 
 A method turns upstream outputs into one unit intervention per class it steers ("correct": meant to
 make code pass; "incorrect": meant to make it fail), at the steering layer and position. Phases 4.5
-and 4.8 iterate the registry; they never name a method. Adding one is a `@method` function here (or
-in its own module imported below) plus the phase that makes its upstream output:
+and 4.8 iterate the registry; they never name a method. Adding one is a registry entry here (or in
+its own module imported below) plus the phase that makes its upstream output, listed among phase
+4.5's upstream phases in common/phases.py. A direction saved in a phase's `directions.safetensors`
+takes one line, as the contrastive ones below do:
 
-    @method("my_direction", "my direction", "#e9c46a", upstream=("2.7",))
-    def my_direction(where: SteeringSite) -> Proposal:
-        found = [d for d in load_directions(where.folder("2.7") / "directions.safetensors")
-                 if d.layer == where.layer and d.position == where.position]
-        if not found:
-            return Proposal({}, [f"phase 2.7 has no direction at layer {where.layer}"])
-        addition = ResidualAddition(found[0], 1.0, where.policy)
-        return Proposal({"correct": addition, "incorrect": addition.negated()}, [])
+    method("my_direction", "my direction", "#264653", upstream=("2.8",))(
+        from_directions("2.8", "my_direction", "my direction"))
 
-Phase 4.5 then calibrates it at every disruption level against the controls, chooses its level by
-the rule, and phase 4.8 measures it: nothing else changes.
+anything else a `@method` function from the SteeringSite to a Proposal (`sae_latent` below). Phase 4.5
+then calibrates it at every disruption level against the controls, chooses its level by the rule, and
+phase 4.8 measures it: nothing else changes.
 """
 
 from __future__ import annotations
@@ -99,7 +96,7 @@ def sae_latent(where: SteeringSite) -> Proposal:
     return Proposal(proposed, warnings, chosen)
 
 
-def _from_directions(phase_id: str, source: str, title: str) -> Callable[[SteeringSite], Proposal]:
+def from_directions(phase_id: str, source: str, title: str) -> Callable[[SteeringSite], Proposal]:
     """A method steering with a phase's `directions.safetensors` entry of `source` at the steering layer and
     position (it points towards passing): as it is for the correct class, negated for the incorrect one."""
     def propose(where: SteeringSite) -> Proposal:
@@ -115,13 +112,19 @@ def _from_directions(phase_id: str, source: str, title: str) -> Callable[[Steeri
 
 
 method("mean_difference", "mean difference", "#457b9d", upstream=("2.6",))(
-    _from_directions("2.6", "mean_difference", "passing-minus-failing mean"))
-method("contrastive_mean_difference", "contrastive mean difference", "#e76f51", upstream=("2.7",))(
-    _from_directions("2.7", "contrastive_mean_difference", "contrastive-pairs mean difference"))
-method("contrastive_pca", "contrastive PCA", "#f4a261", upstream=("2.7",))(
-    _from_directions("2.7", "contrastive_pca", "contrastive-pairs PCA"))
-method("contrastive_probe", "contrastive probe", "#e9c46a", upstream=("2.7",))(
-    _from_directions("2.7", "contrastive_probe", "contrastive-pairs probe"))
+    from_directions("2.6", "mean_difference", "passing-minus-failing mean"))
+def _register_contrastive() -> None:
+    """Phase 2.7's directions: one method per kind of pair and aggregator, e.g. `contrastive_mutant_mean_difference`."""
+    colours = {"mutant": ("#e76f51", "#f4a261", "#e9c46a"), "own": ("#8338ec", "#b5179e", "#7209b7")}
+    for kind, palette in colours.items():
+        for aggregator, colour in zip(("mean_difference", "pca", "probe"), palette):
+            words = aggregator.replace("_", " ")
+            method(f"contrastive_{kind}_{aggregator}", f"contrastive ({kind} pairs) {words}", colour,
+                   upstream=("2.7",))(from_directions("2.7", f"contrastive_{kind}_{aggregator}",
+                                                      f"{words} of its {kind} contrastive pairs"))
+
+
+_register_contrastive()
 
 
 def steering_layer(folder_2_5: Path, position: str, configured: int | None) -> int | None:

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from common.activations import load_position
+from common.aggregators import first_component
 from common.phase_run import PhaseRun
 from common.directions import SteeringDirection, save_directions
 from common.logging import get_logger
@@ -58,13 +59,7 @@ def paired_pca(differences: torch.Tensor) -> tuple[torch.Tensor, float] | None:
     """(unit first principal component, share of variance it explains), or None with too few pairs."""
     if len(differences) < MIN_PAIRS:
         return None
-    centred = differences - differences.mean(0)
-    _, singular, right = torch.linalg.svd(centred.double(), full_matrices=False)
-    component = right[0].to(torch.float32)
-    if float((differences @ component).mean()) < 0:
-        component = -component
-    explained = float(singular[0] ** 2 / (singular ** 2).sum()) if float(singular.sum()) > 0 else 0.0
-    return component, explained
+    return first_component(differences)
 
 
 def run(phase: PhaseRun) -> Path:

@@ -2,9 +2,12 @@
 
 Two kinds, both verified in the sandbox:
 - `mutant`: the task's reference solution against a single-point AST mutation of it (common/synthetic/engine.py)
-  that fails the tests. Both sides are rendered by `ast.unparse`, so the pair differs in the mutated token only
-  (comments and layout of the reference would otherwise differ too). Any dataset with reference code has them.
+  that fails the tests (a timeout does not count: under load it can be flaky). Both sides are rendered by
+  `ast.unparse`, so the pair differs in the mutated token only (comments and layout of the reference would
+  otherwise differ too). Any dataset with reference code has them.
 - `own`: a passing and a failing program the model itself wrote for the task in phase 1, where it wrote both.
+A third kind is a control, never fitted on: `equivalent`, the reference against a mutant that still passes
+every test. A direction that tracks correctness should not order these; one that tracks "looks mutated" does.
 Each side becomes the text a model would have answered (`as_output`), so the teacher-forced pass reads it where the
 model's own answer would sit.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import ast
 import json
 import random
+import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -34,21 +38,29 @@ CANDIDATES_PER_MUTANT = 3  # mutants tried per mutant wanted: many change nothin
 @dataclass(frozen=True)
 class ContrastivePair:
     task_id: str
-    kind: str  # "mutant" | "own"
+    kind: str  # "mutant" | "own" | "equivalent" (a control: both sides pass)
     positive_code: str  # passes the task's tests
-    negative_code: str  # fails them
+    negative_code: str  # fails them (for `equivalent`: a mutant that passes them too)
     positive_output: str  # what the model would have answered: the teacher-forced text after the prompt
     negative_output: str
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
 def as_output(code: str, problem: Mapping[str, Any], builder: PromptBuilder) -> str:
-    """The answer text holding `code`: a fenced block in chat style; for a base prompt, the code after the stub it
-    continues, or the code on the line after "# Solution:"."""
+    """The answer text holding `code`: a fenced block in chat style; for a base prompt, the code on the line after
+    "# Solution:", or, where the prompt is a stub to complete (HumanEval), the body of the stub's function."""
     if builder.style != "base":
         return f"```python\n{code.rstrip()}\n```"
-    prefix = builder.code_prefix(problem)
-    return code[len(prefix):] if prefix and code.startswith(prefix) else "\n" + code
+    if builder.code_prefix(problem):
+        return _function_body(code, str(problem["entry_point"]))
+    return "\n" + code
+
+
+def _function_body(code: str, name: str) -> str:
+    """The statements of function `name` after its docstring, indented as a completion of its stub writes them."""
+    function = next(node for node in ast.parse(code).body if isinstance(node, ast.FunctionDef) and node.name == name)
+    body = function.body[1:] if ast.get_docstring(function) is not None else function.body
+    return "".join(textwrap.indent(ast.unparse(statement), "    ") + "\n" for statement in body)
 
 
 def _normalised(code: str) -> str | None:
@@ -58,12 +70,20 @@ def _normalised(code: str) -> str | None:
         return None
 
 
+def _changed_line(before: str, after: str) -> list[str]:
+    changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines()) if a != b]
+    return [changed[0][0].strip(), changed[0][1].strip()] if changed else []
+
+
 def mutant_pairs(problems: pd.DataFrame, builder: PromptBuilder, per_task: int, seed: int, exec_timeout_s: float
                  ) -> tuple[list[ContrastivePair], dict[str, int]]:
-    """Up to `per_task` (reference, failing mutant) pairs per task, every side verified in one sandbox batch."""
+    """Up to `per_task` (reference, failing mutant) pairs per task, and as many (reference, passing mutant) controls
+    of kind `equivalent`, every side verified in one sandbox batch. Pairs whose two answer texts are the same (a
+    mutation outside what the answer holds) are left out."""
+    records = problems.to_dict("records")
     candidates: list[tuple[int, str, str, int]] = []  # (problem row, reference, mutant, mutation index)
     skipped = {"reference_not_parsed": 0, "no_mutant": 0}
-    for row, problem in enumerate(problems.to_dict("records")):
+    for row, problem in enumerate(records):
         reference = _normalised(str(problem["reference_code"]))
         if reference is None:
             skipped["reference_not_parsed"] += 1
@@ -73,26 +93,27 @@ def mutant_pairs(problems: pd.DataFrame, builder: PromptBuilder, per_task: int, 
         if not pool:
             skipped["no_mutant"] += 1
         candidates += [(row, reference, m, i) for i, m in pool[:per_task * CANDIDATES_PER_MUTANT]]
-    records = problems.to_dict("records")
     references = {row: reference for row, reference, _, _ in candidates}
     programs = [Program(builder.code_prefix(records[row]) + code, records[row]["tests"])
                 for row, code in [*references.items(), *((r, m) for r, _, m, _ in candidates)]]
     results = evaluate_many(programs, timeout=exec_timeout_s, description="verifying references and mutants")
     reference_passed = {row: result.passed for row, result in zip(references, results)}
     pairs: list[ContrastivePair] = []
-    taken: dict[int, int] = {}
+    taken: dict[tuple[int, str], int] = {}
     for (row, reference, mutant, index), result in zip(candidates, results[len(references):]):
-        if not reference_passed[row] or result.passed or result.error_type == "unsupported":
+        if not reference_passed[row] or result.error_type in ("unsupported", "timeout"):
             continue
-        if taken.get(row, 0) >= per_task:
-            continue
-        taken[row] = taken.get(row, 0) + 1
+        kind = "equivalent" if result.passed else "mutant"
         problem = records[row]
-        pairs.append(ContrastivePair(str(problem["task_id"]), "mutant", reference, mutant,
-                                     as_output(reference, problem, builder), as_output(mutant, problem, builder),
-                                     {"mutation_index": index, "negative_error_type": result.error_type}))
+        positive, negative = as_output(reference, problem, builder), as_output(mutant, problem, builder)
+        if taken.get((row, kind), 0) >= per_task or positive == negative:
+            continue
+        taken[row, kind] = taken.get((row, kind), 0) + 1
+        pairs.append(ContrastivePair(str(problem["task_id"]), kind, reference, mutant, positive, negative,
+                                     {"mutation_index": index, "changed_line": _changed_line(reference, mutant),
+                                      "negative_error_type": result.error_type}))
     skipped["reference_failed"] = sum(not passed for passed in reference_passed.values())
-    skipped["tasks_without_a_failing_mutant"] = sum(passed and row not in taken
+    skipped["tasks_without_a_failing_mutant"] = sum(passed and (row, "mutant") not in taken
                                                     for row, passed in reference_passed.items())
     return pairs, skipped
 

@@ -1,15 +1,21 @@
 """Phase 2.7: directions from contrastive pairs (seed 003), on the sae split.
 
 Per task, pairs of a passing and a failing program (phase2_7/pairs.py): the reference against mutants of it that
-fail the tests, and the model's own passing against its own failing programs where phase 1 has both. One
-teacher-forced pass over prompt + program (common/program_pass.py) reads every code position: the last token, the
-mean over the program, and the mean over its last `position_k` tokens (seed 003: 6). The last prompt token is the
-same on both sides of a pair, so it gives nothing here. Per code position and layer, every aggregator of
-`contrastive_aggregators` (common/aggregators.py) turns the pairs into a direction from "fails" to "passes",
-saved as `directions.safetensors` (source `contrastive_<aggregator>`): phase 3.8 scores them beside the others
-and the registered contrastive methods steer with them in 4.5 and 4.8. Held-out pair accuracy (directions fitted
-on 80% of the tasks, the share of the other tasks' pairs they order correctly) says how well each generalises
-across tasks.
+fail the tests (`mutant`: minimal pairs), and the model's own passing against its own failing programs where phase 1
+has both (`own`); `equivalent` pairs (reference against a mutant that still passes) are a control, never fitted
+on. One teacher-forced pass (common/program_pass.py) reads every code position: the last token, the mean over the
+program, and the mean over its last `position_k` tokens (seed 003: 6). The last prompt token is the same on both
+sides of a pair, so it gives nothing here.
+
+Per code position, layer and fitted kind (mutant, own: they point different ways, and pooled the own pairs, with
+their larger differences, would dominate), every aggregator of `contrastive_aggregators` (common/aggregators.py)
+gives a direction from "fails" to "passes", saved as `directions.safetensors` (source
+`contrastive_<kind>_<aggregator>`) and as unit residual additions in `interventions.safetensors`; phase 3.8 scores
+them beside the others, and the registered contrastive methods steer with them in 4.5 and 4.8.
+
+How far each generalises: refitted without a held-out fifth of the tasks, the share of those tasks' pairs it orders
+correctly, for each kind (task-bootstrap intervals), beside what the model's own mean log-probability and the
+programs' lengths order; on `equivalent` pairs a direction about correctness should be near 0.5.
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.aggregators import AGGREGATORS, paired_accuracy
+from common.aggregators import AGGREGATORS, pair_ordered
+from common.classification import group_bootstrap_counts
 from common.directions import SteeringDirection, save_directions
 from common.errors import PipelineError
+from common.interventions import ResidualAddition, save_interventions
 from common.logging import get_logger
 from common.phase_run import PhaseRun
 from common.positions import CODE_POSITIONS
@@ -36,16 +44,14 @@ from phase2_7.plots import plot_pair_accuracy
 
 logger = get_logger("phase2_7")
 
+FITTED_KINDS = ("mutant", "own")
 HELD_OUT_SHARE = 0.2  # of the tasks, for the held-out pair accuracy
-MIN_PAIRS = 10
+MIN_PAIRS = 10  # of a kind, to fit its directions
+ACCURACY_RESAMPLES = 1000
 
 
 def run(phase: PhaseRun) -> Path:
     config = phase.config
-    unknown = [name for name in config.contrastive_aggregators if name not in AGGREGATORS]
-    if unknown:
-        raise PipelineError(f"config key 'contrastive_aggregators' names unknown aggregators {unknown} "
-                            f"(registered: {', '.join(AGGREGATORS)})")
     positions = [p for p in config.activation_positions if p in CODE_POSITIONS]
     if not positions:
         raise PipelineError("phase 2.7 reads code positions, and activation_positions has none of "
@@ -58,56 +64,81 @@ def run(phase: PhaseRun) -> Path:
     pairs, skipped = mutant_pairs(problems, builder, config.contrastive_mutants_per_task, config.seed,
                                   config.exec_timeout)
     pairs += own_pairs(own_programs, problems, builder, config.contrastive_own_pairs_per_task, config.seed)
-    if len(pairs) < MIN_PAIRS:
-        raise PipelineError(f"phase 2.7 found only {len(pairs)} contrastive pairs (< {MIN_PAIRS}): too few for a "
-                            "direction")
-    counts = _counts(pairs, problems, skipped)
-    logger.info("contrastive pairs: %d (%s) over %d tasks", len(pairs),
-                ", ".join(f"{n} {kind}" for kind, n in counts["pairs_by_kind"].items()), counts["tasks_with_pairs"])
-
-    by_task = {str(p["task_id"]): p for p in problems.to_dict("records")}
-    texts = [ProgramText(builder.build(by_task[pair.task_id]), output, by_task[pair.task_id]["entry_point"])
-             for pair in pairs for output in (pair.positive_output, pair.negative_output)]
-    recorded = record_programs(model, tokenizer, texts, config.layers, config.position_k, builder.adds_special_tokens)
-    has_program = ~np.isnan(recorded.activations[positions[0]][config.layers[0]][:, 0].numpy())
-    usable = has_program[0::2] & has_program[1::2]
-    kept = [pair for pair, ok in zip(pairs, usable) if ok]
-    if len(kept) < len(pairs):
-        logger.warning("%d pairs left out: a side holds no program the pass could locate", len(pairs) - len(kept))
+    kept, recorded = _recorded_pairs(model, tokenizer, builder, problems, pairs, config)
     tasks = np.array([pair.task_id for pair in kept])
     kinds = np.array([pair.kind for pair in kept])
+    fitted_kinds = [k for k in FITTED_KINDS if (kinds == k).sum() >= MIN_PAIRS]
+    if len(set(tasks)) < 2 or not fitted_kinds:
+        raise PipelineError(f"phase 2.7 has {len(kept)} usable pairs over {len(set(tasks))} tasks: it needs at "
+                            f"least {MIN_PAIRS} of one kind and two tasks")
     held_out = _held_out_tasks(tasks, config.seed)
+    counts = _counts(kept, problems, skipped, held_out)
+    logger.info("contrastive pairs: %s over %d tasks; fitted kinds: %s", ", ".join(
+        f"{n} {kind}" for kind, n in counts["pairs_by_kind"].items()), counts["tasks_with_pairs"],
+        ", ".join(fitted_kinds))
+    error_types = np.array([str(pair.provenance.get("negative_error_type")) for pair in kept])
+    baselines = _baselines(recorded["columns"], kinds, tasks, held_out, config.seed)
 
     directions: list[SteeringDirection] = []
     accuracy: dict[str, Any] = {}
     for position in positions:
         accuracy[position] = {}
         for layer in config.layers:
-            stacked = recorded.activations[position][layer]
-            positive, negative = stacked[0::2][torch.from_numpy(usable)], stacked[1::2][torch.from_numpy(usable)]
-            found, figures = _layer_directions(positive, negative, kinds, held_out, position, layer,
-                                               config.contrastive_aggregators)
+            positive, negative = recorded["activations"][position][layer]
+            found, figures = _layer_directions(positive, negative, tasks, kinds, error_types, held_out, position,
+                                               layer, fitted_kinds, config.contrastive_aggregators, config.seed)
             directions += found
             accuracy[position][str(layer)] = figures
 
     out_dir = phase.out_dir
     pairs_path = out_dir / "datasets" / "contrastive_pairs.jsonl"
     save_pairs(pairs_path, kept)
-    directions_path = out_dir / "directions.safetensors"
+    directions_path, interventions_path = out_dir / "directions.safetensors", out_dir / "interventions.safetensors"
     save_directions(directions_path, directions)
+    save_interventions(interventions_path, [ResidualAddition(d, 1.0, "all") for d in directions])
     plot_path = out_dir / "pair_accuracy.png"
-    plot_pair_accuracy(accuracy, plot_path)
+    plot_pair_accuracy(accuracy, baselines, plot_path)
     summary_path = out_dir / "phase_2_7_summary.json"
-    save_json({**counts, "pairs_used": len(kept), "held_out_tasks": int(len(set(tasks[held_out]))),
-               "aggregators": list(config.contrastive_aggregators), "position_k": config.position_k,
+    save_json({**counts, "fitted_kinds": fitted_kinds, "aggregators": list(config.contrastive_aggregators),
+               "position_k": config.position_k, "baselines": baselines,
                "directions": [d.name for d in directions], "by_position": accuracy}, summary_path)
-    return phase.finish([pairs_path, directions_path, plot_path, summary_path])
+    return phase.finish([pairs_path, directions_path, interventions_path, plot_path, summary_path])
 
 
-def _counts(pairs: list[ContrastivePair], problems: pd.DataFrame, skipped: dict[str, int]) -> dict[str, Any]:
+def _recorded_pairs(model, tokenizer, builder: PromptBuilder, problems: pd.DataFrame, pairs: list[ContrastivePair],
+                    config) -> tuple[list[ContrastivePair], dict[str, Any]]:
+    """The pairs whose both sides hold a program the pass can locate, and per position and layer their (positive,
+    negative) activations, plus per side the pass's columns (mean log-probability, program tokens). Each distinct
+    text is read once: a reference recurs in every pair of its task."""
+    by_task = {str(p["task_id"]): p for p in problems.to_dict("records")}
+    sides = [(pair.task_id, output) for pair in pairs for output in (pair.positive_output, pair.negative_output)]
+    distinct = list(dict.fromkeys(sides))
+    index = {side: i for i, side in enumerate(distinct)}
+    texts = [ProgramText(builder.build(by_task[task_id]), output, by_task[task_id]["entry_point"])
+             for task_id, output in distinct]
+    recorded = record_programs(model, tokenizer, texts, config.layers, config.position_k, builder.adds_special_tokens)
+    rows = np.array([index[side] for side in sides]).reshape(-1, 2)
+    located = np.array([error is None for error in recorded.columns["program_error"]])
+    usable = located[rows].all(1)
+    if not usable.all():
+        logger.warning("%d pairs left out: a side holds no program the pass could locate", int((~usable).sum()))
+    rows = rows[usable]
+    columns = {name: np.asarray([np.nan if v is None else v for v in values], dtype=float)[rows]
+               for name, values in recorded.columns.items() if name in ("program_mean_logprob", "program_tokens")}
+    activations = {position: {layer: (stacked[torch.from_numpy(rows[:, 0])], stacked[torch.from_numpy(rows[:, 1])])
+                              for layer, stacked in by_layer.items()}
+                   for position, by_layer in recorded.activations.items()}
+    return [pair for pair, ok in zip(pairs, usable) if ok], {"activations": activations, "columns": columns}
+
+
+def _counts(pairs: list[ContrastivePair], problems: pd.DataFrame, skipped: dict[str, int], held_out: np.ndarray
+            ) -> dict[str, Any]:
     kinds = pd.Series([p.kind for p in pairs])
+    held_out_kinds = kinds[held_out].value_counts().sort_index()
     return {"n_tasks": len(problems), "tasks_with_pairs": len({p.task_id for p in pairs}),
             "pairs_by_kind": {str(k): int(n) for k, n in kinds.value_counts().sort_index().items()},
+            "held_out": {"tasks": len({p.task_id for p, h in zip(pairs, held_out) if h}),
+                         "pairs_by_kind": {str(k): int(n) for k, n in held_out_kinds.items()}},
             "mutant_pairs_skipped": skipped}
 
 
@@ -115,38 +146,74 @@ def _held_out_tasks(tasks: np.ndarray, seed: int) -> np.ndarray:
     """Rows whose task is in the held-out share: whole tasks, so no task sits on both sides."""
     unique = np.array(sorted(set(tasks)))
     rng = np.random.default_rng(seed)
-    chosen = set(rng.choice(unique, max(1, round(HELD_OUT_SHARE * len(unique))), replace=False))
+    chosen = set(rng.choice(unique, min(len(unique) - 1, max(1, round(HELD_OUT_SHARE * len(unique)))), replace=False))
     return np.array([t in chosen for t in tasks])
 
 
-def _layer_directions(positive: torch.Tensor, negative: torch.Tensor, kinds: np.ndarray, held_out: np.ndarray,
-                      position: str, layer: int, aggregators: list[str]
+def _baselines(columns: dict[str, np.ndarray], kinds: np.ndarray, tasks: np.ndarray, held_out: np.ndarray,
+               seed: int) -> dict[str, Any]:
+    """What orders the held-out pairs without any activation: the model's mean log-probability of each side
+    (higher passes), and the programs' lengths in tokens (the sign, shorter or longer passes, set on the fitted
+    pairs of the kind)."""
+    logprob, length = columns["program_mean_logprob"], columns["program_tokens"]
+    out: dict[str, Any] = {}
+    for kind in sorted(set(kinds[held_out])):
+        test = held_out & (kinds == kind)
+        fit = ~held_out & (kinds == kind)
+        shorter_passes = bool((length[fit, 0] < length[fit, 1]).mean() >= (length[fit, 0] > length[fit, 1]).mean())
+        sign = -1.0 if shorter_passes else 1.0
+        out[kind] = {"mean_logprob": _accuracy(logprob[test, 0] > logprob[test, 1], tasks[test], seed),
+                     "length": {**_accuracy(sign * length[test, 0] > sign * length[test, 1], tasks[test], seed),
+                                "shorter_passes": shorter_passes}}
+    return out
+
+
+def _layer_directions(positive: torch.Tensor, negative: torch.Tensor, tasks: np.ndarray, kinds: np.ndarray,
+                      error_types: np.ndarray, held_out: np.ndarray, position: str, layer: int,
+                      fitted_kinds: list[str], aggregators: list[str], seed: int
                       ) -> tuple[list[SteeringDirection], dict[str, Any]]:
-    """Each aggregator's direction on every pair, and its held-out pair accuracy (fitted without those tasks),
-    overall and by kind of pair."""
-    fit, test = torch.from_numpy(~held_out), torch.from_numpy(held_out)
-    directions, figures = [], {}
-    for name in aggregators:
-        aggregate = AGGREGATORS[name]
-        trial = aggregate(positive[fit], negative[fit])
-        figures[name] = {"held_out_pair_accuracy": paired_accuracy(trial, positive[test], negative[test]),
-                         "held_out_pairs": int(held_out.sum()),
-                         "by_kind": {str(kind): paired_accuracy(trial, positive[test & torch.from_numpy(kinds == kind)],
-                                                                negative[test & torch.from_numpy(kinds == kind)])
-                                     for kind in sorted(set(kinds[held_out]))}}
-        vector = aggregate(positive, negative)
-        figures[name]["fit_pair_accuracy"] = paired_accuracy(vector, positive, negative)
-        directions.append(SteeringDirection(f"{position}/contrastive_{name}/layer_{layer}", layer, vector,
-                                            f"contrastive_{name}",
-                                            {"phase": "2.7", "split": "sae", "aggregator": name,
-                                             "n_pairs": len(positive),
-                                             "pairs_by_kind": {str(k): int((kinds == k).sum()) for k in set(kinds)},
-                                             "held_out_pair_accuracy": figures[name]["held_out_pair_accuracy"],
-                                             "raw_mean_difference_norm": float((positive - negative).mean(0).norm())},
-                                            position))
-    if "mean_difference" in aggregators and {"mutant", "own"} <= set(kinds):
+    """Per fitted kind and aggregator: the direction from all pairs of that kind, and the held-out accuracy of the
+    one refitted without the held-out tasks, on every kind of held-out pair (own pairs also split by how the failing
+    side fails: an assertion, or a crash, syntax or name error)."""
+    directions, by_direction = [], {}
+    own_test = held_out & (kinds == "own")
+    for kind in fitted_kinds:
+        fit, every = torch.from_numpy(~held_out & (kinds == kind)), torch.from_numpy(kinds == kind)
+        for name in aggregators:
+            aggregate = AGGREGATORS[name]
+            trial = aggregate(positive[fit], negative[fit])
+            ordered = pair_ordered(trial, positive, negative)
+            result = {"held_out": {k: _accuracy(ordered[held_out & (kinds == k)], tasks[held_out & (kinds == k)], seed)
+                                   for k in sorted(set(kinds[held_out]))}}
+            if own_test.any():
+                assertion = own_test & (error_types == "assertion")
+                result["held_out_own_by_failure"] = {
+                    "assertion": _accuracy(ordered[assertion], tasks[assertion], seed),
+                    "other": _accuracy(ordered[own_test & ~assertion], tasks[own_test & ~assertion], seed)}
+            vector = aggregate(positive[every], negative[every])
+            result["fit_pair_accuracy"] = float(pair_ordered(vector, positive[every], negative[every]).mean())
+            by_direction[f"{kind}/{name}"] = result
+            directions.append(SteeringDirection(
+                f"{position}/contrastive_{kind}_{name}/layer_{layer}", layer, vector, f"contrastive_{kind}_{name}",
+                {"phase": "2.7", "split": "sae", "pairs": kind, "aggregator": name, "n_pairs": int(every.sum()),
+                 "held_out_pair_accuracy_of_refit": result["held_out"].get(kind, {}).get("accuracy"),
+                 "raw_mean_difference_norm": float((positive[every] - negative[every]).mean(0).norm())}, position))
+    figures: dict[str, Any] = {"directions": by_direction}
+    if {"mutant", "own"} <= set(fitted_kinds) and "mean_difference" in aggregators:
         by_kind = {kind: AGGREGATORS["mean_difference"](positive[torch.from_numpy(kinds == kind)],
                                                         negative[torch.from_numpy(kinds == kind)])
                    for kind in ("mutant", "own")}
         figures["cosine_mutant_vs_own_mean_difference"] = float(by_kind["mutant"] @ by_kind["own"])
     return directions, figures
+
+
+def _accuracy(ordered: np.ndarray, tasks: np.ndarray, seed: int) -> dict[str, Any]:
+    """The share of pairs ordered correctly, with a 95% interval resampling tasks (a task's pairs share its
+    reference or its programs, so they are not independent)."""
+    if not len(ordered):
+        return {"accuracy": None, "low": None, "high": None, "n_pairs": 0, "n_tasks": 0}
+    counts = group_bootstrap_counts(tasks, ACCURACY_RESAMPLES, seed)
+    draws = counts @ ordered.astype(float) / counts.sum(1)
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return {"accuracy": float(ordered.mean()), "low": float(low), "high": float(high), "n_pairs": len(ordered),
+            "n_tasks": len(set(tasks))}

@@ -260,8 +260,8 @@ def _families(position: str, sae_folder: Path, latent_folder: Path, direction_fo
     def projection_scorer(layer: int, vector: torch.Tensor) -> Scorer:
         return lambda split: _masked((split.activations(position, layer) @ vector).numpy(), split, position)
 
-    directions = [d for folder in direction_folders if (folder / "directions.safetensors").is_file()
-                  for d in load_directions(folder / "directions.safetensors") if d.position == position]
+    directions = [d for folder in direction_folders for d in load_directions(folder / "directions.safetensors")
+                  if d.position == position]
     for source in dict.fromkeys(d.source for d in directions):
         families[source] = Family("pass", {d.name: projection_scorer(d.layer, d.unit().vector)
                                            for d in directions if d.source == source})

@@ -37,7 +37,9 @@ from common.steered_runs import (BASELINE_COLUMNS, Arm, arm_metrics, outcome_mat
                                  with_outcomes, write_examples)
 from common.utils import save_json
 from common_simplified.model_loader import load_model_and_tokenizer
-from common.calibrated_arms import save_arms
+from common.calibrated_arms import CalibratedArm, save_arms
+from common.control_vectors import save_control_vector
+from common.interventions import ResidualAddition
 from phase4_5.calibration import achieved_disruption, calibrate, make_controls
 from phase4_5.plots import plot_dose_response
 
@@ -110,7 +112,8 @@ def run(phase: PhaseRun) -> Path | None:
     for key, result in results.items():
         logger.info("%s: %s", key, result["rationale"])
     example_paths = _write_examples(out_dir / "coefficient_examples", [a for a, _ in steered], rows)
-    outputs = save_arms(out_dir, arms)
+    outputs = save_arms(out_dir, arms) + _control_vectors(out_dir / "control_vectors", results, arms,
+                                                          model.config.model_type)
     selected_path = out_dir / "selected_coefficients.json"
     save_json({"methods": results, "methods_declared": list(config.methods), "layer": layer, "position": position, "positions": site.policy,
                "preregistered_level": config.preregistered_level, "rule": RULE.format(config.max_break_rate),
@@ -128,6 +131,19 @@ def run(phase: PhaseRun) -> Path | None:
                "chosen": {key: {"level": r["level"], "alpha": r["alpha"], "chosen_by": r["chosen_by"]}
                           for key, r in results.items()}}, summary_path)
     return phase.finish([grid_path, selected_path, plot_path, summary_path, *outputs, *example_paths])
+
+
+def _control_vectors(folder: Path, results: dict[str, Any], arms: list[tuple[CalibratedArm, Any]], model_hint: str
+                     ) -> list[Path]:
+    """Each method and class at the level in use, as a llama.cpp control vector (common/control_vectors.py), where
+    it is a residual addition applied at every position."""
+    paths = []
+    for key, result in results.items():
+        found = [i for a, i in arms
+                 if a.role == "target" and f"{a.group}/{a.kind}" == key and a.level == result["level"]]
+        if found and isinstance(found[0], ResidualAddition) and found[0].positions == "all":
+            paths.append(save_control_vector(folder / f"{key.replace('/', '_')}.gguf", found[:1], model_hint))
+    return paths
 
 
 RULE = ("per method and class, the smallest disruption level where the effect on the target class beats that level's "

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from common.aggregators import AGGREGATORS, paired_accuracy
+from common.aggregators import AGGREGATORS, pair_ordered
 from common.datasets import load_mbpp_file
 from common.prompt_utils import PromptBuilder
 from common.sandbox import Program, evaluate_many
@@ -25,17 +25,19 @@ def test_every_aggregator_recovers_a_planted_direction_and_points_to_passing(nam
     planted /= planted.norm()
     scales = torch.from_numpy(np.geomspace(1.0, 0.3, d_model)).float()  # anisotropic, shared by both sides of a pair
     context = torch.randn(n_pairs, d_model, generator=torch.Generator().manual_seed(1)) * scales
-    noise = lambda seed: torch.randn(n_pairs, d_model, generator=torch.Generator().manual_seed(seed)) * 0.3  # noqa: E731
+    def noise(seed: int) -> torch.Tensor:
+        return torch.randn(n_pairs, d_model, generator=torch.Generator().manual_seed(seed)) * 0.3
+
     strength = 0.5 + 3.5 * torch.rand(n_pairs, 1, generator=torch.Generator().manual_seed(2))  # PCA needs it to vary
     positive = context + strength * planted + noise(3)
     negative = context + noise(4)
     direction = AGGREGATORS[name](positive, negative)
     assert float(direction.norm()) == pytest.approx(1.0, abs=1e-5)
-    # a probe's weights are a discriminative direction (they discount directions of high variance), so they only
+    # a probe's weights are a discriminative direction (they discount directions where pairs vary), so they only
     # approximate the planted shift; a random unit vector in 32 dimensions has |cosine| about 0.14
-    assert float(direction @ planted) > (0.75 if name == "probe" else 0.95)
-    assert paired_accuracy(direction, positive, negative) > 0.95
-    assert paired_accuracy(-direction, positive, negative) < 0.05
+    assert float(direction @ planted) > (0.85 if name == "probe" else 0.95)
+    assert pair_ordered(direction, positive, negative).mean() > 0.95
+    assert pair_ordered(-direction, positive, negative).mean() < 0.05
 
 
 def test_aggregators_refuse_pairs_that_do_not_differ():
@@ -52,13 +54,16 @@ def problems(mbpp_full_file) -> pd.DataFrame:
 def test_every_mutant_pair_is_a_passing_reference_against_a_failing_mutant(problems: pd.DataFrame, tmp_path):
     builder = PromptBuilder("base")
     pairs, skipped = mutant_pairs(problems, builder, per_task=2, seed=0, exec_timeout_s=5.0)
-    assert len(pairs) >= len(problems)  # most tasks give two
-    assert all(sum(p.task_id == t for p in pairs) <= 2 for t in problems["task_id"])
+    failing = [p for p in pairs if p.kind == "mutant"]
+    assert len(failing) >= len(problems)  # most tasks give two
+    assert all(sum(p.task_id == t for p in failing) <= 2 for t in problems["task_id"])
     tests = dict(zip(problems["task_id"].astype(str), problems["tests"]))
     verdicts = evaluate_many([Program(code, tests[p.task_id]) for p in pairs for code in (p.positive_code,
                                                                                           p.negative_code)],
                              progress=False)
-    assert all(v.passed for v in verdicts[0::2]) and not any(v.passed for v in verdicts[1::2])
+    assert all(v.passed for v in verdicts[0::2])  # every reference passes
+    assert [not v.passed for v in verdicts[1::2]] == [p.kind == "mutant" for p in pairs]  # mutants fail, controls not
+    assert {p.kind for p in pairs} == {"mutant", "equivalent"}
     for pair in pairs:  # one mutation apart: the same number of lines, one of them changed
         positive, negative = pair.positive_code.splitlines(), pair.negative_code.splitlines()
         assert len(positive) == len(negative) and sum(a != b for a, b in zip(positive, negative)) == 1
@@ -83,3 +88,15 @@ def test_own_pairs_pair_a_tasks_passing_program_with_its_failing_ones(problems: 
     pairs = own_pairs(table, problems, PromptBuilder("base"), per_task=3, seed=0)
     assert [(p.task_id, p.positive_code, p.negative_code, p.kind) for p in pairs] == [(first, "good", "bad1", "own")]
     assert pairs[0].provenance == {"positive_sample": 0, "negative_sample": 1, "negative_error_type": "assertion"}
+
+
+def test_a_base_completion_answer_is_the_body_of_the_stubs_function():
+    stub = 'import math\n\ndef add_one(x):\n    """Add one to x."""\n'
+    problem = {"task_id": "HumanEval/0", "source": "humaneval", "prompt_stub": stub, "entry_point": "add_one",
+               "reference_code": stub + "    y = x + 1\n    return y\n",
+               "tests": "def check(candidate):\n    assert candidate(1) == 2\n\ncheck(add_one)\n"}
+    builder = PromptBuilder("base")
+    pairs, _ = mutant_pairs(pd.DataFrame([problem]), builder, per_task=3, seed=0, exec_timeout_s=5.0)
+    assert pairs and all(p.positive_output == "    y = x + 1\n    return y\n" for p in pairs)
+    assert all(p.negative_output.startswith("    ") and p.negative_output != p.positive_output for p in pairs)
+    assert as_output(pairs[0].positive_code, problem, PromptBuilder("chat")).startswith("```python\nimport math")

@@ -13,7 +13,9 @@ import torch
 import run
 from common.activations import load_activations
 from common import generation_job
-from common.positions import POSITIONS
+from common.directions import load_directions
+from common.positions import CODE_POSITIONS, POSITIONS
+from phase2_7.pairs import load_pairs
 
 TIMING_COLUMNS = ["generation_time", "exec_time"]  # wall-clock measurements differ from run to run
 
@@ -104,6 +106,13 @@ def test_phases_0_to_1_write_aligned_outputs(tmp_path: Path, tiny_args: list[str
     tuning = pd.read_parquet(tmp_path / "phase3_6" / "dataset_hyperparams_temp_0_0.parquet")
     assert {"task_id", "text", "test_list", "prompt", "generated_code", "test_passed",
             "cyclomatic_complexity"} <= set(tuning.columns)
+    pairs = load_pairs(tmp_path / "phase2_7" / "datasets" / "contrastive_pairs.jsonl")
+    assert pairs and "own" not in {p.kind for p in pairs}  # the random model passes nothing: no own pairs
+    assert {p.task_id for p in pairs} <= set(sae["task_id"].astype(str))
+    directions = load_directions(tmp_path / "phase2_7" / "directions.safetensors")
+    assert {(d.position, d.layer, d.source) for d in directions} == {
+        (position, layer, f"contrastive_mutant_{name}") for position in CODE_POSITIONS for layer in (1, 3)
+        for name in ("mean_difference", "pca", "probe")}
     evaluation = json.loads((tmp_path / "phase3_8" / "evaluation_results.json").read_text())
     assert evaluation["warnings"]  # no class to compare: only the contrastive pairs (reference vs mutant) give
     scored = [(family, r) for families in evaluation["positions"].values() for family, r in families.items()]

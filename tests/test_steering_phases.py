@@ -19,8 +19,9 @@ import pytest
 
 import run
 from common.calibrated_arms import load_arms
+from common.control_vectors import read_control_vector
 from common.phases import get_phase
-from tests.planted import LAYER, PREREGISTERED, planted_args, write_hand_made_directions, write_tasks
+from tests.planted import K, LAYER, PREREGISTERED, planted_args, write_hand_made_directions, write_tasks
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,10 @@ def test_phase_4_5_chooses_the_level_where_the_planted_direction_beats_its_contr
     examples = (data_dir / "phase4_5" / "coefficient_examples" / "sae_latent_incorrect_level_0.3.md").read_text()
     assert "pass->fail  (FLIPPED)" in examples and "xxxxxxxx" in examples and "-11111111" in examples
     assert (data_dir / "phase4_5" / "coefficient_analysis_plots.png").read_bytes().startswith(b"\x89PNG")
+    hint, vectors = read_control_vector(data_dir / "phase4_5" / "control_vectors" / "sae_latent_incorrect.gguf")
+    assert hint == "llama" and list(vectors) == [LAYER]  # the chosen arm, portable: alpha times -e_K
+    assert vectors[LAYER][K] == pytest.approx(-incorrect["alpha"], rel=1e-5)
+    assert float((vectors[LAYER] ** 2).sum()) == pytest.approx(incorrect["alpha"] ** 2, rel=1e-4)
 
 
 def test_phase_4_8_measures_corruption_against_disruption_matched_controls(steered_run):

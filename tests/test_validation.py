@@ -15,6 +15,7 @@ import run
 from common.activations import save_activations
 from common.classification import auroc, auroc_with_interval, best_f1_threshold, binary_metrics
 from common.config import Config
+from common.directions import save_directions
 from common.phases import get_phase
 from common.positions import activation_path
 from common.utils import save_json, write_manifest
@@ -99,7 +100,8 @@ def _validation_upstream(data_dir: Path, recorded_validation_passed: np.ndarray 
     args = ["--data-dir", str(data_dir), "--set", "layers=2", "--set", "bootstrap_samples=20", "--log-level", "ERROR"]
     assert run.main(["phase", "2.5", *args]) == 0 and run.main(["phase", "2.6", *args]) == 0
     config = Config(data_dir=str(data_dir), layers=[2], bootstrap_samples=20).validate()
-    write_manifest(config, get_phase("2.7"), {}, [])  # no contrastive directions here
+    save_directions(data_dir / "phase2_7" / "directions.safetensors", [])  # no contrastive directions here
+    write_manifest(config, get_phase("2.7"), {}, [data_dir / "phase2_7" / "directions.safetensors"])
     tuning = data_dir / "phase3_6"
     _generation_outputs(tuning, "dataset_hyperparams_temp_0_0.parquet", "activations",
                         np.arange(30) % 3 == 0, seed=7)

@@ -16,6 +16,7 @@ from common.activations import save_activations
 from common.classification import (auroc, auroc_with_interval, group_bootstrap_counts, incremental_auroc,
     weighted_aurocs, within_task_auroc)
 from common.config import Config
+from common.directions import save_directions
 from common.errors import PipelineError
 from common.gates import Gate, load_gates
 from common.phases import get_phase
@@ -67,7 +68,8 @@ def _planted_pipeline(data_dir: Path, seed: int = 0) -> dict:
     config = Config(data_dir=str(data_dir), layers=[2]).validate()
     _write(data_dir / "phase1", "dataset_sae.parquet", "activations", *_planted_split(80, "s", [0.0, 0.8], rng))
     write_manifest(config, get_phase("1"), {}, [data_dir / "phase1" / "dataset_sae.parquet"])
-    for phase in ("2.0", "2.5", "2.7"):  # no SAE, no contrastive pairs: the score families come from phase 2.6
+    save_directions(data_dir / "phase2_7" / "directions.safetensors", [])  # no contrastive pairs either
+    for phase in ("2.0", "2.5", "2.7"):  # no SAE: the score families come from phase 2.6's directions
         write_manifest(config, get_phase(phase), {}, [])
     assert run.main(["phase", "2.6", "--data-dir", str(data_dir), "--set", "layers=2", "--log-level", "ERROR"]) == 0
     _write(data_dir / "phase3_6", "dataset_hyperparams_temp_0_0.parquet", "activations",
