@@ -73,6 +73,11 @@ def probe(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     return _unit(torch.from_numpy(model.coef_[0]))
 
 
+def ordering(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    """Per pair: 1 where the positive side scores higher, 0 where lower, 0.5 on a tie."""
+    return (np.sign(np.asarray(positive, dtype=float) - np.asarray(negative, dtype=float)) + 1) / 2
+
+
 def pair_ordered(direction: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> np.ndarray:
-    """Per pair: does its positive side project further along `direction` than its negative side?"""
-    return (((positive - negative).double() @ direction.double()) > 0).numpy()
+    """Per pair: does its positive side project further along `direction` than its negative side (1, 0, or 0.5)?"""
+    return ordering((positive.double() @ direction.double()).numpy(), (negative.double() @ direction.double()).numpy())

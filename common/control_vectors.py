@@ -8,6 +8,7 @@ tensor for layer 0, so a direction there cannot be exported. Several additions a
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +20,7 @@ from common.interventions import ResidualAddition
 from common.utils import atomic_path
 
 ARCHITECTURE = "controlvector"
+logging.getLogger("gguf").setLevel(logging.WARNING)  # its writer logs every file it writes at INFO
 
 
 def save_control_vector(path: Path, additions: Sequence[ResidualAddition], model_hint: str) -> Path:

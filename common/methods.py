@@ -113,6 +113,8 @@ def from_directions(phase_id: str, source: str, title: str) -> Callable[[Steerin
 
 method("mean_difference", "mean difference", "#457b9d", upstream=("2.6",))(
     from_directions("2.6", "mean_difference", "passing-minus-failing mean"))
+
+
 def _register_contrastive() -> None:
     """Phase 2.7's directions: one method per kind of pair and aggregator, e.g. `contrastive_mutant_mean_difference`."""
     colours = {"mutant": ("#e76f51", "#f4a261", "#e9c46a"), "own": ("#8338ec", "#b5179e", "#7209b7")}

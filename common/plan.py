@@ -20,8 +20,8 @@ from common.utils import load_json, manifest_path
 # reference machine (README, "Performance"); the generating phases include the teacher-forced pass over their
 # programs (activations over the code). Phase 2.0's unit is a token recorded or trained on.
 REFERENCE_SECONDS_PER_UNIT = {
-    "0": 2.0, "0.1": 0.1, "1": 1.29, "2.0": 4.17e-4, "2.5": 12.0, "2.6": 1.4, "2.7": 0.29, "3.5": 1.84, "3.6": 1.64, "3.8": 14.3,
-    "4.5": 0.50, "4.8": 0.68,
+    "0": 2.0, "0.1": 0.1, "1": 1.29, "2.0": 4.17e-4, "2.5": 12.0, "2.6": 1.4, "2.7": 0.23, "3.5": 1.84, "3.6": 1.64,
+    "3.8": 36.0, "4.5": 0.50, "4.8": 0.68,
 }
 OWN_PAIR_TASK_SHARE = 0.34  # of sae tasks with both a passing and a failing program (84 of 250 in the default run)
 DATASET_SIZES = {"humaneval": 164, "mbpp/full": 974, "mbpp/sanitized": 427}  # before phase 0 has counted them
@@ -91,9 +91,9 @@ def _work(config: Config, spec: PhaseSpec, sizes: dict[str, int]) -> tuple[float
         levels = min(2 * len(config.methods), len(set(config.disruption_levels) | {config.preregistered_level}))
         controls = len(CONTROL_TYPES) * config.controls_per_type * config.control_tasks
         return arms * sizes["validation"] + levels * controls, "generations (at most)"
-    if spec.id == "2.7":  # both sides of each pair; about a third of the sae tasks have own passing and failing programs
-        pairs_per_task = config.contrastive_mutants_per_task + OWN_PAIR_TASK_SHARE * config.contrastive_own_pairs_per_task
-        return 2 * sizes["sae"] * pairs_per_task, "programs"
+    if spec.id == "2.7":  # both sides of each pair
+        own_pairs = OWN_PAIR_TASK_SHARE * config.contrastive_own_pairs_per_task
+        return 2 * sizes["sae"] * (config.contrastive_mutants_per_task + own_pairs), "programs"
     if spec.id == "2.0":
         if config.sae_source != "train":
             return 1, "run"

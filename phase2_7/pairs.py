@@ -7,7 +7,9 @@ Two kinds, both verified in the sandbox:
   otherwise differ too). Any dataset with reference code has them.
 - `own`: a passing and a failing program the model itself wrote for the task in phase 1, where it wrote both.
 A third kind is a control, never fitted on: `equivalent`, the reference against a mutant that still passes
-every test. A direction that tracks correctness should not order these; one that tracks "looks mutated" does.
+every test of the task. Equivalent under those tests only: many are wrong programs the few asserts miss (`>= 50`
+made `>= 51`), so a direction about correctness may order some of them; one about "looks mutated" orders them
+as well as the failing ones.
 Each side becomes the text a model would have answered (`as_output`), so the teacher-forced pass reads it where the
 model's own answer would sit.
 """
@@ -24,15 +26,13 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from common.logging import get_logger
 from common.prompt_utils import PromptBuilder
 from common.sandbox import Program, evaluate_many
 from common.synthetic.engine import mutants
 from common.utils import atomic_path
 
-logger = get_logger("phase2_7")
-
 CANDIDATES_PER_MUTANT = 3  # mutants tried per mutant wanted: many change nothing the tests see (e.g. a docstring)
+UNRELIABLE_VERDICTS = ("unsupported", "timeout", "memory", "killed")  # no label, or one that load can change
 
 
 @dataclass(frozen=True)
@@ -51,14 +51,17 @@ def as_output(code: str, problem: Mapping[str, Any], builder: PromptBuilder) -> 
     "# Solution:", or, where the prompt is a stub to complete (HumanEval), the body of the stub's function."""
     if builder.style != "base":
         return f"```python\n{code.rstrip()}\n```"
-    if builder.code_prefix(problem):
-        return _function_body(code, str(problem["entry_point"]))
-    return "\n" + code
+    body = _function_body(code, str(problem["entry_point"])) if builder.code_prefix(problem) else None
+    return body if body is not None else "\n" + code
 
 
-def _function_body(code: str, name: str) -> str:
-    """The statements of function `name` after its docstring, indented as a completion of its stub writes them."""
-    function = next(node for node in ast.parse(code).body if isinstance(node, ast.FunctionDef) and node.name == name)
+def _function_body(code: str, name: str) -> str | None:
+    """The statements of function `name` after its docstring, indented as a completion of its stub writes them;
+    None when the code defines no such top-level function."""
+    function = next((node for node in ast.parse(code).body if isinstance(node, ast.FunctionDef) and node.name == name),
+                    None)
+    if function is None:
+        return None
     body = function.body[1:] if ast.get_docstring(function) is not None else function.body
     return "".join(textwrap.indent(ast.unparse(statement), "    ") + "\n" for statement in body)
 
@@ -101,7 +104,7 @@ def mutant_pairs(problems: pd.DataFrame, builder: PromptBuilder, per_task: int, 
     pairs: list[ContrastivePair] = []
     taken: dict[tuple[int, str], int] = {}
     for (row, reference, mutant, index), result in zip(candidates, results[len(references):]):
-        if not reference_passed[row] or result.error_type in ("unsupported", "timeout"):
+        if not reference_passed[row] or result.error_type in UNRELIABLE_VERDICTS:
             continue
         kind = "equivalent" if result.passed else "mutant"
         problem = records[row]
@@ -121,9 +124,9 @@ def mutant_pairs(problems: pd.DataFrame, builder: PromptBuilder, per_task: int, 
 def own_pairs(table: pd.DataFrame, problems: pd.DataFrame, builder: PromptBuilder, per_task: int, seed: int
               ) -> list[ContrastivePair]:
     """Up to `per_task` (passing, failing) pairs of the model's own programs per task where it wrote both; the
-    labels are phase 1's sandbox verdicts, and programs it could not judge are left out."""
+    labels are phase 1's sandbox verdicts, and programs without a reliable one are left out."""
     by_task = {str(p["task_id"]): p for p in problems.to_dict("records")}
-    judged = table[(table["error_type"] != "unsupported") & table["generated_code"].astype(bool)]
+    judged = table[~table["error_type"].isin(UNRELIABLE_VERDICTS) & table["generated_code"].astype(bool)]
     pairs = []
     for task_id, group in judged.groupby("task_id", sort=True):
         good = group[group["test_passed"]].to_dict("records")
@@ -135,6 +138,8 @@ def own_pairs(table: pd.DataFrame, problems: pd.DataFrame, builder: PromptBuilde
         rng.shuffle(bad)
         for i in range(min(per_task, max(len(good), len(bad)))):  # the shorter side's programs recur
             passing, failing = good[i % len(good)], bad[i % len(bad)]
+            if passing["raw_output"] == failing["raw_output"]:  # one text judged both ways: no contrast
+                continue
             pairs.append(ContrastivePair(str(task_id), "own", passing["generated_code"], failing["generated_code"],
                                          passing["raw_output"], failing["raw_output"],
                                          {"positive_sample": int(passing["sample_idx"]),

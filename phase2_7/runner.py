@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.aggregators import AGGREGATORS, pair_ordered
+from common.aggregators import AGGREGATORS, ordering, pair_ordered
 from common.classification import group_bootstrap_counts
 from common.directions import SteeringDirection, save_directions
 from common.errors import PipelineError
@@ -64,14 +64,17 @@ def run(phase: PhaseRun) -> Path:
     pairs, skipped = mutant_pairs(problems, builder, config.contrastive_mutants_per_task, config.seed,
                                   config.exec_timeout)
     pairs += own_pairs(own_programs, problems, builder, config.contrastive_own_pairs_per_task, config.seed)
+    if not pairs:
+        raise PipelineError("phase 2.7 found no contrastive pair: no reference passes with a failing mutant, and "
+                            "no task has both a passing and a failing program of the model's")
     kept, recorded = _recorded_pairs(model, tokenizer, builder, problems, pairs, config)
     tasks = np.array([pair.task_id for pair in kept])
     kinds = np.array([pair.kind for pair in kept])
-    fitted_kinds = [k for k in FITTED_KINDS if (kinds == k).sum() >= MIN_PAIRS]
-    if len(set(tasks)) < 2 or not fitted_kinds:
-        raise PipelineError(f"phase 2.7 has {len(kept)} usable pairs over {len(set(tasks))} tasks: it needs at "
-                            f"least {MIN_PAIRS} of one kind and two tasks")
-    held_out = _held_out_tasks(tasks, config.seed)
+    held_out = _held_out_tasks(tasks, config.seed) if len(set(tasks)) > 1 else np.zeros(len(kept), dtype=bool)
+    fitted_kinds = [k for k in FITTED_KINDS if (~held_out & (kinds == k)).sum() >= MIN_PAIRS]
+    if not held_out.any() or not fitted_kinds:
+        raise PipelineError(f"phase 2.7 has {len(kept)} usable pairs over {len(set(tasks))} tasks: it needs two "
+                            f"tasks or more, and {MIN_PAIRS} pairs of one kind outside the held-out tasks")
     counts = _counts(kept, problems, skipped, held_out)
     logger.info("contrastive pairs: %s over %d tasks; fitted kinds: %s", ", ".join(
         f"{n} {kind}" for kind, n in counts["pairs_by_kind"].items()), counts["tasks_with_pairs"],
@@ -117,7 +120,7 @@ def _recorded_pairs(model, tokenizer, builder: PromptBuilder, problems: pd.DataF
     texts = [ProgramText(builder.build(by_task[task_id]), output, by_task[task_id]["entry_point"])
              for task_id, output in distinct]
     recorded = record_programs(model, tokenizer, texts, config.layers, config.position_k, builder.adds_special_tokens)
-    rows = np.array([index[side] for side in sides]).reshape(-1, 2)
+    rows = np.array([index[side] for side in sides], dtype=int).reshape(-1, 2)
     located = np.array([error is None for error in recorded.columns["program_error"]])
     usable = located[rows].all(1)
     if not usable.all():
@@ -154,17 +157,18 @@ def _baselines(columns: dict[str, np.ndarray], kinds: np.ndarray, tasks: np.ndar
                seed: int) -> dict[str, Any]:
     """What orders the held-out pairs without any activation: the model's mean log-probability of each side
     (higher passes), and the programs' lengths in tokens (the sign, shorter or longer passes, set on the fitted
-    pairs of the kind)."""
+    pairs of the kind). A tie counts half: most mutants are as long as their reference."""
     logprob, length = columns["program_mean_logprob"], columns["program_tokens"]
     out: dict[str, Any] = {}
     for kind in sorted(set(kinds[held_out])):
         test = held_out & (kinds == kind)
         fit = ~held_out & (kinds == kind)
-        shorter_passes = bool((length[fit, 0] < length[fit, 1]).mean() >= (length[fit, 0] > length[fit, 1]).mean())
-        sign = -1.0 if shorter_passes else 1.0
-        out[kind] = {"mean_logprob": _accuracy(logprob[test, 0] > logprob[test, 1], tasks[test], seed),
-                     "length": {**_accuracy(sign * length[test, 0] > sign * length[test, 1], tasks[test], seed),
-                                "shorter_passes": shorter_passes}}
+        shorter_passes = (bool((length[fit, 0] < length[fit, 1]).mean() >= (length[fit, 0] > length[fit, 1]).mean())
+                          if fit.any() else None)
+        sign = 1.0 if shorter_passes is False else -1.0  # with no fitted pairs of the kind: shorter passes
+        out[kind] = {"mean_logprob": _accuracy(ordering(logprob[test, 0], logprob[test, 1]), tasks[test], seed),
+                     "length": {**_accuracy(ordering(sign * length[test, 0], sign * length[test, 1]), tasks[test],
+                                            seed), "shorter_passes": shorter_passes}}
     return out
 
 
@@ -208,8 +212,8 @@ def _layer_directions(positive: torch.Tensor, negative: torch.Tensor, tasks: np.
 
 
 def _accuracy(ordered: np.ndarray, tasks: np.ndarray, seed: int) -> dict[str, Any]:
-    """The share of pairs ordered correctly, with a 95% interval resampling tasks (a task's pairs share its
-    reference or its programs, so they are not independent)."""
+    """The share of pairs ordered correctly (`ordered`: 1, 0, or 0.5 for a tie), with a 95% interval resampling
+    tasks (a task's pairs share its reference or its programs, so they are not independent)."""
     if not len(ordered):
         return {"accuracy": None, "low": None, "high": None, "n_pairs": 0, "n_tasks": 0}
     counts = group_bootstrap_counts(tasks, ACCURACY_RESAMPLES, seed)

@@ -35,6 +35,7 @@ from common.classification import (auroc, auroc_with_interval, best_f1_threshold
 from common.config import Config
 from common.phase_run import PhaseRun
 from common.directions import load_directions
+from common.errors import PipelineError
 from common.gates import choose_gate, fail_oriented, flags, save_gates
 from common.logging import get_logger
 from common.positions import SHARED_BY_TASK, is_code_position, recorded_positions, usable_rows
@@ -260,6 +261,9 @@ def _families(position: str, sae_folder: Path, latent_folder: Path, direction_fo
     def projection_scorer(layer: int, vector: torch.Tensor) -> Scorer:
         return lambda split: _masked((split.activations(position, layer) @ vector).numpy(), split, position)
 
+    missing = [folder for folder in direction_folders if not (folder / "directions.safetensors").is_file()]
+    if missing:
+        raise PipelineError(f"no directions.safetensors in {missing[0]}: rerun that phase")
     directions = [d for folder in direction_folders for d in load_directions(folder / "directions.safetensors")
                   if d.position == position]
     for source in dict.fromkeys(d.source for d in directions):

@@ -141,8 +141,12 @@ def _control_vectors(folder: Path, results: dict[str, Any], arms: list[tuple[Cal
     for key, result in results.items():
         found = [i for a, i in arms
                  if a.role == "target" and f"{a.group}/{a.kind}" == key and a.level == result["level"]]
-        if found and isinstance(found[0], ResidualAddition) and found[0].positions == "all":
-            paths.append(save_control_vector(folder / f"{key.replace('/', '_')}.gguf", found[:1], model_hint))
+        if not found or not isinstance(found[0], ResidualAddition):
+            continue
+        if found[0].positions != "all" or found[0].direction.layer < 1:
+            logger.info("%s: no control vector (llama.cpp adds one at every token of layers 1 and up)", key)
+            continue
+        paths.append(save_control_vector(folder / f"{key.replace('/', '_')}.gguf", found[:1], model_hint))
     return paths
 
 

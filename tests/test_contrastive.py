@@ -100,3 +100,54 @@ def test_a_base_completion_answer_is_the_body_of_the_stubs_function():
     assert pairs and all(p.positive_output == "    y = x + 1\n    return y\n" for p in pairs)
     assert all(p.negative_output.startswith("    ") and p.negative_output != p.positive_output for p in pairs)
     assert as_output(pairs[0].positive_code, problem, PromptBuilder("chat")).startswith("```python\nimport math")
+
+
+def test_each_pair_gets_its_own_sides_activations_after_texts_are_shared_and_a_side_is_dropped(monkeypatch):
+    from common.program_pass import ProgramPass
+    from phase2_7 import runner
+    from phase2_7.pairs import ContrastivePair
+
+    def fake_pass(model, tokenizer, texts, layers, position_k, add_special_tokens):
+        """Row i's activation is i; a text holding 'EMPTY' has no program."""
+        empty = [("EMPTY" in t.raw_output) for t in texts]
+        values = torch.arange(len(texts), dtype=torch.float32)[:, None].repeat(1, 2)
+        values[torch.tensor(empty)] = float("nan")
+        columns = {"program_error": ["empty_program" if e else None for e in empty],
+                   "program_mean_logprob": [None if e else -float(i) for i, e in enumerate(empty)],
+                   "program_tokens": [0 if e else 10 + i for i, e in enumerate(empty)]}
+        return ProgramPass({"code_last": {1: values}}, columns), texts
+
+    seen = {}
+
+    def recording(*args):
+        result, texts = fake_pass(*args)
+        seen["texts"] = [t.raw_output for t in texts]
+        return result
+
+    monkeypatch.setattr(runner, "record_programs", recording)
+    pair = lambda negative: ContrastivePair("t", "mutant", "ref", negative, "REF", negative)  # noqa: E731
+    pairs = [pair("A"), pair("EMPTY"), pair("B"), pair("A")]
+    problems = pd.DataFrame([{"task_id": "t", "text": "x", "test_list": ["assert True"], "entry_point": "f"}])
+    config = type("C", (), {"layers": [1], "position_k": 6})()
+    kept, recorded = runner._recorded_pairs(None, None, PromptBuilder("base"), problems, pairs, config)
+    assert seen["texts"] == ["REF", "A", "EMPTY", "B"]  # every distinct text read once
+    assert [p.negative_output for p in kept] == ["A", "B", "A"]
+    positive, negative = recorded["activations"]["code_last"][1]
+    assert positive[:, 0].tolist() == [0, 0, 0] and negative[:, 0].tolist() == [1, 3, 1]
+    assert recorded["columns"]["program_tokens"].tolist() == [[10, 11], [10, 13], [10, 11]]
+
+
+def test_the_held_out_share_never_takes_every_task():
+    from phase2_7.runner import _held_out_tasks
+
+    for n in (2, 3, 10):
+        tasks = np.repeat([f"t{i}" for i in range(n)], 2)
+        held_out = _held_out_tasks(tasks, seed=0)
+        assert 0 < len(set(tasks[held_out])) < n
+        assert all(held_out[tasks == t].all() or not held_out[tasks == t].any() for t in set(tasks))  # whole tasks
+
+
+def test_a_tie_counts_half():
+    from common.aggregators import ordering
+
+    assert ordering(np.array([2.0, 1.0, 1.0]), np.array([1.0, 2.0, 1.0])).tolist() == [1.0, 0.0, 0.5]
