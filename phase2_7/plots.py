@@ -26,7 +26,8 @@ def plot_pair_accuracy(accuracy: dict[str, dict[str, dict[str, Any]]], baselines
             for i, name in enumerate(names):
                 colour = f"C{i}"
                 for target, style in ((kind, "-"), ("equivalent", "--")):
-                    held = [by_layer[layer]["directions"][f"{kind}/{name}"]["held_out"].get(target) for layer in layers]
+                    held = [by_layer[layer]["directions"].get(f"{kind}/{name}", {}).get("held_out", {}).get(target)
+                            for layer in layers]
                     if not all(h and h["accuracy"] is not None for h in held):
                         continue
                     points = [h["accuracy"] for h in held]

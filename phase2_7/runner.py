@@ -64,27 +64,25 @@ def run(phase: PhaseRun) -> Path:
     pairs, skipped = mutant_pairs(problems, builder, config.contrastive_mutants_per_task, config.seed,
                                   config.exec_timeout)
     pairs += own_pairs(own_programs, problems, builder, config.contrastive_own_pairs_per_task, config.seed)
-    if not pairs:
-        raise PipelineError("phase 2.7 found no contrastive pair: no reference passes with a failing mutant, and "
-                            "no task has both a passing and a failing program of the model's")
-    kept, recorded = _recorded_pairs(model, tokenizer, builder, problems, pairs, config)
-    tasks = np.array([pair.task_id for pair in kept])
-    kinds = np.array([pair.kind for pair in kept])
+    kept, recorded = (_recorded_pairs(model, tokenizer, builder, problems, pairs, config) if pairs
+                      else ([], {"activations": {}, "columns": {}}))
+    tasks = np.array([pair.task_id for pair in kept], dtype=object)
+    kinds = np.array([pair.kind for pair in kept], dtype=object)
     held_out = _held_out_tasks(tasks, config.seed) if len(set(tasks)) > 1 else np.zeros(len(kept), dtype=bool)
-    fitted_kinds = [k for k in FITTED_KINDS if (~held_out & (kinds == k)).sum() >= MIN_PAIRS]
-    if not held_out.any() or not fitted_kinds:
-        raise PipelineError(f"phase 2.7 has {len(kept)} usable pairs over {len(set(tasks))} tasks: it needs two "
-                            f"tasks or more, and {MIN_PAIRS} pairs of one kind outside the held-out tasks")
+    fitted_kinds = [k for k in FITTED_KINDS if held_out.any() and (~held_out & (kinds == k)).sum() >= MIN_PAIRS]
+    if not fitted_kinds:  # a dataset without reference code, or too small: the other phases go on without these
+        logger.warning("phase 2.7 has %d usable pairs over %d tasks: no direction (it needs two tasks or more, and "
+                       "%d pairs of one kind outside the held-out tasks)", len(kept), len(set(tasks)), MIN_PAIRS)
     counts = _counts(kept, problems, skipped, held_out)
     logger.info("contrastive pairs: %s over %d tasks; fitted kinds: %s", ", ".join(
         f"{n} {kind}" for kind, n in counts["pairs_by_kind"].items()), counts["tasks_with_pairs"],
         ", ".join(fitted_kinds))
     error_types = np.array([str(pair.provenance.get("negative_error_type")) for pair in kept])
-    baselines = _baselines(recorded["columns"], kinds, tasks, held_out, config.seed)
+    baselines = _baselines(recorded["columns"], kinds, tasks, held_out, config.seed) if fitted_kinds else {}
 
     directions: list[SteeringDirection] = []
     accuracy: dict[str, Any] = {}
-    for position in positions:
+    for position in positions if fitted_kinds else []:
         accuracy[position] = {}
         for layer in config.layers:
             positive, negative = recorded["activations"][position][layer]
@@ -99,13 +97,14 @@ def run(phase: PhaseRun) -> Path:
     directions_path, interventions_path = out_dir / "directions.safetensors", out_dir / "interventions.safetensors"
     save_directions(directions_path, directions)
     save_interventions(interventions_path, [ResidualAddition(d, 1.0, "all") for d in directions])
-    plot_path = out_dir / "pair_accuracy.png"
-    plot_pair_accuracy(accuracy, baselines, plot_path)
+    plot_paths = [out_dir / "pair_accuracy.png"] if accuracy else []
+    for path in plot_paths:
+        plot_pair_accuracy(accuracy, baselines, path)
     summary_path = out_dir / "phase_2_7_summary.json"
     save_json({**counts, "fitted_kinds": fitted_kinds, "aggregators": list(config.contrastive_aggregators),
                "position_k": config.position_k, "baselines": baselines,
                "directions": [d.name for d in directions], "by_position": accuracy}, summary_path)
-    return phase.finish([pairs_path, directions_path, interventions_path, plot_path, summary_path])
+    return phase.finish([pairs_path, directions_path, interventions_path, *plot_paths, summary_path])
 
 
 def _recorded_pairs(model, tokenizer, builder: PromptBuilder, problems: pd.DataFrame, pairs: list[ContrastivePair],
@@ -185,7 +184,11 @@ def _layer_directions(positive: torch.Tensor, negative: torch.Tensor, tasks: np.
         fit, every = torch.from_numpy(~held_out & (kinds == kind)), torch.from_numpy(kinds == kind)
         for name in aggregators:
             aggregate = AGGREGATORS[name]
-            trial = aggregate(positive[fit], negative[fit])
+            try:
+                trial, vector = aggregate(positive[fit], negative[fit]), aggregate(positive[every], negative[every])
+            except ValueError as exc:  # e.g. a probe whose weights all vanish
+                logger.warning("%s layer %d, %s pairs, %s: %s", position, layer, kind, name, exc)
+                continue
             ordered = pair_ordered(trial, positive, negative)
             result = {"held_out": {k: _accuracy(ordered[held_out & (kinds == k)], tasks[held_out & (kinds == k)], seed)
                                    for k in sorted(set(kinds[held_out]))}}
@@ -194,7 +197,6 @@ def _layer_directions(positive: torch.Tensor, negative: torch.Tensor, tasks: np.
                 result["held_out_own_by_failure"] = {
                     "assertion": _accuracy(ordered[assertion], tasks[assertion], seed),
                     "other": _accuracy(ordered[own_test & ~assertion], tasks[own_test & ~assertion], seed)}
-            vector = aggregate(positive[every], negative[every])
             result["fit_pair_accuracy"] = float(pair_ordered(vector, positive[every], negative[every]).mean())
             by_direction[f"{kind}/{name}"] = result
             directions.append(SteeringDirection(
@@ -203,7 +205,7 @@ def _layer_directions(positive: torch.Tensor, negative: torch.Tensor, tasks: np.
                  "held_out_pair_accuracy_of_refit": result["held_out"].get(kind, {}).get("accuracy"),
                  "raw_mean_difference_norm": float((positive[every] - negative[every]).mean(0).norm())}, position))
     figures: dict[str, Any] = {"directions": by_direction}
-    if {"mutant", "own"} <= set(fitted_kinds) and "mean_difference" in aggregators:
+    if {"mutant/mean_difference", "own/mean_difference"} <= set(by_direction):
         by_kind = {kind: AGGREGATORS["mean_difference"](positive[torch.from_numpy(kinds == kind)],
                                                         negative[torch.from_numpy(kinds == kind)])
                    for kind in ("mutant", "own")}

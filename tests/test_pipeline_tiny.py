@@ -25,6 +25,7 @@ def tiny_args(tiny_model_dir: Path, mbpp_full_file: Path) -> list[str]:
     return ["--set", "dataset=mbpp", "--set", f"data_file={mbpp_full_file}", "--set", f"model_name={tiny_model_dir}",
             "--set", "layers=1,3", "--set", "max_new_tokens=12", "--set", "batch_size=2",
             "--set", "samples_per_task=1", "--set", "temperature=1.0", "--log-level", "WARNING",
+            "--set", "contrastive_mutants_per_task=8",  # enough minimal pairs on 5 tasks for phase 2.7's directions
             *TINY_SAE]
 
 

@@ -4,7 +4,8 @@ Importing the package registers every kind, so `load_interventions` can rebuild 
 
 from common.interventions.base import (REGISTRY, DecodeAppliers, Intervention, kind_class, load_interventions,
                                        register, save_interventions)
+from common.interventions.kv_cache import KVCacheEdit
 from common.interventions.residual import POSITION_POLICIES, ResidualAddition, residual_added
 
-__all__ = ["REGISTRY", "DecodeAppliers", "Intervention", "POSITION_POLICIES", "ResidualAddition", "kind_class",
-           "load_interventions", "register", "residual_added", "save_interventions"]
+__all__ = ["REGISTRY", "DecodeAppliers", "Intervention", "KVCacheEdit", "POSITION_POLICIES", "ResidualAddition",
+           "kind_class", "load_interventions", "register", "residual_added", "save_interventions"]

@@ -1,0 +1,108 @@
+"""KV-cache steering (seed 002): one edit of the cache after the prompt, nothing during decoding.
+
+After a row's prefill, `alpha * key_weight * key_delta[l]` is added to the keys and `alpha * value_weight *
+value_delta[l]` to the values of each steered layer l at the row's last prompt position, on copies (a later
+request of the same prompt reuses the prefill unedited). Every generated token attends to the edited position; the
+first generated token comes from the prefill's own logits, so the edit shows from the second token on. Values
+only (`key_weight` 0) is the public implementation's usual best. The deltas are per layer
+[key-value heads, head dim]; the engine's slot cache sets the row's edited keys and values in its own slot, so
+padding and the other rows are untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Any, ClassVar, Sequence
+
+import torch
+
+from common.interventions.base import register
+
+
+@register
+@dataclass(frozen=True)
+class KVCacheEdit:
+    kind: ClassVar[str] = "kv_cache"
+    name: str
+    layers: tuple[int, ...]
+    key_deltas: torch.Tensor  # [len(layers), kv_heads, head_dim]
+    value_deltas: torch.Tensor  # [len(layers), kv_heads, head_dim]
+    alpha: float = 1.0
+    key_weight: float = 0.0
+    value_weight: float = 1.0
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        expected = (len(self.layers),)
+        if self.key_deltas.shape[:1] != expected or self.value_deltas.shape != self.key_deltas.shape:
+            raise ValueError(f"{self.name}: key and value deltas must both be [{len(self.layers)}, heads, head_dim]")
+
+    @cached_property
+    def label(self) -> str:
+        """Name, digest of both deltas, layers and strengths: a changed delta under the same name is a new label."""
+        digest = hashlib.sha256(self.key_deltas.float().numpy().tobytes()
+                                + self.value_deltas.float().numpy().tobytes()).hexdigest()[:8]
+        layers = ",".join(map(str, self.layers))
+        return f"{self.name}#{digest}@L{layers}x{self.alpha:g}:k{self.key_weight:g}v{self.value_weight:g}"
+
+    @property
+    def first_layer(self) -> None:
+        return None  # the prefill is unsteered; the edit comes after it
+
+    def columns(self) -> dict[str, Any]:
+        return {"kind": self.kind, "intervention": self.label, "direction": self.name,
+                "source": self.provenance.get("source", "kv_cache"), "layer": min(self.layers), "alpha": self.alpha,
+                "positions": "last_prompt_cache"}
+
+    def at(self, strength: float) -> KVCacheEdit:
+        return replace(self, alpha=strength)
+
+    def negated(self) -> KVCacheEdit:
+        name = self.name[:-len("/negated")] if self.name.endswith("/negated") else f"{self.name}/negated"
+        return replace(self, name=name, key_deltas=-self.key_deltas, value_deltas=-self.value_deltas)
+
+    def prefill_applied(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def after_prefill(self, prefill: Any) -> tuple[KVCacheEdit, list[tuple[torch.Tensor, torch.Tensor]]]:
+        keys_values = list(prefill.keys_values)
+        for i, layer in enumerate(self.layers):
+            keys, values = keys_values[layer]
+            keys, values = keys.clone(), values.clone()
+            keys[..., -1, :] += (self.alpha * self.key_weight * self.key_deltas[i]).to(keys.device, keys.dtype)
+            values[..., -1, :] += (self.alpha * self.value_weight * self.value_deltas[i]).to(values.device,
+                                                                                             values.dtype)
+            keys_values[layer] = (keys, values)
+        return self, keys_values
+
+    @classmethod
+    def decoder(cls, model: torch.nn.Module) -> NothingWhileDecoding:
+        return NothingWhileDecoding()
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return ({"key_deltas": self.key_deltas, "value_deltas": self.value_deltas},
+                {"name": self.name, "layers": list(self.layers), "alpha": self.alpha, "key_weight": self.key_weight,
+                 "value_weight": self.value_weight, "provenance": self.provenance})
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> KVCacheEdit:
+        return cls(metadata["name"], tuple(int(layer) for layer in metadata["layers"]), tensors["key_deltas"],
+                   tensors["value_deltas"], float(metadata["alpha"]), float(metadata["key_weight"]),
+                   float(metadata["value_weight"]), metadata["provenance"])
+
+
+class NothingWhileDecoding:
+    """The decode-step applier of a kind that acts only after the prefill."""
+    active = False
+
+    def update(self, rows: Sequence[Any]) -> None:
+        pass
+
+    def __enter__(self) -> NothingWhileDecoding:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
