@@ -33,10 +33,14 @@ def aggregator(name: str) -> Callable[[Aggregator], Aggregator]:
     return register
 
 
+class NoDirection(ValueError):
+    """The pairs give no direction: a zero or non-finite result."""
+
+
 def _unit(vector: torch.Tensor) -> torch.Tensor:
     norm = float(vector.norm())
     if norm == 0.0 or not np.isfinite(norm):
-        raise ValueError("the pairs give no direction (zero or non-finite)")
+        raise NoDirection("the pairs give no direction (zero or non-finite)")
     return (vector / norm).to(torch.float32)
 
 

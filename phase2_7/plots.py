@@ -14,12 +14,13 @@ from common.plotting import plt, save_figure
 
 def plot_pair_accuracy(accuracy: dict[str, dict[str, dict[str, Any]]], baselines: dict[str, Any], path: Path) -> None:
     positions = list(accuracy)
-    first = next(iter(accuracy[positions[0]].values()))["directions"]
-    kinds = list(dict.fromkeys(key.split("/")[0] for key in first))
+    fitted = list(dict.fromkeys(key for by_layer in accuracy.values() for figures in by_layer.values()
+                                for key in figures["directions"]))
+    kinds = list(dict.fromkeys(key.split("/")[0] for key in fitted))
     fig, axes = plt.subplots(len(kinds), len(positions), figsize=(4.2 * len(positions), 3.4 * len(kinds)),
                              squeeze=False)
     for row, kind in enumerate(kinds):
-        names = [key.split("/")[1] for key in first if key.startswith(f"{kind}/")]
+        names = [key.split("/")[1] for key in fitted if key.startswith(f"{kind}/")]
         for column, position in enumerate(positions):
             ax, by_layer = axes[row][column], accuracy[position]
             layers = sorted(by_layer, key=int)

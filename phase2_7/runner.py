@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.aggregators import AGGREGATORS, ordering, pair_ordered
+from common.aggregators import AGGREGATORS, NoDirection, ordering, pair_ordered
 from common.classification import group_bootstrap_counts
 from common.directions import SteeringDirection, save_directions
 from common.errors import PipelineError
@@ -70,9 +70,11 @@ def run(phase: PhaseRun) -> Path:
     kinds = np.array([pair.kind for pair in kept], dtype=object)
     held_out = _held_out_tasks(tasks, config.seed) if len(set(tasks)) > 1 else np.zeros(len(kept), dtype=bool)
     fitted_kinds = [k for k in FITTED_KINDS if held_out.any() and (~held_out & (kinds == k)).sum() >= MIN_PAIRS]
+    no_direction_reason = None
     if not fitted_kinds:  # a dataset without reference code, or too small: the other phases go on without these
-        logger.warning("phase 2.7 has %d usable pairs over %d tasks: no direction (it needs two tasks or more, and "
-                       "%d pairs of one kind outside the held-out tasks)", len(kept), len(set(tasks)), MIN_PAIRS)
+        no_direction_reason = (f"{len(kept)} usable pairs over {len(set(tasks))} tasks: a direction needs two tasks "
+                               f"or more, and {MIN_PAIRS} pairs of one kind outside the held-out tasks")
+        logger.warning("phase 2.7: no direction (%s)", no_direction_reason)
     counts = _counts(kept, problems, skipped, held_out)
     logger.info("contrastive pairs: %s over %d tasks; fitted kinds: %s", ", ".join(
         f"{n} {kind}" for kind, n in counts["pairs_by_kind"].items()), counts["tasks_with_pairs"],
@@ -82,14 +84,17 @@ def run(phase: PhaseRun) -> Path:
 
     directions: list[SteeringDirection] = []
     accuracy: dict[str, Any] = {}
-    for position in positions if fitted_kinds else []:
-        accuracy[position] = {}
-        for layer in config.layers:
-            positive, negative = recorded["activations"][position][layer]
-            found, figures = _layer_directions(positive, negative, tasks, kinds, error_types, held_out, position,
-                                               layer, fitted_kinds, config.contrastive_aggregators, config.seed)
-            directions += found
-            accuracy[position][str(layer)] = figures
+    skipped_aggregators: list[dict[str, Any]] = []
+    if fitted_kinds:
+        for position in positions:
+            accuracy[position] = {}
+            for layer in config.layers:
+                positive, negative = recorded["activations"][position][layer]
+                found, figures = _layer_directions(positive, negative, tasks, kinds, error_types, held_out,
+                                                   position, layer, fitted_kinds, config.contrastive_aggregators,
+                                                   config.seed, skipped_aggregators)
+                directions += found
+                accuracy[position][str(layer)] = figures
 
     out_dir = phase.out_dir
     pairs_path = out_dir / "datasets" / "contrastive_pairs.jsonl"
@@ -97,12 +102,15 @@ def run(phase: PhaseRun) -> Path:
     directions_path, interventions_path = out_dir / "directions.safetensors", out_dir / "interventions.safetensors"
     save_directions(directions_path, directions)
     save_interventions(interventions_path, [ResidualAddition(d, 1.0, "all") for d in directions])
-    plot_paths = [out_dir / "pair_accuracy.png"] if accuracy else []
+    plot_path = out_dir / "pair_accuracy.png"
+    plot_path.unlink(missing_ok=True)  # a figure of an earlier run must not outlive it
+    plot_paths = [plot_path] if directions else []
     for path in plot_paths:
         plot_pair_accuracy(accuracy, baselines, path)
     summary_path = out_dir / "phase_2_7_summary.json"
     save_json({**counts, "fitted_kinds": fitted_kinds, "aggregators": list(config.contrastive_aggregators),
-               "position_k": config.position_k, "baselines": baselines,
+               "position_k": config.position_k, "no_direction_reason": no_direction_reason,
+               "skipped_aggregators": skipped_aggregators, "baselines": baselines,
                "directions": [d.name for d in directions], "by_position": accuracy}, summary_path)
     return phase.finish([pairs_path, directions_path, interventions_path, *plot_paths, summary_path])
 
@@ -173,7 +181,7 @@ def _baselines(columns: dict[str, np.ndarray], kinds: np.ndarray, tasks: np.ndar
 
 def _layer_directions(positive: torch.Tensor, negative: torch.Tensor, tasks: np.ndarray, kinds: np.ndarray,
                       error_types: np.ndarray, held_out: np.ndarray, position: str, layer: int,
-                      fitted_kinds: list[str], aggregators: list[str], seed: int
+                      fitted_kinds: list[str], aggregators: list[str], seed: int, skipped: list[dict[str, Any]]
                       ) -> tuple[list[SteeringDirection], dict[str, Any]]:
     """Per fitted kind and aggregator: the direction from all pairs of that kind, and the held-out accuracy of the
     one refitted without the held-out tasks, on every kind of held-out pair (own pairs also split by how the failing
@@ -186,8 +194,10 @@ def _layer_directions(positive: torch.Tensor, negative: torch.Tensor, tasks: np.
             aggregate = AGGREGATORS[name]
             try:
                 trial, vector = aggregate(positive[fit], negative[fit]), aggregate(positive[every], negative[every])
-            except ValueError as exc:  # e.g. a probe whose weights all vanish
+            except NoDirection as exc:  # e.g. a probe whose weights all vanish
                 logger.warning("%s layer %d, %s pairs, %s: %s", position, layer, kind, name, exc)
+                skipped.append({"position": position, "layer": layer, "pairs": kind, "aggregator": name,
+                                "reason": str(exc)})
                 continue
             ordered = pair_ordered(trial, positive, negative)
             result = {"held_out": {k: _accuracy(ordered[held_out & (kinds == k)], tasks[held_out & (kinds == k)], seed)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import DynamicCache
 
 from common.generation import EngineSettings, GenerationRequest, generate
 from common.hooks import cache_keyword
 from common.interventions import Intervention, KVCacheEdit, load_interventions, save_interventions
+from common.prefill import Prefill
 from tests.test_interventions import PROMPTS, _addition, _by_key
 
 
 def _edit(model, seed: int, layers: tuple[int, ...], alpha: float, key_weight: float = 0.0) -> KVCacheEdit:
     config = model.config
-    shape = (len(layers), config.num_key_value_heads, config.hidden_size // config.num_attention_heads)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    shape = (len(layers), config.num_key_value_heads, head_dim)
     generator = torch.Generator().manual_seed(seed)
     return KVCacheEdit(f"kv/{seed}", layers, torch.randn(shape, generator=generator),
                        torch.randn(shape, generator=generator), alpha, key_weight, 1.0, {"source": "test"})
@@ -45,7 +48,10 @@ def test_the_edit_changes_the_following_tokens_as_computed_by_hand(tiny_model):
             EngineSettings(6, 2))}
         assert steered["kv"] == _greedy_after_edit(model, tokenizer, PROMPTS[0], edit, 6)
         assert steered["kv"] != steered["plain"]  # the edit does something the check can see
-        assert steered["kv"][:1] == steered["plain"][:1]  # the first token comes from the unedited prefill
+        first = {r.request.key: r.text for r in generate(model, tokenizer, [
+            GenerationRequest(PROMPTS[0], intervention=edit, key="kv"), GenerationRequest(PROMPTS[0], key="plain")],
+            EngineSettings(1, 2))}
+        assert first["kv"] == first["plain"]  # the first token comes from the unedited prefill
 
 
 def test_rows_with_cache_edits_in_a_batch_get_their_one_at_a_time_output(tiny_model):
@@ -68,3 +74,32 @@ def test_a_cache_edit_saves_and_loads_by_kind_with_its_algebra(tmp_path, tiny_mo
     assert (loaded[0].layers, loaded[0].key_weight, loaded[0].provenance) == ((1, 2), 0.25, {"source": "test"})
     assert torch.equal(loaded[1].value_deltas, -edit.value_deltas) and edit.negated().negated().label == edit.label
     assert edit.at(0.0).label != edit.label and edit.at(5.0).label == edit.label
+
+
+def test_the_edit_lands_on_copies_at_the_last_prompt_position_in_the_caches_dtype():
+    keys = [torch.randn(1, 2, 5, 16).to(torch.bfloat16) for _ in range(3)]
+    values = [torch.randn(1, 2, 5, 16).to(torch.bfloat16) for _ in range(3)]
+    originals = [(k.clone(), v.clone()) for k, v in zip(keys, values)]
+    prefill = Prefill(list(zip(keys, values)), torch.zeros(8), {}, 0.0)
+    deltas = torch.randn(1, 2, 16, generator=torch.Generator().manual_seed(0))
+    edit = KVCacheEdit("kv/test", (1,), deltas, 2 * deltas, alpha=3.0, key_weight=0.5, value_weight=1.0)
+    returned, edited = edit.after_prefill(prefill)
+    assert returned is edit
+    for (k, v), (k0, v0) in zip(zip(keys, values), originals):  # the prefill is untouched
+        assert torch.equal(k, k0) and torch.equal(v, v0)
+    assert edited[0][0] is keys[0] and edited[2][1] is values[2]  # other layers passed through as they are
+    new_keys, new_values = edited[1]
+    assert new_keys.dtype == torch.bfloat16 and new_values.dtype == torch.bfloat16
+    assert torch.equal(new_keys[..., :-1, :], keys[1][..., :-1, :])  # only the last prompt position moves
+    assert torch.equal(new_keys[..., -1, :], keys[1][..., -1, :] + (1.5 * deltas[0]).to(torch.bfloat16))
+    assert torch.equal(new_values[..., -1, :], values[1][..., -1, :] + (6.0 * deltas[0]).to(torch.bfloat16))
+    with pytest.raises(ValueError, match="kv heads"):
+        KVCacheEdit("kv/bad", (1,), torch.zeros(1, 4, 16), torch.zeros(1, 4, 16)).after_prefill(prefill)
+
+
+def test_the_same_prompt_and_edit_twice_write_the_same(tiny_model):
+    """The second request reuses the cached prefill: it must start from it unedited, not edited twice."""
+    model, tokenizer = tiny_model
+    edit = _edit(model, 4, (2,), 30.0)
+    twice = _by_key(model, tokenizer, [GenerationRequest(PROMPTS[2], intervention=edit, key=k) for k in "ab"], 1)
+    assert twice["a"] == twice["b"]

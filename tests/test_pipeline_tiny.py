@@ -15,6 +15,7 @@ from common.activations import load_activations
 from common import generation_job
 from common.directions import load_directions
 from common.positions import CODE_POSITIONS, POSITIONS
+from phase2_7 import runner as phase2_7_runner
 from phase2_7.pairs import load_pairs
 
 TIMING_COLUMNS = ["generation_time", "exec_time"]  # wall-clock measurements differ from run to run
@@ -55,7 +56,8 @@ def _pipeline_until_steering(argv: list[str], capsys: pytest.CaptureFixture) -> 
     assert "error: phase 4.5 has nothing to steer" in capsys.readouterr().err
 
 
-def test_phases_0_to_1_write_aligned_outputs(tmp_path: Path, tiny_args: list[str], capsys: pytest.CaptureFixture):
+def test_phases_0_to_1_write_aligned_outputs(tmp_path: Path, tiny_args: list[str], capsys: pytest.CaptureFixture,
+                                             monkeypatch: pytest.MonkeyPatch):
     _pipeline_until_steering(["--data-dir", str(tmp_path), *tiny_args], capsys)
     sae = pd.read_parquet(tmp_path / "phase0_1" / "sae.parquet")
     table, _ = _outputs(tmp_path)
@@ -114,6 +116,15 @@ def test_phases_0_to_1_write_aligned_outputs(tmp_path: Path, tiny_args: list[str
     assert {(d.position, d.layer, d.source) for d in directions} == {
         (position, layer, f"contrastive_mutant_{name}") for position in CODE_POSITIONS for layer in (1, 3)
         for name in ("mean_difference", "pca", "probe")}
+    monkeypatch.setattr(phase2_7_runner, "MIN_PAIRS", 10 ** 6)  # too few pairs: a warning, no direction, no stop
+    assert run.main(["phase", "2.7", "--data-dir", str(tmp_path), *tiny_args]) == 0
+    summary = json.loads((tmp_path / "phase2_7" / "phase_2_7_summary.json").read_text())
+    assert summary["no_direction_reason"] and summary["fitted_kinds"] == [] and summary["directions"] == []
+    assert load_directions(tmp_path / "phase2_7" / "directions.safetensors") == []
+    assert not (tmp_path / "phase2_7" / "pair_accuracy.png").exists()  # the earlier run's figure is gone
+    manifest = json.loads((tmp_path / "phase2_7" / "phase_output.json").read_text())
+    assert "pair_accuracy.png" not in manifest["outputs"]
+    assert all((tmp_path / "phase2_7" / name).is_file() for name in manifest["outputs"])
     evaluation = json.loads((tmp_path / "phase3_8" / "evaluation_results.json").read_text())
     assert evaluation["warnings"]  # no class to compare: only the contrastive pairs (reference vs mutant) give
     scored = [(family, r) for families in evaluation["positions"].values() for family, r in families.items()]

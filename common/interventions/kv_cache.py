@@ -3,10 +3,14 @@
 After a row's prefill, `alpha * key_weight * key_delta[l]` is added to the keys and `alpha * value_weight *
 value_delta[l]` to the values of each steered layer l at the row's last prompt position, on copies (a later
 request of the same prompt reuses the prefill unedited). Every generated token attends to the edited position; the
-first generated token comes from the prefill's own logits, so the edit shows from the second token on. Values
-only (`key_weight` 0) is the public implementation's usual best. The deltas are per layer
-[key-value heads, head dim]; the engine's slot cache sets the row's edited keys and values in its own slot, so
-padding and the other rows are untouched.
+first generated token comes from the prefill's own logits, so the edit shows from the second token on (the
+public implementation re-feeds the prompt's last token after the edit, so its first token sees it: a known
+difference). Cached keys carry the rotary position of where they were read, so a key delta averaged over prompts
+of different lengths mixes rotations; values carry none. `alpha` scales the raw deltas (not a unit vector), so
+calibration grids do not carry over from residual additions. The deltas are per layer [key-value heads, head dim];
+the engine's slot cache sets the row's edited keys and values in its own slot, so padding and the other rows are
+untouched. `first_layer` is None, so each (prompt, edit) gets its own full, unsteered prefill: correct, not yet
+shared with the unsteered one.
 """
 
 from __future__ import annotations
@@ -36,15 +40,17 @@ class KVCacheEdit:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        expected = (len(self.layers),)
-        if self.key_deltas.shape[:1] != expected or self.value_deltas.shape != self.key_deltas.shape:
-            raise ValueError(f"{self.name}: key and value deltas must both be [{len(self.layers)}, heads, head_dim]")
+        if (self.key_deltas.ndim != 3 or self.key_deltas.shape[0] != len(self.layers)
+                or self.value_deltas.shape != self.key_deltas.shape):
+            raise ValueError(f"{self.name}: key and value deltas must both be [{len(self.layers)}, kv_heads, head_dim]")
+        if len(set(self.layers)) != len(self.layers) or min(self.layers, default=0) < 0:
+            raise ValueError(f"{self.name}: layers {self.layers} must be distinct and >= 0")
 
     @cached_property
     def label(self) -> str:
         """Name, digest of both deltas, layers and strengths: a changed delta under the same name is a new label."""
-        digest = hashlib.sha256(self.key_deltas.float().numpy().tobytes()
-                                + self.value_deltas.float().numpy().tobytes()).hexdigest()[:8]
+        digest = hashlib.sha256(self.key_deltas.detach().cpu().float().numpy().tobytes()
+                                + self.value_deltas.detach().cpu().float().numpy().tobytes()).hexdigest()[:8]
         layers = ",".join(map(str, self.layers))
         return f"{self.name}#{digest}@L{layers}x{self.alpha:g}:k{self.key_weight:g}v{self.value_weight:g}"
 
@@ -62,7 +68,9 @@ class KVCacheEdit:
 
     def negated(self) -> KVCacheEdit:
         name = self.name[:-len("/negated")] if self.name.endswith("/negated") else f"{self.name}/negated"
-        return replace(self, name=name, key_deltas=-self.key_deltas, value_deltas=-self.value_deltas)
+        provenance = {**self.provenance, "negated": not self.provenance.get("negated", False)}
+        return replace(self, name=name, key_deltas=-self.key_deltas, value_deltas=-self.value_deltas,
+                       provenance=provenance)
 
     def prefill_applied(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
@@ -71,6 +79,9 @@ class KVCacheEdit:
         keys_values = list(prefill.keys_values)
         for i, layer in enumerate(self.layers):
             keys, values = keys_values[layer]
+            if tuple(self.key_deltas.shape[1:]) != (keys.shape[1], keys.shape[3]):
+                raise ValueError(f"{self.name}: deltas of {tuple(self.key_deltas.shape[1:])} for a cache of "
+                                 f"{keys.shape[1]} kv heads of {keys.shape[3]}")
             keys, values = keys.clone(), values.clone()
             keys[..., -1, :] += (self.alpha * self.key_weight * self.key_deltas[i]).to(keys.device, keys.dtype)
             values[..., -1, :] += (self.alpha * self.value_weight * self.value_deltas[i]).to(values.device,
