@@ -83,6 +83,7 @@ class Detector(NamedTuple):
     position: str
     predicts: str
     needs_program: bool
+    hyperparams_auroc: float  # where it was chosen; NaN when the split lacks a class
     choose_scores: np.ndarray
     report_scores: np.ndarray
 
@@ -127,7 +128,8 @@ def run(phase: PhaseRun) -> Path:
                                                                         best_name, confidence, config)
             positions[position][family_name] = result
             detectors.append(Detector(f"{family_name}: {result['chosen']}", position, family.predicts,
-                                      is_code_position(position), choose_scores, validation_scores))
+                                      is_code_position(position), result["hyperparams_auroc"], choose_scores,
+                                      validation_scores))
             target = report.passed if family.predicts == "pass" else ~report.passed
             known = ~np.isnan(validation_scores)
             curves[position][f"{family_name}: {result['chosen']}"] = (validation_scores[known], target[known])
@@ -159,17 +161,16 @@ def _save_gates(out_dir: Path, detectors: list[Detector], baselines: dict[str, A
     AUROC there, and the best baseline; their flags on the validation greedy programs phase 4.8 steers."""
     greedy = report.table["temperature"].to_numpy() == 0
     candidates = []
-    chosen_auroc = {d.score: _known_auroc(d.choose_scores, choose.passed if d.predicts == "pass" else ~choose.passed)
-                    for d in detectors}
-    scored = [d for d in detectors if np.isfinite(chosen_auroc[d.score])]
+    scored = [d for d in detectors if np.isfinite(d.hyperparams_auroc)]
     if scored:
-        candidates.append(("detector", max(scored, key=lambda d: (chosen_auroc[d.score], d.score))))
+        candidates.append(("detector", max(scored, key=lambda d: (d.hyperparams_auroc, d.score))))
     else:
         logger.warning("no score has an AUROC on hyperparams (one class, or no programs): no detector gate")
     if best_name is not None:
         best = baselines[best_name]
         candidates.append(("baseline", Detector(best_name, "-", best["predicts"], best["level"] == "program",
-                                                best["choose_scores"], best["validation_scores"])))
+                                                best["hyperparams_auroc"], best["choose_scores"],
+                                                best["validation_scores"])))
     gates, flagged = [], {}
     for name, d in candidates:
         gate = choose_gate(name, d.score, d.position, d.predicts, d.needs_program, d.choose_scores, ~choose.passed)

@@ -13,6 +13,7 @@ from common.directions import SteeringDirection
 from common.generation import EngineSettings, GenerationRequest, generate
 from common.interventions import (REGISTRY, Intervention, ResidualAddition, kind_class, load_interventions, register,
                                   save_interventions)
+from common.interventions.kv_cache import NothingWhileDecoding
 
 PROMPTS = ["def add(a, b):", "Write a function that reverses a list.", "y =", "Count the vowels of a word."]
 
@@ -61,7 +62,7 @@ class _ValueShift:
 
     @classmethod
     def decoder(cls, model):
-        return _Inactive()
+        return NothingWhileDecoding()
 
     def state(self):
         return {}, {"layer": self.layer, "delta": self.delta}
@@ -69,19 +70,6 @@ class _ValueShift:
     @classmethod
     def from_state(cls, tensors, metadata):
         return cls(metadata["layer"], metadata["delta"])
-
-
-class _Inactive:
-    active = False
-
-    def update(self, rows) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
 
 
 def test_every_registered_kind_satisfies_the_protocol():
