@@ -1,7 +1,7 @@
 """The calibrated arms phase 4.5 hands to phase 4.8: interventions at disruption levels, with what each one is.
 
 An arm is one intervention at one level; `arms.json` describes each (role, method or control type,
-class, level, alpha) and names its entry in `interventions.safetensors` (common/interventions/).
+class, level, alpha, control set) and names its entry in `interventions.safetensors` (common/interventions/).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from common.controls import SHARED_CONTROLS
 from common.interventions import Intervention, load_interventions, save_interventions
 from common.utils import load_json, save_json
 
@@ -24,6 +25,7 @@ class CalibratedArm:
     alpha: float
     label: str  # the intervention's label
     index: int = -1  # in interventions.safetensors
+    control_set: str = SHARED_CONTROLS  # a control's set, or the set a target is compared with (common/controls.py)
 
 
 def save_arms(folder: Path, arms: Sequence[tuple[CalibratedArm, Intervention]]) -> list[Path]:

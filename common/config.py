@@ -101,13 +101,21 @@ class Config:
     contrastive_aggregators: list[str] = field(default_factory=lambda: ["mean_difference", "pca", "probe"])  # from
     #                                          common/aggregators.py: each gives a direction per position and layer
 
+    # --- KV-cache steering vectors from the same pairs (phase 2.8, seed 002)
+    kv_pair_kinds: list[str] = field(default_factory=lambda: ["mutant", "own"])  # one vector per kind of 2.7 pair
+    kv_layers: list[int] | None = None  # cache layers edited; None: seed 002's band (8-15 of 28) scaled to the model
+    kv_aggregation: str = "mean"  # of the pairs' differences; "kmeans": the mean of the largest k-means cluster
+    kv_clusters: int = 4  # for kmeans
+    kv_key_weight: float = 0.0  # c_keys (c_values is 1): values only is seed 002's usual best
+
     # --- steering (phase 4.5 calibrates every method on hyperparams, phase 4.8 measures on validation)
     steering_direction_position: str = CODE_POSITIONS[0]  # the activation position whose directions are steered: a
     #                                   last_prompt direction is added at the last prompt token only, a code one at
     #                                   every position (prompt and each generated token)
     steering_layer: int | None = None  # None: the layer of phase 2.5's best correct-preferring latent there
     methods: list[str] = field(default_factory=lambda: ["sae_latent", "mean_difference",
-                                                        "contrastive_mutant_mean_difference"])  # common/methods.py
+                                                        "contrastive_mutant_mean_difference",
+                                                        "kv_cache_mutant"])  # common/methods.py
     disruption_levels: list[float] = field(default_factory=lambda: [0.03, 0.1, 0.3])  # nats per token of KL on
     #                                   hyperparams baseline programs: phase 4.5's grid; every arm and control of
     #                                   a level is calibrated to it (common/disruption.py)
@@ -201,6 +209,14 @@ class Config:
                and len(set(self.contrastive_aggregators)) == len(self.contrastive_aggregators),
                "contrastive_aggregators", self.contrastive_aggregators,
                f"a non-empty list without repeats of {', '.join(AGGREGATORS)}")
+        _check(len(self.kv_pair_kinds) > 0 and set(self.kv_pair_kinds) <= {"mutant", "own"}
+               and len(set(self.kv_pair_kinds)) == len(self.kv_pair_kinds), "kv_pair_kinds", self.kv_pair_kinds,
+               "a non-empty list without repeats of mutant, own")
+        _check(self.kv_layers is None or (len(self.kv_layers) > 0 and min(self.kv_layers) >= 0
+                                          and len(set(self.kv_layers)) == len(self.kv_layers)),
+               "kv_layers", self.kv_layers, "null or a non-empty list of distinct layers >= 0")
+        _check(self.kv_aggregation in ("mean", "kmeans"), "kv_aggregation", self.kv_aggregation, "mean or kmeans")
+        _check(self.kv_clusters >= 1, "kv_clusters", self.kv_clusters, ">= 1")
         _check(len(self.methods) > 0 and len(set(self.methods)) == len(self.methods), "methods", self.methods,
                "a non-empty list without repeats")
         for key in ("disruption_programs", "disruption_max_tokens", "min_problems_per_level", "control_tasks"):

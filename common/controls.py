@@ -8,6 +8,10 @@
 - `shuffled_label_mean_difference`: the mean difference of the same activations with pass/fail labels
   permuted across tasks (the extraction recipe without the signal).
 Every control is a unit vector; its strength is set later (by matched disruption, common/disruption.py).
+
+A method whose intervention is not a residual addition brings its own controls (`Method.controls`,
+common/methods.py); for a KV-cache edit, `random_kv_norms`: Gaussian key and value deltas with the edit's
+per-layer norms (a cache edit of the same size and layer profile, pointing nowhere in particular).
 """
 
 from __future__ import annotations
@@ -18,8 +22,19 @@ import numpy as np
 import torch
 
 from common.directions import SteeringDirection
+from common.interventions import Intervention, KVCacheEdit
 
+SHARED_CONTROLS = "shared"  # the control set of every residual method: the types below, at the steering site
+KV_CONTROL_TYPE = "random_kv_norms"  # the own controls of a KV-cache method (random_kv_controls)
 CONTROL_TYPES = ("random_isotropic", "random_top_pc_span", "random_active_latent", "shuffled_label_mean_difference")
+
+
+@dataclass(frozen=True)
+class Control:
+    """One control at unit strength, named by its type and its index within the type."""
+    type: str
+    index: int
+    unit: Intervention
 
 
 @dataclass(frozen=True)
@@ -89,3 +104,20 @@ def _shuffled_mean_difference(sources: ControlSources, rng: np.random.Generator)
                 labels[rows_of[receiver]] = passed[rows_of[tasks[giver]]]
     activations = sources.activations.double().numpy()
     return activations[labels].mean(axis=0) - activations[~labels].mean(axis=0)
+
+
+def random_kv_controls(edit: KVCacheEdit, n: int, seed: int) -> list[Control]:
+    """`n` Gaussian cache edits, each layer's key and value deltas scaled to the norms of `edit`'s at that layer."""
+    generator = torch.Generator().manual_seed(seed)
+    controls = []
+    for i in range(n):
+        deltas = []
+        for target in (edit.key_deltas, edit.value_deltas):
+            noise = torch.randn(target.shape, generator=generator, dtype=torch.float64)
+            scale = target.double().flatten(1).norm(dim=1) / noise.flatten(1).norm(dim=1)
+            deltas.append((noise * scale[:, None, None]).float())
+        controls.append(Control(KV_CONTROL_TYPE, i, KVCacheEdit(
+            f"control/{KV_CONTROL_TYPE}/{i}", edit.layers, deltas[0], deltas[1], 1.0, edit.key_weight,
+            edit.value_weight, {"source": KV_CONTROL_TYPE, "control": KV_CONTROL_TYPE, "seed": seed,
+                                "norms_of": edit.name})))
+    return controls

@@ -8,6 +8,11 @@ pass) and it puts every method and every control on one axis, so "beats its cont
 the same disturbance" rather than "at the same alpha" (a random push and a learned one of equal norm
 can disturb the model by very different amounts).
 
+Any intervention kind is measured through its protocol (common/interventions/base.py), as generation applies it:
+its prefill of the prompt (the first output token is predicted there), its `after_prefill` step, then the output
+read in one pass with its decode applier on. Residual additions take a faster path with the same result (a test
+checks both agree): every intervention of a layer in one batch over the whole text.
+
 `matched_alphas` calibrates a residual addition's strength to a disruption level: the disruption is
 measured on a geometric grid of alphas and log-disruption interpolated in log-alpha (made monotone
 first; disruption grows with alpha but the measurement can wobble at the top).
@@ -23,9 +28,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common.hooks import decoder_layers, layer_forward_hooks, layer_output, with_hidden
+from transformers import DynamicCache
+
+from common.hooks import cache_keyword, decoder_layers, layer_forward_hooks, layer_output, with_hidden
+from common.interventions import DecodeAppliers, Intervention
 from common.interventions.residual import ResidualAddition, position_weights
-from common.prefill import replaying
+from common.prefill import Prefiller, PrefillStats, replaying
 
 ROWS_PER_PASS = 16  # interventions read together over one program: bounds the logits' memory
 
@@ -65,15 +73,27 @@ def _expanded(output: Any, rows: int) -> Any:
     return with_hidden(output, layer_output(output).expand(rows, -1, -1))
 
 
-@torch.inference_mode()
-def disruption(model: torch.nn.Module, texts: Sequence[TeacherText], interventions: Sequence[ResidualAddition],
+def disruption(model: torch.nn.Module, texts: Sequence[TeacherText], interventions: Sequence[Intervention],
                progress: bool = True) -> np.ndarray:
-    """Mean KL per output token (nats), one value per intervention; all at one layer and position policy."""
-    if not interventions:
-        return np.empty(0)
+    """Mean KL per output token (nats), one value per intervention, of any kinds: residual additions measured
+    together per layer and position policy, every other intervention through its protocol."""
+    groups: dict[tuple[int, str] | None, list[int]] = {}
+    for i, intervention in enumerate(interventions):
+        key = ((intervention.direction.layer, intervention.positions) if isinstance(intervention, ResidualAddition)
+               else None)
+        groups.setdefault(key, []).append(i)
+    measured = np.empty(len(interventions))
+    for key, rows in groups.items():
+        measure = _protocol_kl if key is None else _residual_kl
+        measured[rows] = measure(model, texts, [interventions[i] for i in rows], progress)
+    return measured
+
+
+@torch.inference_mode()
+def _residual_kl(model: torch.nn.Module, texts: Sequence[TeacherText], interventions: Sequence[ResidualAddition],
+                 progress: bool) -> np.ndarray:
+    """Residual additions of one layer and position policy, the layers below it replayed from the unsteered pass."""
     layer, positions = interventions[0].direction.layer, interventions[0].positions
-    if any(i.direction.layer != layer or i.positions != positions for i in interventions):
-        raise ValueError("disruption() measures interventions of one layer and one position policy together")
     device = next(model.parameters()).device
     vectors = torch.stack([i.added for i in interventions]).to(device)
     total_kl = torch.zeros(len(interventions), dtype=torch.float64)
@@ -104,7 +124,51 @@ def disruption(model: torch.nn.Module, texts: Sequence[TeacherText], interventio
     return (total_kl / max(n_tokens, 1)).numpy()
 
 
-def matched_alphas(model: torch.nn.Module, texts: Sequence[TeacherText], unit_interventions: Sequence[ResidualAddition],
+@torch.inference_mode()
+def _protocol_kl(model: torch.nn.Module, texts: Sequence[TeacherText], interventions: Sequence[Intervention],
+                 progress: bool) -> np.ndarray:
+    """Any kind, as the engine applies it: per text, each intervention's prefill of the prompt (replaying the
+    unsteered one below its first layer) and `after_prefill`; then `ROWS_PER_PASS` rows at a time, the output read
+    over their caches with the kinds' decode appliers on (on every position of the pass, as on each decode step)."""
+    device = next(model.parameters()).device
+    n_layers = len(decoder_layers(model))
+    prefiller = Prefiller(model, None, False, range(n_layers), cache_keyword(model), 0, PrefillStats())
+    total_kl = torch.zeros(len(interventions), dtype=torch.float64)
+    n_tokens = 0
+    with DecodeAppliers(model) as appliers:
+        for text in tqdm(texts, desc="disruption", unit="program", disable=not progress, leave=False):
+            prompt = torch.tensor([text.prompt_ids], device=device)
+            ids = torch.tensor([text.prompt_ids + text.output_ids], device=device)
+            n_out = len(text.output_ids)
+            base_log_p = torch.log_softmax(model(input_ids=ids, use_cache=False, logits_to_keep=n_out + 1)
+                                           .logits[0, :-1].float(), dim=-1)
+            unsteered = prefiller.run(prompt, None, None)
+            for start in range(0, len(interventions), ROWS_PER_PASS):
+                chunk = interventions[start:start + ROWS_PER_PASS]
+                prefills = [prefiller.run(prompt, i, unsteered if i.first_layer is not None else None) for i in chunk]
+                started = [i.after_prefill(prefill) for i, prefill in zip(chunk, prefills)]
+                steered = torch.stack([prefill.last_logits for prefill in prefills])[:, None]
+                if n_out > 1:
+                    cache = DynamicCache(config=model.config)
+                    for layer in range(n_layers):
+                        cache.update(torch.cat([kv[layer][0] for _, kv in started]),
+                                     torch.cat([kv[layer][1] for _, kv in started]), layer)
+                    appliers.update([row for row, _ in started])
+                    appliers.set_active(True)
+                    try:
+                        rest = model(input_ids=ids[:, len(text.prompt_ids):-1].expand(len(chunk), -1), use_cache=True,
+                                     **{cache_keyword(model): cache}).logits.float()
+                    finally:
+                        appliers.set_active(False)
+                    steered = torch.cat([steered, rest], dim=1)
+                steered_log_p = torch.log_softmax(steered, dim=-1)
+                kl = (base_log_p.exp()[None] * (base_log_p[None] - steered_log_p)).sum(dim=-1).clamp_min(0.0)
+                total_kl[start:start + len(chunk)] += kl.sum(dim=1).double().cpu()
+            n_tokens += n_out
+    return (total_kl / max(n_tokens, 1)).numpy()
+
+
+def matched_alphas(model: torch.nn.Module, texts: Sequence[TeacherText], unit_interventions: Sequence[Intervention],
                    levels: Sequence[float], alpha_grid: Sequence[float], progress: bool = True
                    ) -> tuple[np.ndarray, np.ndarray]:
     """For each intervention (its alpha is ignored) and each disruption level, the alpha that reaches that level:

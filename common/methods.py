@@ -12,7 +12,9 @@ takes one line, as the contrastive ones below do:
 
 anything else a `@method` function from the SteeringSite to a Proposal (`sae_latent` below). Phase 4.5
 then calibrates it at every disruption level against the controls, chooses its level by the rule, and
-phase 4.8 measures it: nothing else changes.
+phase 4.8 measures it: nothing else changes. A method whose interventions are not residual additions at the
+steering site passes `controls=`, a function making its own controls of the same kind (the KV-cache methods
+below), and is compared with those instead of the shared residual ones.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from common.controls import Control, random_kv_controls
 from common.directions import load_directions
 from common.interventions import Intervention, ResidualAddition
+from common.kv_vectors import load_vector
 from common.positions import LAST_PROMPT
 
 CLASSES = ("correct", "incorrect")
@@ -51,6 +55,9 @@ class Proposal:
     exclude_latents: list[int] = field(default_factory=list)  # SAE latents the active-latent controls must not use
 
 
+OwnControls = Callable[[Proposal, int, int], list[Control]]  # (proposal, how many, seed) -> unit controls
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -58,17 +65,18 @@ class Method:
     colour: str
     upstream: tuple[str, ...]
     propose: Callable[[SteeringSite], Proposal]
+    controls: OwnControls | None = None  # None: the shared residual controls of the steering site
 
 
 METHODS: dict[str, Method] = {}
 
 
-def method(name: str, title: str, colour: str, upstream: tuple[str, ...]):
+def method(name: str, title: str, colour: str, upstream: tuple[str, ...], controls: OwnControls | None = None):
     """Decorator: registers `propose` as a method."""
     def register(propose: Callable[[SteeringSite], Proposal]) -> Callable[[SteeringSite], Proposal]:
         if name in METHODS:
             raise ValueError(f"method {name!r} is registered twice")
-        METHODS[name] = Method(name, title, colour, upstream, propose)
+        METHODS[name] = Method(name, title, colour, upstream, propose, controls)
         return propose
     return register
 
@@ -127,6 +135,29 @@ def _register_contrastive() -> None:
 
 
 _register_contrastive()
+
+
+def _kv_cache_controls(proposal: Proposal, n: int, seed: int) -> list[Control]:
+    return random_kv_controls(proposal.interventions["correct"], n, seed) if proposal.interventions else []
+
+
+def _register_kv_cache() -> None:
+    """Phase 2.8's KV-cache vectors (seed 002), one method per kind of pair: `kv_cache_mutant`, `kv_cache_own`. They
+    edit their own layers' caches, whatever the steering site, and are compared with random edits of their norms."""
+    for kind, colour in (("mutant", "#2b9348"), ("own", "#80b918")):
+        def propose(where: SteeringSite, kind: str = kind) -> Proposal:
+            edit = load_vector(where.folder("2.8"), f"kv_{kind}")
+            if edit is None:
+                return Proposal({}, [f"phase 2.8 wrote no kv_{kind} vector (too few {kind} pairs)"])
+            unit = edit.unit()
+            return Proposal({"correct": unit, "incorrect": unit.negated()})
+        propose.__doc__ = (f"Phase 2.8's KV-cache vector of the {kind} pairs at unit norm; negated for the incorrect "
+                           "class.")
+        method(f"kv_cache_{kind}", f"KV cache ({kind} pairs)", colour, upstream=("2.8",),
+               controls=_kv_cache_controls)(propose)
+
+
+_register_kv_cache()
 
 
 def steering_layer(folder_2_5: Path, position: str, configured: int | None) -> int | None:

@@ -13,6 +13,7 @@ from typing import Sequence
 
 from common.config import Config
 from common.controls import CONTROL_TYPES
+from common.methods import get_method
 from common.phases import PhaseSpec
 from common.utils import load_json, manifest_path
 
@@ -20,7 +21,7 @@ from common.utils import load_json, manifest_path
 # reference machine (README, "Performance"); the generating phases include the teacher-forced pass over their
 # programs (activations over the code). Phase 2.0's unit is a token recorded or trained on.
 REFERENCE_SECONDS_PER_UNIT = {
-    "0": 2.0, "0.1": 0.1, "1": 1.29, "2.0": 4.17e-4, "2.5": 12.0, "2.6": 1.4, "2.7": 0.23, "3.5": 1.84, "3.6": 1.64,
+    "0": 2.0, "0.1": 0.1, "1": 1.29, "2.0": 4.17e-4, "2.5": 12.0, "2.6": 1.4, "2.7": 0.23, "2.8": 0.18, "3.5": 1.84, "3.6": 1.64,
     "3.8": 36.0, "4.5": 0.50, "4.8": 0.68,
 }
 OWN_PAIR_TASK_SHARE = 0.34  # of sae tasks with both a passing and a failing program (84 of 250 in the default run)
@@ -83,15 +84,18 @@ def _work(config: Config, spec: PhaseSpec, sizes: dict[str, int]) -> tuple[float
         return sizes["validation"] * (1 + len(config.temperatures) * config.samples_per_temperature), "generations"
     if spec.id == "3.6":
         return sizes["hyperparams"], "generations"
-    if spec.id == "4.5":  # two classes per method and the selection controls, at every level, on every problem
-        arms = 2 * len(config.methods) + 4 * config.selection_controls_per_type
+    own_sets = sum(get_method(name).controls is not None for name in config.methods)
+    control_sets = own_sets + (own_sets < len(config.methods))  # each method's own, and the shared one if used
+    if spec.id == "4.5":  # two classes per method and every set's selection controls, at every level and problem
+        arms = 2 * len(config.methods) + control_sets * len(CONTROL_TYPES) * config.selection_controls_per_type
         return arms * len(config.disruption_levels) * sizes["hyperparams"], "generations"
-    if spec.id == "4.8":  # each method-class and its minus-alpha arm, alpha 0, and one control set per level in use:
+    if spec.id == "4.8":  # each method-class and its minus-alpha arm, alpha 0, and the controls of each (set, level)
         arms = 4 * len(config.methods) + 1  # at most one per method-class, at least one (all pre-registered)
         levels = min(2 * len(config.methods), len(set(config.disruption_levels) | {config.preregistered_level}))
         controls = len(CONTROL_TYPES) * config.controls_per_type * config.control_tasks
-        return arms * sizes["validation"] + levels * controls, "generations (at most)"
-    if spec.id == "2.7":  # both sides of each pair
+        return arms * sizes["validation"] + min(levels * control_sets, 2 * len(config.methods)) * controls, (
+            "generations (at most)")
+    if spec.id in ("2.7", "2.8"):  # both sides of each pair
         own_pairs = OWN_PAIR_TASK_SHARE * config.contrastive_own_pairs_per_task
         return 2 * sizes["sae"] * (config.contrastive_mutants_per_task + own_pairs), "programs"
     if spec.id == "2.0":

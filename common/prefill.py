@@ -115,9 +115,9 @@ class Prefiller:
             return self._cached[key]
         ids = self._tokens(prompt)
         if intervention is None or intervention.first_layer is None:
-            prefill = self._run(ids, intervention, None)
+            prefill = self.run(ids, intervention, None)
         else:
-            prefill = self._run(ids, intervention, self.get(prompt, None))
+            prefill = self.run(ids, intervention, self.get(prompt, None))
         self._cached[key] = prefill
         if len(self._cached) > CACHED_PROMPTS:
             self._cached.popitem(last=False)
@@ -130,7 +130,7 @@ class Prefiller:
                              f"model's sliding attention window ({self.window_limit})")
         return ids.to(self.device)
 
-    def _run(self, ids: torch.Tensor, intervention: Intervention | None, base: Prefill | None) -> Prefill:
+    def run(self, ids: torch.Tensor, intervention: Intervention | None, base: Prefill | None) -> Prefill:
         """A full unsteered pass that records every layer's output, or a pass under an intervention: over the
         layers from its first one up, replaying `base` below it, when it has a first layer."""
         started = time.perf_counter()

@@ -62,6 +62,16 @@ def _tokenize(text: ProgramText, tokenizer, add_special_tokens: bool) -> tuple[t
     return prompt_ids, list(output["input_ids"]), np.asarray(inside, dtype=int)
 
 
+def _by_prompt(tokenized: list[tuple[tuple[int, ...], list[int], np.ndarray]]
+               ) -> dict[tuple[int, ...], list[_Sequence]]:
+    """The rows holding a program, grouped by prompt: each group shares one prefill."""
+    by_prompt: dict[tuple[int, ...], list[_Sequence]] = {}
+    for row, (prompt_ids, continuation, program) in enumerate(tokenized):
+        if len(program):
+            by_prompt.setdefault(prompt_ids, []).append(_Sequence(row, continuation, program))
+    return by_prompt
+
+
 def _batches(sequences: list[_Sequence], max_batch_tokens: int) -> list[list[_Sequence]]:
     """Sequences sorted by length, cut into batches whose padded size stays under `max_batch_tokens`."""
     ordered = sorted(sequences, key=lambda s: len(s.continuation))
@@ -83,10 +93,7 @@ def record_programs(model, tokenizer, texts: Sequence[ProgramText], layers: Sequ
     each batch of continuations (13 samples of a phase 3.5 task: about half the tokens of separate passes)."""
     n_rows = len(texts)
     tokenized = [_tokenize(text, tokenizer, add_special_tokens) for text in texts]
-    by_prompt: dict[tuple[int, ...], list[_Sequence]] = {}
-    for row, (prompt_ids, continuation, program) in enumerate(tokenized):
-        if len(program):
-            by_prompt.setdefault(prompt_ids, []).append(_Sequence(row, continuation, program))
+    by_prompt = _by_prompt(tokenized)
     d_model = model.config.hidden_size
     activations = {position: {layer: torch.full((n_rows, d_model), float("nan")) for layer in layers}
                    for position in CODE_POSITIONS}
@@ -96,7 +103,7 @@ def record_programs(model, tokenizer, texts: Sequence[ProgramText], layers: Sequ
         for prompt_ids, members in by_prompt.items():
             prompt_cache, last_prompt_final = _prefill(model, prompt_ids)
             for batch in _batches(members, max_batch_tokens):
-                final = _continue(model, tokenizer, prompt_cache, len(prompt_ids), batch)
+                final, _ = _continue(model, tokenizer, prompt_cache, len(prompt_ids), batch)
                 previous = torch.cat([last_prompt_final.expand(len(batch), 1, -1), final[:, :-1]], dim=1)
                 logprob, margin = _token_confidence(model, previous, batch)
                 start = 0
@@ -120,6 +127,33 @@ def record_programs(model, tokenizer, texts: Sequence[ProgramText], layers: Sequ
     return ProgramPass(activations, columns)
 
 
+@torch.no_grad()
+def record_last_keys_values(model, tokenizer, texts: Sequence[ProgramText], layers: Sequence[int],
+                            add_special_tokens: bool, max_batch_tokens: int = 4096
+                            ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """The KV cache's keys and values at each program's last token (`code_last`), as generation would have cached
+    them (keys after their rotary embedding): [n_rows, len(layers), kv_heads, head_dim] each, NaN for a row
+    without a program, and the mask of rows with one. The same prompt-sharing pass as `record_programs`."""
+    tokenized = [_tokenize(text, tokenizer, add_special_tokens) for text in texts]
+    by_prompt = _by_prompt(tokenized)
+    kv_heads = getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads
+    head_dim = getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
+    keys = torch.full((len(texts), len(layers), kv_heads, head_dim), float("nan"))
+    values = keys.clone()
+    with tqdm(total=sum(map(len, by_prompt.values())), desc="keys and values at the code", unit="program") as bar:
+        for prompt_ids, members in by_prompt.items():
+            prompt_cache, _ = _prefill(model, prompt_ids)
+            for batch in _batches(members, max_batch_tokens):
+                _, cache = _continue(model, tokenizer, prompt_cache, len(prompt_ids), batch)
+                for i, sequence in enumerate(batch):
+                    column = len(prompt_ids) + int(sequence.program[-1])
+                    for j, layer in enumerate(layers):
+                        keys[sequence.row, j] = cache.layers[layer].keys[i, :, column].float().cpu()
+                        values[sequence.row, j] = cache.layers[layer].values[i, :, column].float().cpu()
+                bar.update(len(batch))
+    return keys, values, ~torch.isnan(keys[:, 0, 0, 0]).numpy()
+
+
 def _prefill(model, prompt_ids: tuple[int, ...]) -> tuple[DynamicCache, torch.Tensor]:
     """The prompt's KV cache and its last position's final hidden state (it predicts the output's first token)."""
     device = next(model.parameters()).device
@@ -130,9 +164,11 @@ def _prefill(model, prompt_ids: tuple[int, ...]) -> tuple[DynamicCache, torch.Te
     return cache, final[:, -1:]
 
 
-def _continue(model, tokenizer, prompt_cache: DynamicCache, prompt_length: int, batch: list[_Sequence]) -> torch.Tensor:
-    """Final hidden states [batch, width, d_model] of the continuations after a copy of the prompt's cache; right
-    padding, so every real token sits at the position it had in generation."""
+def _continue(model, tokenizer, prompt_cache: DynamicCache, prompt_length: int, batch: list[_Sequence]
+              ) -> tuple[torch.Tensor, DynamicCache]:
+    """Final hidden states [batch, width, d_model] of the continuations after a copy of the prompt's cache, and that
+    cache with the continuations in it; right padding, so every real token sits at the position it had in
+    generation."""
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     width = max(len(s.continuation) for s in batch)
@@ -145,8 +181,9 @@ def _continue(model, tokenizer, prompt_cache: DynamicCache, prompt_length: int, 
     cache = copy.deepcopy(prompt_cache)
     cache.batch_repeat_interleave(len(batch))
     decoder = model.get_decoder()
-    return decoder(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=True,
-                   **{cache_keyword(decoder): cache}).last_hidden_state
+    final = decoder(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=True,
+                    **{cache_keyword(decoder): cache}).last_hidden_state
+    return final, cache
 
 
 def _token_confidence(model, previous: torch.Tensor, batch: list[_Sequence]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,33 +17,19 @@ model's own answer would sit.
 from __future__ import annotations
 
 import ast
-import json
 import random
 import textwrap
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import pandas as pd
 
+from common.contrastive_pairs import ContrastivePair
 from common.prompt_utils import PromptBuilder
 from common.sandbox import Program, evaluate_many
 from common.synthetic.engine import mutants
-from common.utils import atomic_path
 
 CANDIDATES_PER_MUTANT = 3  # mutants tried per mutant wanted: many change nothing the tests see (e.g. a docstring)
 UNRELIABLE_VERDICTS = ("unsupported", "timeout", "memory", "killed")  # no label, or one that load can change
-
-
-@dataclass(frozen=True)
-class ContrastivePair:
-    task_id: str
-    kind: str  # "mutant" | "own" | "equivalent" (a control: both sides pass)
-    positive_code: str  # passes the task's tests
-    negative_code: str  # fails them (for `equivalent`: a mutant that passes them too)
-    positive_output: str  # what the model would have answered: the teacher-forced text after the prompt
-    negative_output: str
-    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 def as_output(code: str, problem: Mapping[str, Any], builder: PromptBuilder) -> str:
@@ -146,13 +132,3 @@ def own_pairs(table: pd.DataFrame, problems: pd.DataFrame, builder: PromptBuilde
                                           "negative_sample": int(failing["sample_idx"]),
                                           "negative_error_type": failing["error_type"]}))
     return pairs
-
-
-def save_pairs(path: Path, pairs: Sequence[ContrastivePair]) -> None:
-    """JSON lines, one pair each, with its provenance."""
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(asdict(p), sort_keys=True) + "\n" for p in pairs))
-
-
-def load_pairs(path: Path) -> list[ContrastivePair]:
-    return [ContrastivePair(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]

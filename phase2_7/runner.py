@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from common.aggregators import AGGREGATORS, NoDirection, ordering, pair_ordered
-from common.classification import group_bootstrap_counts
+from common.contrastive_pairs import ContrastivePair, held_out_tasks, pair_accuracy, save_pairs
 from common.directions import SteeringDirection, save_directions
 from common.errors import PipelineError
 from common.interventions import ResidualAddition, save_interventions
@@ -39,15 +39,13 @@ from common.program_pass import ProgramText, record_programs
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
 from common.utils import save_json
 from common_simplified.model_loader import load_model_and_tokenizer
-from phase2_7.pairs import ContrastivePair, mutant_pairs, own_pairs, save_pairs
+from phase2_7.pairs import mutant_pairs, own_pairs
 from phase2_7.plots import plot_pair_accuracy
 
 logger = get_logger("phase2_7")
 
 FITTED_KINDS = ("mutant", "own")
-HELD_OUT_SHARE = 0.2  # of the tasks, for the held-out pair accuracy
 MIN_PAIRS = 10  # of a kind, to fit its directions
-ACCURACY_RESAMPLES = 1000
 
 
 def run(phase: PhaseRun) -> Path:
@@ -68,7 +66,7 @@ def run(phase: PhaseRun) -> Path:
                       else ([], {"activations": {}, "columns": {}}))
     tasks = np.array([pair.task_id for pair in kept], dtype=object)
     kinds = np.array([pair.kind for pair in kept], dtype=object)
-    held_out = _held_out_tasks(tasks, config.seed) if len(set(tasks)) > 1 else np.zeros(len(kept), dtype=bool)
+    held_out = held_out_tasks(tasks, config.seed) if len(set(tasks)) > 1 else np.zeros(len(kept), dtype=bool)
     fitted_kinds = [k for k in FITTED_KINDS if held_out.any() and (~held_out & (kinds == k)).sum() >= MIN_PAIRS]
     no_direction_reason = None
     if not fitted_kinds:  # a dataset without reference code, or too small: the other phases go on without these
@@ -152,14 +150,6 @@ def _counts(pairs: list[ContrastivePair], problems: pd.DataFrame, skipped: dict[
             "mutant_pairs_skipped": skipped}
 
 
-def _held_out_tasks(tasks: np.ndarray, seed: int) -> np.ndarray:
-    """Rows whose task is in the held-out share: whole tasks, so no task sits on both sides."""
-    unique = np.array(sorted(set(tasks)))
-    rng = np.random.default_rng(seed)
-    chosen = set(rng.choice(unique, min(len(unique) - 1, max(1, round(HELD_OUT_SHARE * len(unique)))), replace=False))
-    return np.array([t in chosen for t in tasks])
-
-
 def _baselines(columns: dict[str, np.ndarray], kinds: np.ndarray, tasks: np.ndarray, held_out: np.ndarray,
                seed: int) -> dict[str, Any]:
     """What orders the held-out pairs without any activation: the model's mean log-probability of each side
@@ -173,8 +163,8 @@ def _baselines(columns: dict[str, np.ndarray], kinds: np.ndarray, tasks: np.ndar
         shorter_passes = (bool((length[fit, 0] < length[fit, 1]).mean() >= (length[fit, 0] > length[fit, 1]).mean())
                           if fit.any() else None)
         sign = 1.0 if shorter_passes is False else -1.0  # with no fitted pairs of the kind: shorter passes
-        out[kind] = {"mean_logprob": _accuracy(ordering(logprob[test, 0], logprob[test, 1]), tasks[test], seed),
-                     "length": {**_accuracy(ordering(sign * length[test, 0], sign * length[test, 1]), tasks[test],
+        out[kind] = {"mean_logprob": pair_accuracy(ordering(logprob[test, 0], logprob[test, 1]), tasks[test], seed),
+                     "length": {**pair_accuracy(ordering(sign * length[test, 0], sign * length[test, 1]), tasks[test],
                                             seed), "shorter_passes": shorter_passes}}
     return out
 
@@ -200,13 +190,13 @@ def _layer_directions(positive: torch.Tensor, negative: torch.Tensor, tasks: np.
                                 "reason": str(exc)})
                 continue
             ordered = pair_ordered(trial, positive, negative)
-            result = {"held_out": {k: _accuracy(ordered[held_out & (kinds == k)], tasks[held_out & (kinds == k)], seed)
-                                   for k in sorted(set(kinds[held_out]))}}
+            result = {"held_out": {k: pair_accuracy(ordered[held_out & (kinds == k)], tasks[held_out & (kinds == k)],
+                                                    seed) for k in sorted(set(kinds[held_out]))}}
             if own_test.any():
                 assertion = own_test & (error_types == "assertion")
                 result["held_out_own_by_failure"] = {
-                    "assertion": _accuracy(ordered[assertion], tasks[assertion], seed),
-                    "other": _accuracy(ordered[own_test & ~assertion], tasks[own_test & ~assertion], seed)}
+                    "assertion": pair_accuracy(ordered[assertion], tasks[assertion], seed),
+                    "other": pair_accuracy(ordered[own_test & ~assertion], tasks[own_test & ~assertion], seed)}
             result["fit_pair_accuracy"] = float(pair_ordered(vector, positive[every], negative[every]).mean())
             by_direction[f"{kind}/{name}"] = result
             directions.append(SteeringDirection(
@@ -221,15 +211,3 @@ def _layer_directions(positive: torch.Tensor, negative: torch.Tensor, tasks: np.
                    for kind in ("mutant", "own")}
         figures["cosine_mutant_vs_own_mean_difference"] = float(by_kind["mutant"] @ by_kind["own"])
     return directions, figures
-
-
-def _accuracy(ordered: np.ndarray, tasks: np.ndarray, seed: int) -> dict[str, Any]:
-    """The share of pairs ordered correctly (`ordered`: 1, 0, or 0.5 for a tie), with a 95% interval resampling
-    tasks (a task's pairs share its reference or its programs, so they are not independent)."""
-    if not len(ordered):
-        return {"accuracy": None, "low": None, "high": None, "n_pairs": 0, "n_tasks": 0}
-    counts = group_bootstrap_counts(tasks, ACCURACY_RESAMPLES, seed)
-    draws = counts @ ordered.astype(float) / counts.sum(1)
-    low, high = np.percentile(draws, [2.5, 97.5])
-    return {"accuracy": float(ordered.mean()), "low": float(low), "high": float(high), "n_pairs": len(ordered),
-            "n_tasks": len(set(tasks))}

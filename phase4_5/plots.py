@@ -7,13 +7,13 @@ from typing import Any
 
 from matplotlib.ticker import NullFormatter
 
-from common.controls import CONTROL_TYPES
+from common.controls import CONTROL_TYPES, KV_CONTROL_TYPE
 from common.plotting import plt, save_figure
 
 _PANELS = (("correct", "fixed", "correct directions: fail -> pass on failing problems"),
            ("correct", "broken", "correct directions: pass -> fail on passing problems"),
            ("incorrect", "broken", "incorrect directions: pass -> fail on passing problems"))
-_MARKERS = dict(zip(CONTROL_TYPES, "os^v"))
+_MARKERS = {**dict(zip(CONTROL_TYPES, "os^v")), KV_CONTROL_TYPE: "D"}
 
 
 def plot_dose_response(results: dict[str, dict[str, Any]], controls: list[dict[str, Any]], colours: dict[str, str],

@@ -3,7 +3,8 @@
 The grid is over disruption, not alpha: at every level of `disruption_levels` (mean KL per token of
 the next-token distributions over baseline programs, common/disruption.py) each method's direction of
 each class and `selection_controls_per_type` controls of each type are given the alpha that disturbs
-the model that much. Every arm steers every hyperparams problem (both classes), so each method is
+the model that much (a method with its own kind of controls, such as a KV-cache edit, meets as many of
+those instead: common/methods.py). Every arm steers every hyperparams problem (both classes), so each method is
 compared with controls that disturb the model exactly as much, on the same problems. Rule, per method
 and class, the smallest level where:
 - its effect (correct class: fail -> pass on failing problems; incorrect: pass -> fail on passing ones)
@@ -29,7 +30,8 @@ from common.direction_inference import versus_controls
 from common.disruption import teacher_texts
 from common.errors import PipelineError
 from common.logging import get_logger
-from common.methods import SteeringSite, get_method, steering_layer
+from common.controls import CONTROL_TYPES, SHARED_CONTROLS, Control
+from common.methods import Proposal, SteeringSite, get_method, steering_layer
 from common.phase_run import PhaseRun
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
 from common.statistics import rate
@@ -63,14 +65,14 @@ def run(phase: PhaseRun) -> Path | None:
                             "to place the steering layer (set steering_layer)")
     site = SteeringSite(layer, position, folders)
     warnings = [f"{unsupported} baseline programs the sandbox could not judge are left out"] if unsupported else []
-    targets, exclusions = {}, []
+    targets, exclusions, proposals = {}, [], {}
     for name in config.methods:
         method = get_method(name)
         unread = [p for p in method.upstream if p not in folders]
         if unread:
             raise PipelineError(f"method {name} reads phase {', '.join(unread)}, which phase 4.5 does not: add it to "
                                 "4.5's upstream in common/phases.py")
-        proposal = method.propose(site)
+        proposals[name] = proposal = method.propose(site)
         warnings += proposal.warnings
         exclusions += proposal.exclude_latents
         targets.update({(name, kind): intervention for kind, intervention in proposal.interventions.items()})
@@ -83,16 +85,12 @@ def run(phase: PhaseRun) -> Path | None:
 
     model, tokenizer = load_model_and_tokenizer(config.model_name, config.device, config.dtype)
     builder = PromptBuilder(resolve_prompt_style(config.prompt_style, tokenizer), tokenizer)
-    controls = {}
-    for role, per_type, seed in (("selection_control", config.selection_controls_per_type, config.seed),
-                                 ("control", config.controls_per_type, config.seed + 1)):
-        controls[role], missing = make_controls(site, exclusions, per_type, model.config.hidden_size, seed)
-        warnings += [f"{role} type left out: {m}" for m in missing]
+    controls, target_sets = _controls(config, site, proposals, exclusions, model.config.hidden_size, warnings)
     sample = baseline.sample(n=min(config.disruption_programs, len(baseline)), random_state=config.seed)
     texts = teacher_texts(tokenizer, sample["prompt"].tolist(), sample["raw_output"].tolist(),
                           builder.adds_special_tokens, config.disruption_max_tokens)
     levels = sorted(set(config.disruption_levels) | {config.preregistered_level})
-    arms, curves = calibrate(model, texts, targets, controls, levels, config)
+    arms, curves = calibrate(model, texts, targets, target_sets, controls, levels, config)
     steered = [(arm, addition) for arm, addition in arms
                if arm.level in config.disruption_levels and arm.role in ("target", "selection_control")]
     curves["achieved"] = achieved_disruption(model, texts, steered)
@@ -124,13 +122,35 @@ def run(phase: PhaseRun) -> Path | None:
                        {m: get_method(m).colour for m in config.methods}, plot_path)
     summary_path = out_dir / "phase_4_5_summary.json"
     save_json({"layer": layer, "position": position, "levels": list(config.disruption_levels),
-               "n_controls_at_each_level": {f"{level:g}": sum(a.role == "selection_control" and a.level == level
-                                                              for a, _ in steered) for level in config.disruption_levels},
+               "n_controls_at_each_level": {f"{level:g}": {control_set: sum(
+                   a.role == "selection_control" and a.level == level and a.control_set == control_set
+                   for a, _ in steered) for control_set in sorted(set(target_sets.values()))}
+                   for level in config.disruption_levels},
                "n_controls_calibrated_for_4_8": len(controls["control"]), "calibration": curves, "disruption_vs_token_similarity":
                similarity, "n_generations": int(len(rows)), "generation": generation, "warnings": warnings,
                "chosen": {key: {"level": r["level"], "alpha": r["alpha"], "chosen_by": r["chosen_by"]}
                           for key, r in results.items()}}, summary_path)
     return phase.finish([grid_path, selected_path, plot_path, summary_path, *outputs, *example_paths])
+
+
+def _controls(config, site: SteeringSite, proposals: dict[str, Proposal], exclusions: list[int], d_model: int,
+              warnings: list[str]) -> tuple[dict[str, list[tuple[str, Control]]], dict[str, str]]:
+    """Per role, (control set, control): the shared residual controls when a method uses them, and each method's
+    own (as many as the shared ones: every method meets the same number of controls); and each method's set."""
+    target_sets = {name: SHARED_CONTROLS if get_method(name).controls is None else name for name in proposals}
+    controls: dict[str, list[tuple[str, Control]]] = {}
+    for role, per_type, seed in (("selection_control", config.selection_controls_per_type, config.seed),
+                                 ("control", config.controls_per_type, config.seed + 1)):
+        controls[role] = []
+        if SHARED_CONTROLS in target_sets.values():
+            shared, missing = make_controls(site, exclusions, per_type, d_model, seed)
+            controls[role] += [(SHARED_CONTROLS, c) for c in shared]
+            warnings += [f"{role} type left out: {m}" for m in missing]
+        for name, control_set in target_sets.items():
+            if control_set != SHARED_CONTROLS:
+                made = get_method(name).controls(proposals[name], len(CONTROL_TYPES) * per_type, seed)
+                controls[role] += [(control_set, c) for c in made]
+    return controls, target_sets
 
 
 def _control_vectors(folder: Path, results: dict[str, Any], arms: list[tuple[CalibratedArm, Any]], model_hint: str
@@ -164,7 +184,8 @@ def _choose(config, method: str, kind: str, arms, rows: pd.DataFrame, achieved: 
         if target is None:
             grid.append({"level": level, "reachable": False})
             continue
-        controls = [a.name for a in arms if a.role == "selection_control" and a.level == level]
+        controls = [a.name for a in arms if a.role == "selection_control" and a.level == level
+                    and a.control_set == target.control_set]
         effect, tasks = outcome_matrix(rows, [target.name, *controls], EFFECT[kind])
         breaks, _ = outcome_matrix(rows, [target.name, *controls], "broken")
         target_rows = rows[rows["arm"] == target.name]
@@ -207,6 +228,7 @@ def _control_points(rows: pd.DataFrame, arms, achieved: dict[str, float]) -> lis
     for arm in (a for a in arms if a.role == "selection_control"):
         r = rows[rows["arm"] == arm.name]
         points.append({"level": arm.level, "disruption": achieved[arm.name], "type": arm.group,
+                       "control_set": arm.control_set,
                        "fixed": float(r["fixed"].dropna().astype(bool).mean()) if r["fixed"].notna().any() else None,
                        "broken": float(r["broken"].dropna().astype(bool).mean()) if r["broken"].notna().any() else None})
     return points

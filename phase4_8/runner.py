@@ -21,6 +21,7 @@ import pandas as pd
 
 from common.calibrated_arms import load_arms
 from common.config import Config
+from common.controls import SHARED_CONTROLS
 from common.errors import PipelineError
 from common.gates import load_gates
 from common.logging import get_logger
@@ -57,14 +58,16 @@ def run(phase: PhaseRun) -> Path | None:
             continue
         arm, intervention = found[0]
         plan[key] = {"method": choice["method"], "class": choice["class"], "level": level, "alpha": arm.alpha,
-                     "chosen_by": choice["chosen_by"], "arm": key, "minus_arm": f"{key}/minus_alpha"}
+                     "chosen_by": choice["chosen_by"], "arm": key, "minus_arm": f"{key}/minus_alpha",
+                     "control_set": arm.control_set}
         arms += [Arm(key, intervention, everything), Arm(f"{key}/minus_alpha", intervention.negated(), everything)]
     if not arms:
         raise PipelineError("phase 4.8 has nothing to steer: phase 4.5 calibrated no method at the levels to run")
     arms.append(Arm("alpha_0", arms[0].intervention.at(0.0), everything))
-    levels = sorted({p["level"] for p in plan.values()})
-    controls = {level: [(a, i) for a, i in calibrated if a.role == "control" and a.level == level] for level in levels}
-    arms += [Arm(a.name, i, control_tasks) for level in levels for a, i in controls[level]]
+    in_use = sorted({(p["control_set"], p["level"]) for p in plan.values()})
+    controls = {(control_set, level): [(a, i) for a, i in calibrated if a.role == "control" and a.level == level
+                                       and a.control_set == control_set] for control_set, level in in_use}
+    arms += [Arm(a.name, i, control_tasks) for matched in controls.values() for a, i in matched]
     generated = run_arms(config, phase.spec, phase.inputs, problems, baseline, arms, "phase 4.8 (steering effects)")
     if generated is None:
         return None
@@ -78,7 +81,7 @@ def run(phase: PhaseRun) -> Path | None:
 
     methods: dict[str, dict[str, Any]] = {}
     for key, info in plan.items():
-        names = [a.name for a, _ in controls[info["level"]]]
+        names = [a.name for a, _ in controls[info["control_set"], info["level"]]]
         methods.setdefault(info["method"], {})[info["class"]] = {
             **info, **arm_effects(rows[rows["arm"] == key]),
             "minus_alpha": arm_effects(rows[rows["arm"] == info["minus_arm"]]),
@@ -90,10 +93,11 @@ def run(phase: PhaseRun) -> Path | None:
             methods[info["method"]]["correct"]["selective"] = {
                 gate.name: {**asdict(gate), **selective_effects(rows[rows["arm"] == key], gate_flags[gate.name])}
                 for gate in gates}
-    control_rates = {f"{level:g}": [{"arm": a.name, "type": a.group, "alpha": a.alpha,
-                                     **{k: arm_effects(rows[rows["arm"] == a.name])[k]
-                                        for k in ("correction", "preservation", "corruption", "valid_code_rate")}}
-                                    for a, _ in controls[level]] for level in levels}
+    control_rates = {_set_key(control_set, level): [
+        {"arm": a.name, "type": a.group, "alpha": a.alpha,
+         **{k: arm_effects(rows[rows["arm"] == a.name])[k]
+            for k in ("correction", "preservation", "corruption", "valid_code_rate")}} for a, _ in matched]
+        for (control_set, level), matched in controls.items()}
     analysis = {"split": "validation", "layer": chosen["layer"], "position": chosen["position"],
                 "positions": chosen["positions"],
                 "baseline": {"n_tasks": len(baseline), "n_passing": int(baseline["test_passed"].sum()),
@@ -101,7 +105,8 @@ def run(phase: PhaseRun) -> Path | None:
                 "control_tasks": {"n": len(control_tasks),
                                   "n_passing": int(baseline.set_index("task_id").loc[list(control_tasks),
                                                                                      "test_passed"].sum())},
-                "n_controls": {f"{level:g}": len(controls[level]) for level in levels},
+                "n_controls": {_set_key(control_set, level): len(matched)
+                               for (control_set, level), matched in controls.items()},
                 "primary_endpoints": list(config.primary_endpoints),
                 "primary": primary_tests(methods, chosen["methods_declared"], config.primary_endpoints),
                 "n_unsupported_steered": n_unsupported,
@@ -130,6 +135,11 @@ def replot(config: Config) -> None:
         raise PipelineError(f"no {path}: run `python run.py phase 4.8` first")
     plot_steering_effects(load_json(path), out_dir / "steering_effect_analysis.png")
     logger.info("redrew %s", out_dir / "steering_effect_analysis.png")
+
+
+def _set_key(control_set: str, level: float) -> str:
+    """"0.1" for the shared controls of level 0.1, "kv_cache_mutant@0.1" for a method's own."""
+    return f"{level:g}" if control_set == SHARED_CONTROLS else f"{control_set}@{level:g}"
 
 
 def _control_tasks(baseline: pd.DataFrame, n: int, seed: int) -> tuple[Any, ...]:

@@ -16,6 +16,8 @@ import torch
 
 from common.config import Config
 from common.directions import SteeringDirection, save_directions
+from common.interventions import KVCacheEdit
+from common.kv_vectors import save_vector
 from common.phases import get_phase
 from common.utils import write_manifest
 
@@ -77,8 +79,9 @@ def _unit(index: int, sign: float = 1.0) -> torch.Tensor:
 
 
 def write_hand_made_directions(data_dir: Path, position: str = "code_last") -> None:
-    """Phase 2.0, 2.5, 2.6 and 2.7 outputs: no SAE files, no contrastive directions; +e_K prefers correct, -e_K incorrect; zero-discrimination
-    latents orthogonal to e_K; the mean difference leans on e_K (cosine 0.71). All found at `position`."""
+    """Phase 2.0, 2.5, 2.6, 2.7 and 2.8 outputs: no SAE files, no contrastive directions, no KV-cache vector; +e_K
+    prefers correct, -e_K incorrect; zero-discrimination latents orthogonal to e_K; the mean difference leans on e_K
+    (cosine 0.71). All found at `position`."""
     config = Config(data_dir=str(data_dir)).validate()
     (data_dir / "phase2_0").mkdir(parents=True)
     (data_dir / "phase2_0" / "sae_sources.json").write_text("{}")
@@ -100,3 +103,32 @@ def write_hand_made_directions(data_dir: Path, position: str = "code_last") -> N
     (data_dir / "phase2_7").mkdir(parents=True)
     save_directions(data_dir / "phase2_7" / "directions.safetensors", [])
     write_manifest(config, get_phase("2.7"), {}, [data_dir / "phase2_7" / "directions.safetensors"])
+    (data_dir / "phase2_8").mkdir(parents=True)
+    (data_dir / "phase2_8" / "phase_2_8_summary.json").write_text("{}")  # no KV-cache vector
+    write_manifest(config, get_phase("2.8"), {}, [data_dir / "phase2_8" / "phase_2_8_summary.json"])
+
+
+KV_ALPHAS = "0.5,8,128,1024,2048,4096,8192,16384,32768,65536,131072"  # the KV test's grid: one edited position must outweigh BIAS
+
+
+def write_planted_kv_vector(data_dir: Path, model_dir: Path) -> None:
+    """Phase 2.8 output: a value edit at layer LAYER whose attention output lands on +e_K as nearly as the layer
+    allows: the least-squares solution of (o_proj, with each kv head serving its query heads) @ delta = e_K. Any
+    attention to the edited position pushes K up; the incorrect class (negated) pushes it down, and once the push
+    outweighs BIAS the model writes "x" from the second token on. Random edits of the same norms spread over every
+    coordinate instead, which the final norm turns into disruption without a flip."""
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(model_dir)
+    config = model.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    o_proj = model.model.layers[LAYER].self_attn.o_proj.weight.detach().double()  # [d_model, heads * head_dim]
+    per_kv_head = o_proj.view(config.hidden_size, config.num_key_value_heads, -1, head_dim).sum(2)  # h // n_rep = g
+    target = torch.zeros(config.hidden_size, dtype=torch.float64)
+    target[K] = 1.0
+    values = torch.linalg.pinv(per_kv_head.flatten(1)) @ target
+    values = values.view(1, config.num_key_value_heads, head_dim).float()
+    edit = KVCacheEdit("kv_mutant", (LAYER,), torch.zeros_like(values), values, 1.0, 0.0, 1.0,
+                       {"source": "kv_cache_mutant", "phase": "2.8", "planted": True})
+    outputs = save_vector(data_dir / "phase2_8", edit, [], {"planted": True}, {})
+    write_manifest(Config(data_dir=str(data_dir)).validate(), get_phase("2.8"), {}, outputs)

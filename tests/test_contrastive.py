@@ -14,7 +14,8 @@ from common.aggregators import AGGREGATORS, pair_ordered
 from common.datasets import load_mbpp_file
 from common.prompt_utils import PromptBuilder
 from common.sandbox import Program, evaluate_many
-from phase2_7.pairs import as_output, load_pairs, mutant_pairs, own_pairs, save_pairs
+from common.contrastive_pairs import load_pairs, save_pairs
+from phase2_7.pairs import as_output, mutant_pairs, own_pairs
 
 
 @pytest.mark.parametrize("name", sorted(AGGREGATORS))
@@ -105,7 +106,7 @@ def test_a_base_completion_answer_is_the_body_of_the_stubs_function():
 def test_each_pair_gets_its_own_sides_activations_after_texts_are_shared_and_a_side_is_dropped(monkeypatch):
     from common.program_pass import ProgramPass
     from phase2_7 import runner
-    from phase2_7.pairs import ContrastivePair
+    from common.contrastive_pairs import ContrastivePair
 
     def fake_pass(model, tokenizer, texts, layers, position_k, add_special_tokens):
         """Row i's activation is i; a text holding 'EMPTY' has no program."""
@@ -138,11 +139,11 @@ def test_each_pair_gets_its_own_sides_activations_after_texts_are_shared_and_a_s
 
 
 def test_the_held_out_share_never_takes_every_task():
-    from phase2_7.runner import _held_out_tasks
+    from common.contrastive_pairs import held_out_tasks
 
     for n in (2, 3, 10):
         tasks = np.repeat([f"t{i}" for i in range(n)], 2)
-        held_out = _held_out_tasks(tasks, seed=0)
+        held_out = held_out_tasks(tasks, seed=0)
         assert 0 < len(set(tasks[held_out])) < n
         assert all(held_out[tasks == t].all() or not held_out[tasks == t].any() for t in set(tasks))  # whole tasks
 

@@ -8,8 +8,10 @@ import torch
 
 from common.controls import CONTROL_TYPES, ControlSources, control_directions
 from common.directions import SteeringDirection
-from common.disruption import disruption, matched_alphas, teacher_texts
-from common.interventions import ResidualAddition, residual_added
+from transformers import DynamicCache
+
+from common.disruption import _protocol_kl, disruption, matched_alphas, teacher_texts
+from common.interventions import KVCacheEdit, ResidualAddition, residual_added
 
 PROMPTS = ["def add(a, b):", "Write a function that reverses a list.", "Count the vowels of a word."]
 OUTPUTS = ["    return a + b\n", "def rev(xs):\n    return xs[::-1]\n", "def vowels(w):\n    return 0\n"]
@@ -51,10 +53,56 @@ def test_the_replayed_batched_measure_equals_full_passes_one_at_a_time(tiny_mode
     assert batched[1] > batched[0] > 0
 
 
-def test_interventions_of_different_layers_are_measured_apart(tiny_model):
+@pytest.mark.parametrize("positions", ["all", "last_prompt"])
+def test_the_protocol_measure_of_any_kind_agrees_with_the_residual_fast_path(tiny_model, positions):
+    """The path every other kind takes (prefill, after_prefill, the output read with the decode applier on) gives a
+    residual addition the value the fast path gives it."""
     model, tokenizer = tiny_model
-    with pytest.raises(ValueError, match="one layer"):
-        disruption(model, _texts(tokenizer), [_unit(1, 0), _unit(2, 0)], progress=False)
+    texts = _texts(tokenizer)
+    additions = [_unit(2, seed, positions).at(alpha) for seed, alpha in ((0, 3.0), (3, 10.0))]
+    fast = disruption(model, texts, additions, progress=False)
+    assert _protocol_kl(model, texts, additions, progress=False) == pytest.approx(fast, rel=1e-4)
+
+
+def test_interventions_of_several_layers_and_kinds_are_each_measured_as_alone(tiny_model):
+    model, tokenizer = tiny_model
+    texts = _texts(tokenizer)
+    mixed = [_unit(1, 0).at(5.0), _kv_edit(model, 0, 30.0), _unit(2, 0, "last_prompt").at(5.0), _kv_edit(model, 1, 0.0)]
+    together = disruption(model, texts, mixed, progress=False)
+    alone = np.array([disruption(model, texts, [i], progress=False)[0] for i in mixed])
+    assert together == pytest.approx(alone, rel=1e-5, abs=1e-6)
+    assert together[3] == pytest.approx(0.0, abs=1e-6) and together[1] > 0
+
+
+def _kv_edit(model, seed: int, alpha: float) -> KVCacheEdit:
+    config = model.config
+    shape = (2, config.num_key_value_heads, config.hidden_size // config.num_attention_heads)
+    generator = torch.Generator().manual_seed(seed)
+    return KVCacheEdit(f"kv/{seed}", (1, 3), torch.randn(shape, generator=generator),
+                       torch.randn(shape, generator=generator), alpha)
+
+
+def test_a_cache_edit_disrupts_from_the_second_output_token_as_computed_by_hand(tiny_model):
+    """The first output token is predicted by the unedited prefill (KL 0 there); the rest read the edited cache."""
+    model, tokenizer = tiny_model
+    edit = _kv_edit(model, 2, 25.0)
+    texts = _texts(tokenizer)
+    by_hand, count = 0.0, 0
+    for text in texts:
+        ids, n = torch.tensor([text.prompt_ids + text.output_ids]), len(text.output_ids)
+        with torch.no_grad():
+            base = torch.log_softmax(model(input_ids=ids).logits[0, -n - 1:-1].float(), -1)
+            cache = DynamicCache(config=model.config)
+            first = model(input_ids=ids[:, :len(text.prompt_ids)], use_cache=True, past_key_values=cache).logits[:, -1:]
+            for i, layer in enumerate(edit.layers):
+                cache.layers[layer].values[..., -1, :] += edit.alpha * edit.value_deltas[i]
+            rest = model(input_ids=ids[:, len(text.prompt_ids):-1], use_cache=True, past_key_values=cache).logits
+            steered = torch.log_softmax(torch.cat([first, rest], dim=1)[0].float(), -1)
+        kl = (base.exp() * (base - steered)).sum(-1)
+        assert float(kl[0]) == pytest.approx(0.0, abs=1e-6)
+        by_hand += float(kl.sum())
+        count += n
+    assert disruption(model, texts, [edit], progress=False)[0] == pytest.approx(by_hand / count, rel=1e-4)
 
 
 def test_calibrated_strengths_reach_the_level_they_were_calibrated_to(tiny_model):

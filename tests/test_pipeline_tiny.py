@@ -16,7 +16,8 @@ from common import generation_job
 from common.directions import load_directions
 from common.positions import CODE_POSITIONS, POSITIONS
 from phase2_7 import runner as phase2_7_runner
-from phase2_7.pairs import load_pairs
+from common.contrastive_pairs import load_pairs
+from common.kv_vectors import load_vector
 
 TIMING_COLUMNS = ["generation_time", "exec_time"]  # wall-clock measurements differ from run to run
 
@@ -116,6 +117,16 @@ def test_phases_0_to_1_write_aligned_outputs(tmp_path: Path, tiny_args: list[str
     assert {(d.position, d.layer, d.source) for d in directions} == {
         (position, layer, f"contrastive_mutant_{name}") for position in CODE_POSITIONS for layer in (1, 3)
         for name in ("mean_difference", "pca", "probe")}
+    kv_summary = json.loads((tmp_path / "phase2_8" / "phase_2_8_summary.json").read_text())
+    assert kv_summary["layers"] == [1, 2] and list(kv_summary["vectors"]) == ["kv_mutant"]  # seed 002's band, scaled
+    assert "own" in kv_summary["skipped"]  # no own pairs: said, not hidden
+    edit = load_vector(tmp_path / "phase2_8", "kv_mutant")
+    assert edit.kind == "kv_cache" and edit.layers == (1, 2) and edit.key_weight == 0.0
+    assert tuple(edit.value_deltas.shape) == (2, 2, 16) and edit.value_deltas.norm() > 0  # 2 kv heads of 16 dims
+    fitted = (tmp_path / "phase2_8" / "datasets" / "kv_mutant_pairs.jsonl").read_text().splitlines()
+    assert len(fitted) == kv_summary["vectors"]["kv_mutant"]["n_pairs"] == sum(p.kind == "mutant" for p in pairs)
+    for name in ("kv_mutant.json", "kv_mutant_template.json"):
+        assert json.loads((tmp_path / "phase2_8" / "steering_vectors" / name).read_text())["name"] == "kv_mutant"
     monkeypatch.setattr(phase2_7_runner, "MIN_PAIRS", 10 ** 6)  # too few pairs: a warning, no direction, no stop
     assert run.main(["phase", "2.7", "--data-dir", str(tmp_path), *tiny_args]) == 0
     summary = json.loads((tmp_path / "phase2_7" / "phase_2_7_summary.json").read_text())
@@ -192,26 +203,29 @@ def test_pipeline_skips_current_phases_and_reruns_stale_ones(tmp_path: Path, tin
     data = ["--data-dir", str(tmp_path)]
     _pipeline_until_steering([*data, *tiny_args], capsys)
     manifests = {p: (tmp_path / p / "phase_output.json").read_text()
-                 for p in ("phase0", "phase0_1", "phase1", "phase2_0", "phase2_5", "phase2_6", "phase2_7", "phase3_5",
-                           "phase3_6", "phase3_8")}
+                 for p in ("phase0", "phase0_1", "phase1", "phase2_0", "phase2_5", "phase2_6", "phase2_7", "phase2_8",
+                           "phase3_5", "phase3_6", "phase3_8")}
     _pipeline_until_steering([*data, *tiny_args], capsys)
     assert {p: (tmp_path / p / "phase_output.json").read_text() for p in manifests} == manifests
 
     not_run = ["missing"] * 2  # phases 4.5 and 4.8
     assert run.main(["list", *data, *tiny_args]) == 0
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 10 + not_run
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 11 + not_run
     assert run.main(["list", *data, *tiny_args, "--set", "seed=5"]) == 0
     states = [line.split()[1] for line in capsys.readouterr().out.splitlines()]
-    assert states == ["done"] + ["stale"] * 9 + not_run
+    assert states == ["done"] + ["stale"] * 10 + not_run
     assert run.main(["list", *data, *tiny_args, "--set", "batch_size=7"]) == 0  # speed-only key
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 10 + not_run
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 11 + not_run
     assert run.main(["list", *data, *tiny_args, "--set", "general_freq_max=0.5"]) == 0  # 2.5, hence 3.8
     assert ([line.split()[1] for line in capsys.readouterr().out.splitlines()] ==
-        ["done"] * 4 + ["stale", "done", "done", "done", "done", "stale"] + not_run)
+        ["done"] * 4 + ["stale", "done", "done", "done", "done", "done", "stale"] + not_run)
+    assert run.main(["list", *data, *tiny_args, "--set", "kv_aggregation=kmeans"]) == 0  # 2.8 only (3.8 reads 2.7)
+    assert ([line.split()[1] for line in capsys.readouterr().out.splitlines()] ==
+        ["done"] * 7 + ["stale"] + ["done"] * 3 + not_run)
 
     assert run.main(["phase", "0.1", *data, *tiny_args, "--set", "seed=5"]) == 0
     assert run.main(["list", *data, *tiny_args, "--set", "seed=5"]) == 0
-    assert ([line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done", "done"] + ["stale"] * 8
+    assert ([line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done", "done"] + ["stale"] * 9
         + not_run)
 
 

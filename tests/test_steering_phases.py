@@ -16,12 +16,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 import run
 from common.calibrated_arms import load_arms
 from common.control_vectors import read_control_vector
 from common.phases import get_phase
-from tests.planted import K, LAYER, PREREGISTERED, planted_args, write_hand_made_directions, write_tasks
+from tests.planted import (K, KV_ALPHAS, LAYER, PREREGISTERED, planted_args, write_hand_made_directions,
+                           write_planted_kv_vector, write_tasks)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,8 @@ def test_every_arm_of_a_level_is_calibrated_to_that_disruption(steered_run):
     summary = json.loads((data_dir / "phase4_5" / "phase_4_5_summary.json").read_text())
     achieved = summary["calibration"]["achieved"]
     controls = {name: value for name, value in achieved.items() if name.startswith("selection_control/")}
-    assert summary["n_controls_at_each_level"] == {"0.001": 6, "0.3": 6}  # 2 of each type the sources allow
+    shared = {"shared": 6}  # 2 of each type the sources allow
+    assert summary["n_controls_at_each_level"] == {"0.001": shared, "0.3": shared}
     assert len(controls) == 12
     for name, value in controls.items():
         level = float(name.rsplit("@", 1)[1])
@@ -119,6 +122,56 @@ def test_phase_4_8_measures_corruption_against_disruption_matched_controls(steer
     assert examples.count("(FLIPPED)") == n_passing
 
 
+@pytest.fixture(scope="module")
+def kv_steered_run(steered_run, tmp_path_factory, planted_model_dir: Path) -> Path:
+    """The same upstream outputs, phase 2.8 replaced by the planted value edit (tests/planted.py), and phases 4.5 and
+    4.8 run with the KV-cache method alone. Its alpha grid goes further: the planted model's final norm leaves its
+    output unchanged until K changes sign, which an edit of one position among the prompt's takes a larger alpha to
+    do."""
+    source, args = steered_run
+    data_dir = tmp_path_factory.mktemp("kv_steered")
+    for phase in ("phase0", "phase0_1", "phase1", "phase2_0", "phase2_5", "phase2_6", "phase2_7", "phase3_5",
+                  "phase3_6", "phase3_8"):
+        shutil.copytree(source / phase, data_dir / phase, ignore=shutil.ignore_patterns("checkpoint"))
+    write_planted_kv_vector(data_dir, planted_model_dir)
+    kv_args = [*args, "--set", "methods=kv_cache_mutant", "--set", f"calibration_alphas={KV_ALPHAS}"]
+    for phase in ("4.5", "4.8"):
+        assert run.main(["phase", phase, "--data-dir", str(data_dir), *kv_args]) == 0
+    return data_dir
+
+
+def test_the_kv_cache_method_meets_only_random_cache_edits_of_its_norms_and_its_planted_edit_beats_them(
+        kv_steered_run):
+    """The planted value edit pushes K down when negated: phase 4.5 chooses its incorrect class by the rule, against
+    random edits with its per-layer norms at the same disruption, and phase 4.8 measures it against others."""
+    data_dir = kv_steered_run
+    arms = load_arms(data_dir / "phase4_5")
+    planted = next(i for a, i in arms if a.role == "target" and a.kind == "correct")
+    assert {a.control_set for a, _ in arms} == {"kv_cache_mutant"}  # no shared residual control is made
+    own = [(a, i) for a, i in arms if a.role != "target"]
+    assert own and all(a.group == "random_kv_norms" and i.kind == "kv_cache" and i.layers == planted.layers
+                       for a, i in own)
+    for _, control in own:
+        for mine, theirs in ((control.value_deltas, planted.value_deltas), (control.key_deltas, planted.key_deltas)):
+            assert torch.allclose(mine.flatten(1).norm(dim=1), theirs.flatten(1).norm(dim=1), rtol=1e-4)
+        assert not torch.allclose(control.value_deltas, planted.value_deltas)
+    assert float(planted.value_deltas.norm()) == pytest.approx(1.0, rel=1e-5)  # steered at unit norm
+    chosen = _selected(data_dir)["methods"]["kv_cache_mutant/incorrect"]
+    assert (chosen["chosen_by"], chosen["level"]) == ("rule", 0.3)
+    push = next(g for g in chosen["grid"] if g["level"] == 0.3)
+    assert push["versus_controls"]["n_controls"] == sum(a.role == "selection_control" and a.level == 0.3
+                                                         for a, _ in own) > 0
+    analysis = json.loads((data_dir / "phase4_8" / "steering_effect_analysis.json").read_text())
+    n_passing = analysis["baseline"]["n_passing"]
+    incorrect = analysis["methods"]["kv_cache_mutant"]["incorrect"]
+    assert incorrect["corruption"]["successes"] == incorrect["corruption"]["trials"] == n_passing
+    versus = incorrect["versus_controls"]["corruption"]
+    assert versus["n_controls"] == analysis["n_controls"]["kv_cache_mutant@0.3"] == sum(
+        a.role == "control" and a.level == 0.3 for a, _ in own) > 0
+    assert versus["controls_at_or_above_target"] == 0
+    assert incorrect["minus_alpha"]["corruption"]["successes"] == 0  # pushed the other way, nothing breaks
+
+
 def test_viz_only_redraws_without_generating(steered_run, monkeypatch):
     data_dir, args = steered_run
     figure = data_dir / "phase4_8" / "steering_effect_analysis.png"
@@ -143,7 +196,8 @@ def test_coefficient_selection_never_reads_the_validation_split(steered_run, tmp
     data_dir, args = steered_run
     assert "3.5" not in get_phase("4.5").upstream
     copy = tmp_path / "data"
-    for phase in ("phase0", "phase0_1", "phase1", "phase2_0", "phase2_5", "phase2_6", "phase2_7", "phase3_6"):
+    for phase in ("phase0", "phase0_1", "phase1", "phase2_0", "phase2_5", "phase2_6", "phase2_7", "phase2_8",
+                  "phase3_6"):
         shutil.copytree(data_dir / phase, copy / phase)
     (copy / "phase4_5").mkdir()
     shutil.copytree(data_dir / "phase4_5" / "checkpoint", copy / "phase4_5" / "checkpoint")

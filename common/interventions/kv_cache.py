@@ -6,11 +6,12 @@ request of the same prompt reuses the prefill unedited). Every generated token a
 first generated token comes from the prefill's own logits, so the edit shows from the second token on (the
 public implementation re-feeds the prompt's last token after the edit, so its first token sees it: a known
 difference). Cached keys carry the rotary position of where they were read, so a key delta averaged over prompts
-of different lengths mixes rotations; values carry none. `alpha` scales the raw deltas (not a unit vector), so
-calibration grids do not carry over from residual additions. The deltas are per layer [key-value heads, head dim];
-the engine's slot cache sets the row's edited keys and values in its own slot, so padding and the other rows are
-untouched. `first_layer` is None, so each (prompt, edit) gets its own full, unsteered prefill: correct, not yet
-shared with the unsteered one.
+of different lengths mixes rotations; values carry none. `alpha` scales the deltas as stored: phase 2.8 stores raw
+mean deltas (seed 002's coefficient is alpha on those), and the methods steer with `unit()` edits, whose alpha
+counts like a residual addition's. The deltas are per layer [key-value heads, head dim]; the engine's slot cache
+sets the row's edited keys and values in its own slot, so padding and the other rows are untouched. The prefill
+itself is unsteered, so any `first_layer` is exact; the deepest edited layer is given, and the prefill replays the
+unsteered one's layers up to it instead of computing them again.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ class KVCacheEdit:
         if (self.key_deltas.ndim != 3 or self.key_deltas.shape[0] != len(self.layers)
                 or self.value_deltas.shape != self.key_deltas.shape):
             raise ValueError(f"{self.name}: key and value deltas must both be [{len(self.layers)}, kv_heads, head_dim]")
-        if len(set(self.layers)) != len(self.layers) or min(self.layers, default=0) < 0:
-            raise ValueError(f"{self.name}: layers {self.layers} must be distinct and >= 0")
+        if not self.layers or len(set(self.layers)) != len(self.layers) or min(self.layers) < 0:
+            raise ValueError(f"{self.name}: layers {self.layers} must be one or more, distinct and >= 0")
 
     @cached_property
     def label(self) -> str:
@@ -55,8 +56,8 @@ class KVCacheEdit:
         return f"{self.name}#{digest}@L{layers}x{self.alpha:g}:k{self.key_weight:g}v{self.value_weight:g}"
 
     @property
-    def first_layer(self) -> None:
-        return None  # the prefill is unsteered; the edit comes after it
+    def first_layer(self) -> int:
+        return max(self.layers)  # the prefill is unsteered (the edit comes after it): replaying more is still exact
 
     def columns(self) -> dict[str, Any]:
         return {"kind": self.kind, "intervention": self.label, "direction": self.name,
@@ -65,6 +66,19 @@ class KVCacheEdit:
 
     def at(self, strength: float) -> KVCacheEdit:
         return replace(self, alpha=strength)
+
+    def unit(self) -> KVCacheEdit:
+        """The same edit with what it adds (key_weight * keys and value_weight * values, every layer together) scaled
+        to norm 1, as a unit residual direction is: alpha then counts in comparable units, and one calibration grid
+        serves both kinds (raw mean deltas of minimal pairs are a hundred times smaller than of the model's own).
+        The factor is kept in `provenance["unit_scale"]`: alpha times it is the coefficient on the raw deltas."""
+        added = torch.cat([(self.key_weight * self.key_deltas).flatten(), (self.value_weight * self.value_deltas)
+                           .flatten()]).double().norm()
+        if not float(added) > 0:
+            raise ValueError(f"{self.name}: the edit adds nothing, so it has no unit")
+        scale = 1.0 / float(added)
+        return replace(self, key_deltas=self.key_deltas * scale, value_deltas=self.value_deltas * scale,
+                       provenance={**self.provenance, "unit_scale": scale * self.provenance.get("unit_scale", 1.0)})
 
     def negated(self) -> KVCacheEdit:
         name = self.name[:-len("/negated")] if self.name.endswith("/negated") else f"{self.name}/negated"
