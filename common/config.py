@@ -108,6 +108,14 @@ class Config:
     kv_clusters: int = 4  # for kmeans
     kv_key_weight: float = 0.0  # c_keys (c_values is 1): values only is seed 002's usual best
 
+    # --- style vectors, seed 002's own use (phase 2.8s)
+    style_names: list[str] = field(default_factory=lambda: ["researcher_style", "step_by_step_reasoning",
+                                                            "creative_explorer"])  # phase2_8s/styles.py
+    teacher_url: str | None = None  # an OpenAI-compatible endpoint (e.g. http://host:8000/v1); None: the local model
+    teacher_model: str = "gpt-4"  # the model name sent to teacher_url
+    style_max_tokens: int = 160  # per answer, teacher's and steered
+    style_disruption: float = 0.1  # nats per token: each style edit and its random edit are calibrated to this
+
     # --- steering (phase 4.5 calibrates every method on hyperparams, phase 4.8 measures on validation)
     steering_direction_position: str = CODE_POSITIONS[0]  # the activation position whose directions are steered: a
     #                                   last_prompt direction is added at the last prompt token only, a code one at
@@ -217,6 +225,12 @@ class Config:
                "kv_layers", self.kv_layers, "null or a non-empty list of distinct layers >= 0")
         _check(self.kv_aggregation in ("mean", "kmeans"), "kv_aggregation", self.kv_aggregation, "mean or kmeans")
         _check(self.kv_clusters >= 1, "kv_clusters", self.kv_clusters, ">= 1")
+        _check(len(self.style_names) > 0 and len(set(self.style_names)) == len(self.style_names), "style_names",
+               self.style_names, "a non-empty list without repeats (names: phase2_8s/styles.py)")
+        _check(self.style_max_tokens >= 1, "style_max_tokens", self.style_max_tokens, ">= 1")
+        _check(self.style_disruption > 0, "style_disruption", self.style_disruption, "> 0")
+        _check(self.teacher_url is None or self.teacher_url.startswith(("http://", "https://")), "teacher_url",
+               self.teacher_url, "null or an http(s) URL")
         _check(len(self.methods) > 0 and len(set(self.methods)) == len(self.methods), "methods", self.methods,
                "a non-empty list without repeats")
         for key in ("disruption_programs", "disruption_max_tokens", "min_problems_per_level", "control_tasks"):

@@ -1,9 +1,9 @@
-"""Seed 002's layout for KV-cache steering vectors (phase 2.8 writes it, the method registry reads it), one set of files
-per vector `name`:
+"""KV-cache steering vectors (seed 002): the layers they edit, how paired keys and values become one, and the
+seed's layout, which phases 2.8 and 2.8s write and the method registry reads, one set of files per vector `name`:
 
     datasets/<name>_pairs.jsonl               the contrastive pairs it was extracted from, one JSON object a line
-    steering_vectors/<name>.safetensors       the vector as a `kv_cache` intervention (common/interventions), unit
-                                              strength: `load_interventions` rebuilds it
+    steering_vectors/<name>.safetensors       the vector as a `kv_cache` intervention (common/interventions): the raw
+                                              deltas at alpha 1; `load_interventions` rebuilds it
     steering_vectors/<name>.json              what it is: layers, pairs, aggregation, per-layer norms, checks
     steering_vectors/<name>_template.json     the prompt pair it stands for (seed 002's prompt-based approximation)
 
@@ -16,8 +16,41 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+
 from common.interventions import KVCacheEdit, load_interventions, save_interventions
 from common.utils import atomic_path, save_json
+
+SEED_BAND = (8, 15, 28)  # seed 002 steers layers 8-15 of a 28-layer model
+
+
+def default_layers(n_layers: int) -> list[int]:
+    """Seed 002's band of layers, scaled to a model of `n_layers`."""
+    first, last, depth = SEED_BAND
+    return list(range(round(first * n_layers / depth), round(last * n_layers / depth) + 1))
+
+
+def extract_deltas(positive: dict[str, torch.Tensor], negative: dict[str, torch.Tensor], rows: np.ndarray,
+                   aggregation: str, n_clusters: int, seed: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any] | None]:
+    """Key and value deltas [layers, kv_heads, head_dim] over the pairs in `rows` (`positive` and `negative`: per
+    side, "keys" and "values" of [n_pairs, layers, kv_heads, head_dim]): the mean of the paired differences, or
+    (`aggregation` "kmeans") the mean over the largest of `n_clusters` k-means clusters of the value differences;
+    and the k-means record."""
+    mask = torch.from_numpy(rows)
+    key_differences = (positive["keys"][mask] - negative["keys"][mask]).double()
+    value_differences = (positive["values"][mask] - negative["values"][mask]).double()
+    if aggregation == "mean":
+        return key_differences.mean(0).float(), value_differences.mean(0).float(), None
+    n_clusters = min(n_clusters, len(value_differences))
+    labels = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(
+        value_differences.flatten(1).numpy())
+    sizes = np.bincount(labels, minlength=n_clusters)
+    largest = torch.from_numpy(labels == int(sizes.argmax()))
+    return (key_differences[largest].mean(0).float(), value_differences[largest].mean(0).float(),
+            {"sizes": sizes.tolist(), "used": int(sizes.argmax())})
 
 
 def vector_path(folder: Path, name: str) -> Path:

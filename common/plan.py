@@ -21,7 +21,7 @@ from common.utils import load_json, manifest_path
 # reference machine (README, "Performance"); the generating phases include the teacher-forced pass over their
 # programs (activations over the code). Phase 2.0's unit is a token recorded or trained on.
 REFERENCE_SECONDS_PER_UNIT = {
-    "0": 2.0, "0.1": 0.1, "1": 1.29, "2.0": 4.17e-4, "2.5": 12.0, "2.6": 1.4, "2.7": 0.23, "2.8": 0.18, "3.5": 1.84, "3.6": 1.64,
+    "0": 2.0, "0.1": 0.1, "1": 1.29, "2.0": 4.17e-4, "2.5": 12.0, "2.6": 1.4, "2.7": 0.23, "2.8": 0.18, "2.8s": 1.0, "3.5": 1.84, "3.6": 1.64,
     "3.8": 36.0, "4.5": 0.50, "4.8": 0.68,
 }
 OWN_PAIR_TASK_SHARE = 0.34  # of sae tasks with both a passing and a failing program (84 of 250 in the default run)
@@ -95,6 +95,12 @@ def _work(config: Config, spec: PhaseSpec, sizes: dict[str, int]) -> tuple[float
         controls = len(CONTROL_TYPES) * config.controls_per_type * config.control_tasks
         return arms * sizes["validation"] + min(levels * control_sets, 2 * len(config.methods)) * controls, (
             "generations (at most)")
+    if spec.id == "2.8s":  # the teacher's answers (local model) and every held-out arm's
+        from phase2_8s.runner import STYLE_HELD_OUT
+        from phase2_8s.styles import QUESTIONS
+        n_styles = len(config.style_names)
+        teacher = 0 if config.teacher_url else (1 + n_styles) * (len(QUESTIONS) - STYLE_HELD_OUT)
+        return teacher + (1 + 3 * n_styles) * STYLE_HELD_OUT, "answers"
     if spec.id in ("2.7", "2.8"):  # both sides of each pair
         own_pairs = OWN_PAIR_TASK_SHARE * config.contrastive_own_pairs_per_task
         return 2 * sizes["sae"] * (config.contrastive_mutants_per_task + own_pairs), "programs"

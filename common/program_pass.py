@@ -52,9 +52,12 @@ class _Sequence:
     program: np.ndarray  # indices of the program's tokens within `continuation`
 
 
-def _tokenize(text: ProgramText, tokenizer, add_special_tokens: bool) -> tuple[tuple[int, ...], list[int], np.ndarray]:
+def _tokenize(text: ProgramText, tokenizer, add_special_tokens: bool, whole_output: bool = False
+              ) -> tuple[tuple[int, ...], list[int], np.ndarray]:
+    """Prompt ids, the output's ids up to the program's end, and the program's indices among them; with
+    `whole_output`, the whole output is the span (prose, not code)."""
     prompt_ids = tuple(tokenizer(text.prompt, add_special_tokens=add_special_tokens)["input_ids"])
-    start, end = code_span(text.raw_output, text.entry_point)
+    start, end = (0, len(text.raw_output)) if whole_output else code_span(text.raw_output, text.entry_point)
     if not text.raw_output[start:end].strip():
         return prompt_ids, [], np.empty(0, dtype=int)
     output = tokenizer(text.raw_output[:end], add_special_tokens=False, return_offsets_mapping=True)
@@ -129,12 +132,13 @@ def record_programs(model, tokenizer, texts: Sequence[ProgramText], layers: Sequ
 
 @torch.no_grad()
 def record_last_keys_values(model, tokenizer, texts: Sequence[ProgramText], layers: Sequence[int],
-                            add_special_tokens: bool, max_batch_tokens: int = 4096
+                            add_special_tokens: bool, whole_output: bool = False, max_batch_tokens: int = 4096
                             ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """The KV cache's keys and values at each program's last token (`code_last`), as generation would have cached
-    them (keys after their rotary embedding): [n_rows, len(layers), kv_heads, head_dim] each, NaN for a row
-    without a program, and the mask of rows with one. The same prompt-sharing pass as `record_programs`."""
-    tokenized = [_tokenize(text, tokenizer, add_special_tokens) for text in texts]
+    """The KV cache's keys and values at each program's last token (`code_last`; with `whole_output`, the output's
+    last token), as generation would have cached them (keys after their rotary embedding): [n_rows, len(layers),
+    kv_heads, head_dim] each, NaN for a row without a program, and the mask of rows with one. The same
+    prompt-sharing pass as `record_programs`."""
+    tokenized = [_tokenize(text, tokenizer, add_special_tokens, whole_output) for text in texts]
     by_prompt = _by_prompt(tokenized)
     kv_heads = getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads
     head_dim = getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads

@@ -23,12 +23,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.cluster import KMeans
 
 from common.aggregators import pair_ordered
 from common.contrastive_pairs import ContrastivePair, held_out_tasks, load_pairs, pair_accuracy
 from common.interventions import KVCacheEdit
-from common.kv_vectors import save_vector
+from common.kv_vectors import default_layers, extract_deltas, save_vector
 from common.logging import get_logger
 from common.phase_run import PhaseRun
 from common.program_pass import ProgramText, record_last_keys_values
@@ -40,13 +39,6 @@ from phase2_8.plots import plot_held_out
 logger = get_logger("phase2_8")
 
 MIN_PAIRS = 10  # of a kind outside the held-out tasks, to extract its vector
-SEED_BAND = (8, 15, 28)  # seed 002 steers layers 8-15 of a 28-layer model
-
-
-def default_layers(n_layers: int) -> list[int]:
-    """Seed 002's band of layers, scaled to a model of `n_layers`."""
-    first, last, depth = SEED_BAND
-    return list(range(round(first * n_layers / depth), round(last * n_layers / depth) + 1))
 
 
 def run(phase: PhaseRun) -> Path:
@@ -72,8 +64,10 @@ def run(phase: PhaseRun) -> Path:
             logger.warning("phase 2.8: no kv_%s vector (%s)", kind, reason)
             summary["skipped"][kind] = reason
             continue
-        key_delta, value_delta, clusters = _extract(positive, negative, every, config)
-        refit_key, refit_value, _ = _extract(positive, negative, fit, config)
+        key_delta, value_delta, clusters = extract_deltas(positive, negative, every, config.kv_aggregation,
+                                                             config.kv_clusters, config.seed)
+        refit_key, refit_value, _ = extract_deltas(positive, negative, fit, config.kv_aggregation,
+                                                   config.kv_clusters, config.seed)
         checks = {side: _held_out(refit, positive[side], negative[side], held_out & usable, kinds, tasks, layers,
                                   config.seed) for side, refit in (("keys", refit_key), ("values", refit_value))}
         edit = KVCacheEdit(f"kv_{kind}", tuple(layers), key_delta, value_delta, 1.0, config.kv_key_weight, 1.0,
@@ -123,23 +117,6 @@ def _read_pairs(model, tokenizer, builder: PromptBuilder, problems: pd.DataFrame
     positive = {"keys": keys[take[0]], "values": values[take[0]]} if len(rows) else {}
     negative = {"keys": keys[take[1]], "values": values[take[1]]} if len(rows) else {}
     return positive, negative, usable
-
-
-def _extract(positive: dict[str, torch.Tensor], negative: dict[str, torch.Tensor], rows: np.ndarray, config
-             ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any] | None]:
-    """Key and value deltas [layers, kv_heads, head_dim] over the pairs in `rows`, and the k-means record."""
-    mask = torch.from_numpy(rows)
-    key_differences = (positive["keys"][mask] - negative["keys"][mask]).double()
-    value_differences = (positive["values"][mask] - negative["values"][mask]).double()
-    if config.kv_aggregation == "mean":
-        return key_differences.mean(0).float(), value_differences.mean(0).float(), None
-    n_clusters = min(config.kv_clusters, len(value_differences))
-    labels = KMeans(n_clusters=n_clusters, n_init=10, random_state=config.seed).fit_predict(
-        value_differences.flatten(1).numpy())
-    sizes = np.bincount(labels, minlength=n_clusters)
-    largest = torch.from_numpy(labels == int(sizes.argmax()))
-    return (key_differences[largest].mean(0).float(), value_differences[largest].mean(0).float(),
-            {"sizes": sizes.tolist(), "used": int(sizes.argmax())})
 
 
 def _held_out(refit: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, held_out: np.ndarray,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,8 +10,7 @@ import torch
 
 from common.controls import random_kv_controls
 from common.interventions import KVCacheEdit
-from common.kv_vectors import load_vector, save_vector
-from phase2_8.runner import _extract, default_layers
+from common.kv_vectors import default_layers, extract_deltas, load_vector, save_vector
 
 SHAPE = (3, 2, 4)  # layers, kv heads, head dim
 
@@ -37,16 +35,15 @@ def test_the_seed_band_of_layers_scales_with_depth():
 def test_the_mean_is_the_mean_paired_difference_and_kmeans_keeps_the_largest_cluster():
     positive, negative, majority, minority = _pairs(12, 4)
     rows = np.ones(16, dtype=bool)
-    keys, values, clusters = _extract(positive, negative, rows, SimpleNamespace(kv_aggregation="mean", seed=0))
+    keys, values, clusters = extract_deltas(positive, negative, rows, "mean", 2, 0)
     assert clusters is None
     assert torch.allclose(values, (positive["values"] - negative["values"]).mean(0), atol=1e-5)
     assert torch.allclose(values, (12 * majority + 4 * minority) / 16, atol=0.02)
-    config = SimpleNamespace(kv_aggregation="kmeans", kv_clusters=2, seed=0)
-    keys, values, clusters = _extract(positive, negative, rows, config)
+    keys, values, clusters = extract_deltas(positive, negative, rows, "kmeans", 2, 0)
     assert sorted(clusters["sizes"]) == [4, 12]
     assert torch.allclose(values, majority, atol=0.02) and torch.allclose(keys, majority, atol=0.02)
     some = np.arange(16) < 12  # only the rows asked for
-    _, values, _ = _extract(positive, negative, some, SimpleNamespace(kv_aggregation="mean", seed=0))
+    _, values, _ = extract_deltas(positive, negative, some, "mean", 2, 0)
     assert torch.allclose(values, majority, atol=0.02)
 
 
