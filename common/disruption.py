@@ -33,7 +33,7 @@ from transformers import DynamicCache
 from common.hooks import cache_keyword, decoder_layers, layer_forward_hooks, layer_output, with_hidden
 from common.interventions import DecodeAppliers, Intervention
 from common.interventions.residual import ResidualAddition, position_weights
-from common.prefill import Prefiller, PrefillStats, replaying
+from common.prefill import Prefill, Prefiller, PrefillStats, replaying
 
 ROWS_PER_PASS = 16  # interventions read together over one program: bounds the logits' memory
 
@@ -129,43 +129,50 @@ def _protocol_kl(model: torch.nn.Module, texts: Sequence[TeacherText], intervent
                  progress: bool) -> np.ndarray:
     """Any kind, as the engine applies it: per text, each intervention's prefill of the prompt (replaying the
     unsteered one below its first layer) and `after_prefill`; then `ROWS_PER_PASS` rows at a time, the output read
-    over their caches with the kinds' decode appliers on (on every position of the pass, as on each decode step)."""
+    over their caches with the kinds' decode appliers on (on every position of the pass, as on each decode step).
+    The unsteered distributions come from the same two steps without an intervention, so both sides share one
+    numerical path (a cached pass and a full one differ by rounding, which in bfloat16 is a floor of KL)."""
     device = next(model.parameters()).device
-    n_layers = len(decoder_layers(model))
-    prefiller = Prefiller(model, None, False, range(n_layers), cache_keyword(model), 0, PrefillStats())
+    prefiller = Prefiller(model, None, False, (), cache_keyword(model), 0, PrefillStats())
     total_kl = torch.zeros(len(interventions), dtype=torch.float64)
     n_tokens = 0
     with DecodeAppliers(model) as appliers:
         for text in tqdm(texts, desc="disruption", unit="program", disable=not progress, leave=False):
             prompt = torch.tensor([text.prompt_ids], device=device)
-            ids = torch.tensor([text.prompt_ids + text.output_ids], device=device)
-            n_out = len(text.output_ids)
-            base_log_p = torch.log_softmax(model(input_ids=ids, use_cache=False, logits_to_keep=n_out + 1)
-                                           .logits[0, :-1].float(), dim=-1)
+            following = torch.tensor([text.output_ids[:-1]], device=device)  # each predicts the next output token
             unsteered = prefiller.run(prompt, None, None)
+            base_log_p = torch.log_softmax(_read_output(model, appliers, [(None, unsteered)], following)[0], dim=-1)
             for start in range(0, len(interventions), ROWS_PER_PASS):
                 chunk = interventions[start:start + ROWS_PER_PASS]
                 prefills = [prefiller.run(prompt, i, unsteered if i.first_layer is not None else None) for i in chunk]
-                started = [i.after_prefill(prefill) for i, prefill in zip(chunk, prefills)]
-                steered = torch.stack([prefill.last_logits for prefill in prefills])[:, None]
-                if n_out > 1:
-                    cache = DynamicCache(config=model.config)
-                    for layer in range(n_layers):
-                        cache.update(torch.cat([kv[layer][0] for _, kv in started]),
-                                     torch.cat([kv[layer][1] for _, kv in started]), layer)
-                    appliers.update([row for row, _ in started])
-                    appliers.set_active(True)
-                    try:
-                        rest = model(input_ids=ids[:, len(text.prompt_ids):-1].expand(len(chunk), -1), use_cache=True,
-                                     **{cache_keyword(model): cache}).logits.float()
-                    finally:
-                        appliers.set_active(False)
-                    steered = torch.cat([steered, rest], dim=1)
+                steered = _read_output(model, appliers, list(zip(chunk, prefills)), following)
                 steered_log_p = torch.log_softmax(steered, dim=-1)
                 kl = (base_log_p.exp()[None] * (base_log_p[None] - steered_log_p)).sum(dim=-1).clamp_min(0.0)
                 total_kl[start:start + len(chunk)] += kl.sum(dim=1).double().cpu()
-            n_tokens += n_out
+            n_tokens += len(text.output_ids)
     return (total_kl / max(n_tokens, 1)).numpy()
+
+
+def _read_output(model: torch.nn.Module, appliers: DecodeAppliers, rows: list[tuple[Intervention | None, Prefill]],
+                 following: torch.Tensor) -> torch.Tensor:
+    """Logits [rows, n_output, vocab] (float32) predicting each output token: the first from each row's prefill, the
+    rest from one pass of `following` over the rows' caches (after each intervention's `after_prefill`)."""
+    started = [(None, prefill.keys_values) if intervention is None else intervention.after_prefill(prefill)
+               for intervention, prefill in rows]
+    first = torch.stack([prefill.last_logits for _, prefill in rows])[:, None]
+    if following.shape[1] == 0:
+        return first
+    cache = DynamicCache(config=model.config)
+    for layer in range(len(started[0][1])):
+        cache.update(torch.cat([kv[layer][0] for _, kv in started]), torch.cat([kv[layer][1] for _, kv in started]),
+                     layer)
+    appliers.update([row for row, _ in started])
+    appliers.set_active(True)
+    try:
+        rest = model(input_ids=following.expand(len(rows), -1), use_cache=True, **{cache_keyword(model): cache}).logits
+    finally:
+        appliers.set_active(False)
+    return torch.cat([first, rest.float()], dim=1)
 
 
 def matched_alphas(model: torch.nn.Module, texts: Sequence[TeacherText], unit_interventions: Sequence[Intervention],

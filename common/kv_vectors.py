@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans
 
+from common.errors import PipelineError
 from common.interventions import KVCacheEdit, load_interventions, save_interventions
 from common.utils import atomic_path, save_json
 
@@ -30,6 +31,16 @@ def default_layers(n_layers: int) -> list[int]:
     """Seed 002's band of layers, scaled to a model of `n_layers`."""
     first, last, depth = SEED_BAND
     return list(range(round(first * n_layers / depth), round(last * n_layers / depth) + 1))
+
+
+def kv_layers(config, model) -> list[int]:
+    """The configured `kv_layers`, checked against the model's depth, or seed 002's band scaled to it."""
+    n_layers = model.config.num_hidden_layers
+    if config.kv_layers is None:
+        return default_layers(n_layers)
+    if max(config.kv_layers) >= n_layers:
+        raise PipelineError(f"kv_layers {config.kv_layers}: the model has layers 0-{n_layers - 1}")
+    return list(config.kv_layers)
 
 
 def extract_deltas(positive: dict[str, torch.Tensor], negative: dict[str, torch.Tensor], rows: np.ndarray,

@@ -7,8 +7,8 @@ its own module imported below) plus the phase that makes its upstream output, li
 4.5's upstream phases in common/phases.py. A direction saved in a phase's `directions.safetensors`
 takes one line, as the contrastive ones below do:
 
-    method("my_direction", "my direction", "#264653", upstream=("2.8",))(
-        from_directions("2.8", "my_direction", "my direction"))
+    method("paired_pca", "paired PCA", "#264653", upstream=("2.6",))(
+        from_directions("2.6", "paired_pca", "first component of per-task paired differences"))
 
 anything else a `@method` function from the SteeringSite to a Proposal (`sae_latent` below). Phase 4.5
 then calibrates it at every disruption level against the controls, chooses its level by the rule, and

@@ -16,6 +16,7 @@ from common.controls import CONTROL_TYPES
 from common.methods import get_method
 from common.phases import PhaseSpec
 from common.utils import load_json, manifest_path
+from phase2_8s.styles import HELD_OUT_QUESTIONS, QUESTIONS, RANDOM_EDITS
 
 # Seconds per unit: each phase's wall time over its units in the default pipeline runs of 2026-12-01 on the
 # reference machine (README, "Performance"); the generating phases include the teacher-forced pass over their
@@ -96,11 +97,9 @@ def _work(config: Config, spec: PhaseSpec, sizes: dict[str, int]) -> tuple[float
         return arms * sizes["validation"] + min(levels * control_sets, 2 * len(config.methods)) * controls, (
             "generations (at most)")
     if spec.id == "2.8s":  # the teacher's answers (local model) and every held-out arm's
-        from phase2_8s.runner import STYLE_HELD_OUT
-        from phase2_8s.styles import QUESTIONS
         n_styles = len(config.style_names)
-        teacher = 0 if config.teacher_url else (1 + n_styles) * (len(QUESTIONS) - STYLE_HELD_OUT)
-        return teacher + (1 + 3 * n_styles) * STYLE_HELD_OUT, "answers"
+        teacher = 0 if config.teacher_url else (1 + n_styles) * (len(QUESTIONS) - HELD_OUT_QUESTIONS)
+        return teacher + (1 + (3 + RANDOM_EDITS) * n_styles) * HELD_OUT_QUESTIONS, "answers"
     if spec.id in ("2.7", "2.8"):  # both sides of each pair
         own_pairs = OWN_PAIR_TASK_SHARE * config.contrastive_own_pairs_per_task
         return 2 * sizes["sae"] * (config.contrastive_mutants_per_task + own_pairs), "programs"

@@ -5,9 +5,10 @@ against its failing program), the keys and values the KV cache holds at each sid
 teacher-forced pass per distinct text (common/program_pass.py). Per layer of `kv_layers` (default: seed 002's band,
 layers 8-15 of a 28-layer model, scaled to this model's depth), the vector is the mean over pairs of (passing side
 minus failing side), or with `kv_aggregation: kmeans` the mean of the largest of `kv_clusters` k-means clusters of
-the pairs' value differences (an option the public implementation offers). It is saved as a unit-strength
-`kv_cache` intervention (values only unless `kv_key_weight` is set: seed 002's usual best) in the layout of
-common/kv_vectors.py, and the registered `kv_cache_<kind>` methods steer with it in 4.5 and 4.8.
+the pairs' value differences (an option the public implementation offers). It is saved as a `kv_cache`
+intervention holding the raw mean deltas at alpha 1 (values only unless `kv_key_weight` is set: seed 002's usual
+best) in the layout of common/kv_vectors.py; the registered `kv_cache_<kind>` methods steer with its unit edit in
+4.5 and 4.8.
 
 How far it generalises, per layer, for keys and values: refitted without phase 2.7's held-out fifth of the tasks,
 the share of held-out pairs whose difference projects positively on it (task-bootstrap intervals; 0.5 is chance),
@@ -27,7 +28,7 @@ import torch
 from common.aggregators import pair_ordered
 from common.contrastive_pairs import ContrastivePair, held_out_tasks, load_pairs, pair_accuracy
 from common.interventions import KVCacheEdit
-from common.kv_vectors import default_layers, extract_deltas, save_vector
+from common.kv_vectors import extract_deltas, kv_layers, save_vector
 from common.logging import get_logger
 from common.phase_run import PhaseRun
 from common.program_pass import ProgramText, record_last_keys_values
@@ -47,7 +48,7 @@ def run(phase: PhaseRun) -> Path:
     problems = pd.read_parquet(phase.upstream("0.1") / "sae.parquet")
     model, tokenizer = load_model_and_tokenizer(config.model_name, config.device, config.dtype)
     builder = PromptBuilder(resolve_prompt_style(config.prompt_style, tokenizer), tokenizer)
-    layers = config.kv_layers if config.kv_layers is not None else default_layers(model.config.num_hidden_layers)
+    layers = kv_layers(config, model)
     tasks = np.array([p.task_id for p in pairs], dtype=object)
     held_out = held_out_tasks(tasks, config.seed) if len(set(tasks)) > 1 else np.zeros(len(pairs), dtype=bool)
     positive, negative, usable = _read_pairs(model, tokenizer, builder, problems, pairs, layers)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from typing import Sequence
@@ -15,20 +16,24 @@ from common.errors import PipelineError
 from common.generation import generate_batch
 
 REQUEST_TIMEOUT_S = 120
+ATTEMPTS = 3  # per question, on connection and server errors
+RETRY_WAIT_S = 1.0
 
 
-def chat_prompt(tokenizer, system: str, question: str) -> str:
-    """The question as the model reads it: its chat template with `system`, or a plain layout for a base model."""
-    if getattr(tokenizer, "chat_template", None):
+def chat_prompt(tokenizer, system: str, question: str, chat: bool) -> str:
+    """The question as the model reads it: its chat template with `system` (`chat`, from `prompt_style`), or a plain
+    layout for a base prompt."""
+    if chat:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return f"{system}\n\nQuestion: {question}\nAnswer:"
 
 
-def local_answers(model, tokenizer, system: str, questions: Sequence[str], max_new_tokens: int) -> list[str]:
-    prompts = [chat_prompt(tokenizer, system, q) for q in questions]
-    chat = bool(getattr(tokenizer, "chat_template", None))
-    results = generate_batch(model, tokenizer, prompts, max_new_tokens=max_new_tokens, add_special_tokens=not chat)
+def local_answers(model, tokenizer, system: str, questions: Sequence[str], chat: bool, max_new_tokens: int,
+                  batch_size: int) -> list[str]:
+    prompts = [chat_prompt(tokenizer, system, q, chat) for q in questions]
+    results = generate_batch(model, tokenizer, prompts, max_new_tokens=max_new_tokens, add_special_tokens=not chat,
+                             batch_size=batch_size)
     return [r.text.strip() for r in results]
 
 
@@ -45,10 +50,26 @@ def endpoint_answers(url: str, teacher_model: str, system: str, questions: Seque
                            "messages": [{"role": "system", "content": system},
                                         {"role": "user", "content": question}]}).encode()
         request = urllib.request.Request(f"{url.rstrip('/')}/chat/completions", body, headers, method="POST")
+        answers.append(_completion(request, url))
+    return answers
+
+
+def _completion(request: urllib.request.Request, url: str) -> str:
+    """The reply's text; a connection error or a server error is tried again (ATTEMPTS in all), anything else is
+    one error line at once."""
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
                 reply = json.loads(response.read())
-            answers.append(str(reply["choices"][0]["message"]["content"]).strip())
-        except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
-            raise PipelineError(f"teacher_url {url}: no chat completion ({exc})") from None
-    return answers
+            return str(reply["choices"][0]["message"]["content"]).strip()
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 or attempt == ATTEMPTS:
+                raise PipelineError(f"teacher_url {url}: no chat completion ({exc})") from None
+        except (urllib.error.URLError, OSError) as exc:
+            if attempt == ATTEMPTS:
+                raise PipelineError(f"teacher_url {url}: no chat completion ({exc})") from None
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise PipelineError(f"teacher_url {url}: not a chat completion ({exc!r})") from None
+        time.sleep(RETRY_WAIT_S * attempt)

@@ -47,6 +47,7 @@ from phase4_5.plots import plot_dose_response
 
 logger = get_logger("phase4_5")
 
+OWN_SEED_STEP = 1000  # between the seeds of two methods' own controls
 EFFECT = {"correct": "fixed", "incorrect": "broken"}  # the outcome a class's direction is meant to cause
 
 
@@ -136,8 +137,11 @@ def run(phase: PhaseRun) -> Path | None:
 def _controls(config, site: SteeringSite, proposals: dict[str, Proposal], exclusions: list[int], d_model: int,
               warnings: list[str]) -> tuple[dict[str, list[tuple[str, Control]]], dict[str, str]]:
     """Per role, (control set, control): the shared residual controls when a method uses them, and each method's
-    own (as many as the shared ones: every method meets the same number of controls); and each method's set."""
+    own (as many as the shared set has when every type is available); and each method's set. Each method with its
+    own controls draws them from its own seed (the first keeps the role's seed), so two KV methods never share one
+    noise draw."""
     target_sets = {name: SHARED_CONTROLS if get_method(name).controls is None else name for name in proposals}
+    own = [name for name, control_set in target_sets.items() if control_set != SHARED_CONTROLS]
     controls: dict[str, list[tuple[str, Control]]] = {}
     for role, per_type, seed in (("selection_control", config.selection_controls_per_type, config.seed),
                                  ("control", config.controls_per_type, config.seed + 1)):
@@ -146,10 +150,9 @@ def _controls(config, site: SteeringSite, proposals: dict[str, Proposal], exclus
             shared, missing = make_controls(site, exclusions, per_type, d_model, seed)
             controls[role] += [(SHARED_CONTROLS, c) for c in shared]
             warnings += [f"{role} type left out: {m}" for m in missing]
-        for name, control_set in target_sets.items():
-            if control_set != SHARED_CONTROLS:
-                made = get_method(name).controls(proposals[name], len(CONTROL_TYPES) * per_type, seed)
-                controls[role] += [(control_set, c) for c in made]
+        for k, name in enumerate(own):
+            made = get_method(name).controls(proposals[name], len(CONTROL_TYPES) * per_type, seed + OWN_SEED_STEP * k)
+            controls[role] += [(name, c) for c in made]
     return controls, target_sets
 
 

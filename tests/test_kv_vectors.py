@@ -7,10 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from transformers import DynamicCache
 
+from common.code_extraction import code_span
 from common.controls import random_kv_controls
 from common.interventions import KVCacheEdit
 from common.kv_vectors import default_layers, extract_deltas, load_vector, save_vector
+from common.program_pass import ProgramText, record_last_keys_values
 
 SHAPE = (3, 2, 4)  # layers, kv heads, head dim
 
@@ -94,3 +97,31 @@ def test_the_seed_layout_round_trips(tmp_path):
     metadata = json.loads(paths[2].read_text())
     assert metadata["layers"] == [4, 5, 6] and metadata["n_pairs"] == 1 and metadata["kind"] == "kv_cache"
     assert load_vector(tmp_path, "kv_own") is None
+
+
+TEXTS = [ProgramText("Write add.", "```python\ndef add(a, b):\n    return a + b\n```\nDone, it adds.", "add"),
+         ProgramText("Write add.", "```python\ndef add(a, b):\n    return b + a + 0\n```", "add"),
+         ProgramText("Write sub.", "def sub(a, b):\n    return a - b\n", "sub"),
+         ProgramText("Write sub.", "", "sub")]  # no program: nothing to read
+
+
+@pytest.mark.parametrize("whole_output", [False, True])
+def test_keys_and_values_are_read_at_the_last_token_as_one_full_pass_caches_them(tiny_model, whole_output):
+    """Against one pass per text over prompt + output (up to the program's end, or all of it): the cache's last
+    column, after the batched pass that shares each prompt's prefill and right-pads texts of different lengths."""
+    model, tokenizer = tiny_model
+    layers = [1, 3]
+    keys, values, read = record_last_keys_values(model, tokenizer, TEXTS, layers, True, whole_output=whole_output)
+    assert read.tolist() == [True, True, True, False]
+    assert keys[3].isnan().all() and values[3].isnan().all()
+    for i, text in enumerate(TEXTS[:3]):
+        end = len(text.raw_output) if whole_output else code_span(text.raw_output, text.entry_point)[1]
+        ids = (tokenizer(text.prompt)["input_ids"]
+               + tokenizer(text.raw_output[:end], add_special_tokens=False)["input_ids"])
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(input_ids=torch.tensor([ids]), use_cache=True, past_key_values=cache)
+        for j, layer in enumerate(layers):
+            assert torch.allclose(keys[i, j], cache.layers[layer].keys[0, :, -1], atol=1e-5)
+            assert torch.allclose(values[i, j], cache.layers[layer].values[0, :, -1], atol=1e-5)
+    assert not torch.allclose(values[0], values[1])  # two programs of one prompt: each its own last token

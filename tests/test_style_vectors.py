@@ -14,8 +14,7 @@ import pytest
 import run
 from common.errors import PipelineError
 from common.kv_vectors import load_vector
-from phase2_8s.runner import STYLE_HELD_OUT
-from phase2_8s.styles import NEUTRAL_PROMPT, QUESTIONS, STYLES, numbered_steps
+from phase2_8s.styles import HELD_OUT_QUESTIONS, NEUTRAL_PROMPT, QUESTIONS, RANDOM_EDITS, STYLES, numbered_steps
 from phase2_8s.teacher import endpoint_answers
 
 STEPS = "1. Look at the question.\n2. Think it through.\n3. Answer it."
@@ -60,6 +59,7 @@ def teacher_server() -> Iterator[tuple[str, list[dict]]]:
 def test_each_style_statistic_measures_what_it_names():
     assert numbered_steps(STEPS) == 3 and numbered_steps("Step 1: mix.\nStep 2) bake.\n**3.** eat") == 3
     assert numbered_steps("In 1984 there were 2. Then 3 more.") == 0  # numbers inside a line are not steps
+    assert numbered_steps("10:30 the bus left.\n1984. A year.\n2023: another") == 0  # times and years are not steps
     research = STYLES["researcher_style"].statistic
     assert research("The evidence suggests a factor; however more data") == pytest.approx(100 * 5 / 8)
     assert research("") == 0.0
@@ -85,13 +85,14 @@ def test_the_phase_builds_style_vectors_from_the_teachers_answers_and_measures_t
     url, received = teacher_server
     args = ["--data-dir", str(tmp_path), "--set", f"model_name={tiny_model_dir}", "--set", f"teacher_url={url}",
             "--set", "style_names=step_by_step_reasoning,creative_explorer", "--set", "style_max_tokens=6",
-            "--set", "calibration_alphas=1,10,100,1000", "--log-level", "WARNING"]
+            "--set", "calibration_alphas=1,10,100,1000", "--set", "style_disruption=0.00001",  # a random tiny model
+            "--log-level", "WARNING"]  # barely moves its near-uniform next-token distribution
     assert run.main(["phase", "2.8s", *args]) == 0
-    n_building = len(QUESTIONS) - STYLE_HELD_OUT
+    n_building = len(QUESTIONS) - HELD_OUT_QUESTIONS
     assert len(received) == 3 * n_building  # the neutral answers once, each style's once
     out = tmp_path / "phase2_8s"
     summary = json.loads((out / "phase_2_8s_summary.json").read_text())
-    assert (summary["n_building"], summary["n_held_out"], summary["teacher"]) == (n_building, STYLE_HELD_OUT, url)
+    assert (summary["n_building"], summary["n_held_out"], summary["teacher"]) == (n_building, HELD_OUT_QUESTIONS, url)
     steps = summary["styles"]["step_by_step_reasoning"]
     assert steps["teacher_statistic_mean"] == {"styled": 3.0, "neutral": 0.0} and steps["n_pairs"] == n_building
     pairs = [json.loads(line) for line in (out / "datasets" / "step_by_step_reasoning_pairs.jsonl").read_text()
@@ -104,10 +105,18 @@ def test_the_phase_builds_style_vectors_from_the_teachers_answers_and_measures_t
     template = json.loads((out / "steering_vectors" / "step_by_step_reasoning_template.json").read_text())
     assert template["positive_prompt"] == STYLES["step_by_step_reasoning"].prompt
     held = steps["held_out"]
-    assert set(held["mean"]) >= {"unsteered", "prompted"}
-    for arm, effect in held["versus_unsteered"].items():
-        assert effect["n_questions"] == STYLE_HELD_OUT and effect["low"] <= effect["mean_difference"] <= effect["high"]
-    assert "steered" in held["versus_unsteered"] or steps["alpha"] is None
+    assert steps["alpha"] is not None and held["n_random_edits"] == len([a for a in steps["random_edit_alphas"] if a])
+    assert set(held["mean"]) == {"unsteered", "steered", "random_edit", "prompted"} and held["n_random_edits"] >= 1
+    assert set(held["differences"]) == {"steered", "random_edit", "prompted", "steered_minus_random"}
+    for effect in held["differences"].values():
+        assert effect["n_questions"] == HELD_OUT_QUESTIONS
+        assert effect["low"] <= effect["mean_difference"] <= effect["high"] or effect["low"] != effect["low"]  # NaN
+    answers = json.loads((out / "held_out_answers.json").read_text())["answers"]["step_by_step_reasoning"]
+    assert [len(a) for a in answers["random_edit"]] == [HELD_OUT_QUESTIONS] * held["n_random_edits"]
+    assert held["n_random_edits"] <= RANDOM_EDITS
+    differences = held["differences"]
+    assert differences["steered_minus_random"]["mean_difference"] == pytest.approx(
+        differences["steered"]["mean_difference"] - differences["random_edit"]["mean_difference"])
     assert (out / "style_effects.png").read_bytes().startswith(b"\x89PNG")
     # the server answers "Yes." whatever the creative prompt asks: no contrast, so no vector, and it says so
     assert "alike" in summary["styles"]["creative_explorer"]["skipped"]
