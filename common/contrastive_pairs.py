@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 
 from common.classification import group_bootstrap_counts
+from common.program_pass import ProgramText
+from common.prompt_utils import PromptBuilder
 from common.utils import atomic_path
 
 HELD_OUT_SHARE = 0.2  # of the tasks, for the held-out pair accuracy
@@ -57,3 +60,16 @@ def pair_accuracy(ordered: np.ndarray, tasks: np.ndarray, seed: int) -> dict[str
     low, high = np.percentile(draws, [2.5, 97.5])
     return {"accuracy": float(ordered.mean()), "low": float(low), "high": float(high), "n_pairs": len(ordered),
             "n_tasks": len(set(tasks))}
+
+
+def pair_texts(pairs: Sequence[ContrastivePair], problems: pd.DataFrame, builder: PromptBuilder
+               ) -> tuple[list[ProgramText], np.ndarray]:
+    """Each distinct side of the pairs once, as the text a teacher-forced pass reads (a reference recurs in every
+    pair of its task), and [n_pairs, 2]: the index of each pair's passing and failing side among them."""
+    by_task = {str(p["task_id"]): p for p in problems.to_dict("records")}
+    sides = [(pair.task_id, output) for pair in pairs for output in (pair.positive_output, pair.negative_output)]
+    distinct = list(dict.fromkeys(sides))
+    index = {side: i for i, side in enumerate(distinct)}
+    texts = [ProgramText(builder.build(by_task[task_id]), output, by_task[task_id]["entry_point"])
+             for task_id, output in distinct]
+    return texts, np.array([index[side] for side in sides], dtype=int).reshape(-1, 2)

@@ -127,8 +127,8 @@ def _residual_kl(model: torch.nn.Module, texts: Sequence[TeacherText], intervent
 @torch.inference_mode()
 def _protocol_kl(model: torch.nn.Module, texts: Sequence[TeacherText], interventions: Sequence[Intervention],
                  progress: bool) -> np.ndarray:
-    """Any kind, as the engine applies it: per text, each intervention's prefill of the prompt (replaying the
-    unsteered one below its first layer) and `after_prefill`; then `ROWS_PER_PASS` rows at a time, the output read
+    """Any kind, as the engine applies it: per text, each intervention's prefill of the prompt (the unsteered one
+    itself, or a pass replaying it below the intervention's first layer; common/prefill.py) and `after_prefill`; then `ROWS_PER_PASS` rows at a time, the output read
     over their caches with the kinds' decode appliers on (on every position of the pass, as on each decode step).
     The unsteered distributions come from the same two steps without an intervention, so both sides share one
     numerical path (a cached pass and a full one differ by rounding, which in bfloat16 is a floor of KL)."""
@@ -144,7 +144,7 @@ def _protocol_kl(model: torch.nn.Module, texts: Sequence[TeacherText], intervent
             base_log_p = torch.log_softmax(_read_output(model, appliers, [(None, unsteered)], following)[0], dim=-1)
             for start in range(0, len(interventions), ROWS_PER_PASS):
                 chunk = interventions[start:start + ROWS_PER_PASS]
-                prefills = [prefiller.run(prompt, i, unsteered if i.first_layer is not None else None) for i in chunk]
+                prefills = [prefiller.steered(prompt, i, lambda: unsteered) for i in chunk]
                 steered = _read_output(model, appliers, list(zip(chunk, prefills)), following)
                 steered_log_p = torch.log_softmax(steered, dim=-1)
                 kl = (base_log_p.exp()[None] * (base_log_p[None] - steered_log_p)).sum(dim=-1).clamp_min(0.0)

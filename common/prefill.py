@@ -16,7 +16,7 @@ import contextlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -113,15 +113,25 @@ class Prefiller:
             self._cached.move_to_end(key)
             self.stats.reused_prefills += 1
             return self._cached[key]
+        if intervention is not None and not intervention.steers_prefill:
+            return self.get(prompt, None)  # no entry of its own: the unsteered one is the one to keep
         ids = self._tokens(prompt)
-        if intervention is None or intervention.first_layer is None:
-            prefill = self.run(ids, intervention, None)
+        if intervention is None:
+            prefill = self.run(ids, None, None)
         else:
-            prefill = self.run(ids, intervention, self.get(prompt, None))
+            prefill = self.steered(ids, intervention, lambda: self.get(prompt, None))
         self._cached[key] = prefill
         if len(self._cached) > CACHED_PROMPTS:
             self._cached.popitem(last=False)
         return prefill
+
+    def steered(self, ids: torch.Tensor, intervention: Intervention, unsteered: Callable[[], Prefill]) -> Prefill:
+        """The prefill under `intervention` given the prompt's unsteered one (`unsteered()`, asked for only when
+        needed): that one itself when the intervention leaves the prefill alone, a pass replaying it below the
+        intervention's first layer, or a full pass of its own."""
+        if not intervention.steers_prefill:
+            return unsteered()
+        return self.run(ids, intervention, None if intervention.first_layer is None else unsteered())
 
     def _tokens(self, prompt: str) -> torch.Tensor:
         ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=self.add_special_tokens)["input_ids"]

@@ -28,14 +28,14 @@ import pandas as pd
 import torch
 
 from common.aggregators import AGGREGATORS, NoDirection, ordering, pair_ordered
-from common.contrastive_pairs import ContrastivePair, held_out_tasks, pair_accuracy, save_pairs
+from common.contrastive_pairs import ContrastivePair, held_out_tasks, pair_accuracy, pair_texts, save_pairs
 from common.directions import SteeringDirection, save_directions
 from common.errors import PipelineError
 from common.interventions import ResidualAddition, save_interventions
 from common.logging import get_logger
 from common.phase_run import PhaseRun
 from common.positions import CODE_POSITIONS
-from common.program_pass import ProgramText, record_programs
+from common.program_pass import record_programs
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
 from common.utils import save_json
 from common_simplified.model_loader import load_model_and_tokenizer
@@ -118,14 +118,8 @@ def _recorded_pairs(model, tokenizer, builder: PromptBuilder, problems: pd.DataF
     """The pairs whose both sides hold a program the pass can locate, and per position and layer their (positive,
     negative) activations, plus per side the pass's columns (mean log-probability, program tokens). Each distinct
     text is read once: a reference recurs in every pair of its task."""
-    by_task = {str(p["task_id"]): p for p in problems.to_dict("records")}
-    sides = [(pair.task_id, output) for pair in pairs for output in (pair.positive_output, pair.negative_output)]
-    distinct = list(dict.fromkeys(sides))
-    index = {side: i for i, side in enumerate(distinct)}
-    texts = [ProgramText(builder.build(by_task[task_id]), output, by_task[task_id]["entry_point"])
-             for task_id, output in distinct]
+    texts, rows = pair_texts(pairs, problems, builder)
     recorded = record_programs(model, tokenizer, texts, config.layers, config.position_k, builder.adds_special_tokens)
-    rows = np.array([index[side] for side in sides], dtype=int).reshape(-1, 2)
     located = np.array([error is None for error in recorded.columns["program_error"]])
     usable = located[rows].all(1)
     if not usable.all():

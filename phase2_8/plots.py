@@ -24,7 +24,8 @@ def plot_held_out(vectors: dict[str, dict[str, Any]], path: Path) -> None:
                 continue
             points = [h["accuracy"] for h in held]
             ax.errorbar([int(layer) for layer in layers], points, capsize=2, linestyle=style, marker="o",
-                        yerr=[[p - h["low"] for p, h in zip(points, held)], [h["high"] - p for p, h in zip(points, held)]],
+                        yerr=[[p - h["low"] for p, h in zip(points, held)],
+                              [h["high"] - p for p, h in zip(points, held)]],
                         label=f"{side}, {target} pairs (n={held[0]['n_pairs']})")
         ax.axhline(0.5, color="#cccccc", linewidth=0.8)
         ax.set_ylim(0, 1.02)

@@ -26,12 +26,12 @@ import pandas as pd
 import torch
 
 from common.aggregators import pair_ordered
-from common.contrastive_pairs import ContrastivePair, held_out_tasks, load_pairs, pair_accuracy
+from common.contrastive_pairs import ContrastivePair, held_out_tasks, load_pairs, pair_accuracy, pair_texts
 from common.interventions import KVCacheEdit
 from common.kv_vectors import extract_deltas, kv_layers, save_vector
 from common.logging import get_logger
 from common.phase_run import PhaseRun
-from common.program_pass import ProgramText, record_last_keys_values
+from common.program_pass import record_last_keys_values
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
 from common.utils import save_json
 from common_simplified.model_loader import load_model_and_tokenizer
@@ -104,15 +104,9 @@ def _read_pairs(model, tokenizer, builder: PromptBuilder, problems: pd.DataFrame
                 layers: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], np.ndarray]:
     """Per side ("keys", "values"): [n_pairs, layers, kv_heads, head_dim] of the passing and the failing sides, and
     the mask of pairs whose both sides were read. Each distinct text once: a reference recurs in its task's pairs."""
-    by_task = {str(p["task_id"]): p for p in problems.to_dict("records")}
-    sides = [(pair.task_id, output) for pair in pairs for output in (pair.positive_output, pair.negative_output)]
-    distinct = list(dict.fromkeys(sides))
-    index = {side: i for i, side in enumerate(distinct)}
-    texts = [ProgramText(builder.build(by_task[task_id]), output, by_task[task_id]["entry_point"])
-             for task_id, output in distinct]
+    texts, rows = pair_texts(pairs, problems, builder)
     keys, values, read = (record_last_keys_values(model, tokenizer, texts, layers, builder.adds_special_tokens)
                           if texts else (torch.empty(0), torch.empty(0), np.zeros(0, dtype=bool)))
-    rows = np.array([index[side] for side in sides], dtype=int).reshape(-1, 2)
     usable = read[rows].all(1) if len(rows) else np.zeros(0, dtype=bool)
     take = {side: torch.from_numpy(rows[:, side]) for side in (0, 1)}
     positive = {"keys": keys[take[0]], "values": values[take[0]]} if len(rows) else {}
@@ -126,8 +120,9 @@ def _held_out(refit: torch.Tensor, positive: torch.Tensor, negative: torch.Tenso
     by_layer = {}
     for j, layer in enumerate(layers):
         ordered = pair_ordered(refit[j].flatten(), positive[:, j].flatten(1), negative[:, j].flatten(1))
-        by_layer[str(layer)] = {kind: pair_accuracy(ordered[held_out & (kinds == kind)], tasks[held_out & (kinds == kind)],
-                                                seed) for kind in sorted(set(kinds[held_out]))}
+        by_layer[str(layer)] = {kind: pair_accuracy(ordered[held_out & (kinds == kind)],
+                                                    tasks[held_out & (kinds == kind)], seed)
+                                for kind in sorted(set(kinds[held_out]))}
     return {"by_layer": by_layer}
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-
+import torch
 from scipy import stats
 
 from common.controls import random_kv_controls
@@ -34,10 +34,10 @@ from common.kv_vectors import extract_deltas, kv_layers, save_vector
 from common.logging import get_logger
 from common.phase_run import PhaseRun
 from common.program_pass import ProgramText, record_last_keys_values
+from common.prompt_utils import resolve_prompt_style
 from common.utils import save_json
 from common_simplified.model_loader import load_model_and_tokenizer
 from phase2_8s.plots import plot_style_effects
-from common.prompt_utils import resolve_prompt_style
 from phase2_8s.styles import HELD_OUT_QUESTIONS, NEUTRAL_PROMPT, QUESTIONS, RANDOM_EDITS, STYLES, Style
 from phase2_8s.teacher import chat_prompt, endpoint_answers, local_answers
 
@@ -64,11 +64,13 @@ def run(phase: PhaseRun) -> Path:
 
     def answers(system: str, questions: Sequence[str]) -> list[str]:
         if config.teacher_url:
-            return endpoint_answers(config.teacher_url, config.teacher_model, system, questions, config.style_max_tokens)
+            return endpoint_answers(config.teacher_url, config.teacher_model, system, questions,
+                                    config.style_max_tokens)
         return local_answers(model, tokenizer, system, questions, chat, config.style_max_tokens, config.batch_size)
 
     neutral = answers(NEUTRAL_PROMPT, building)
     neutral_prompts = [chat_prompt(tokenizer, NEUTRAL_PROMPT, q, chat) for q in building]
+    neutral_read = _read(model, tokenizer, neutral_prompts, neutral, layers, chat)  # once for every style
     texts = teacher_texts(tokenizer, neutral_prompts, neutral, not chat, config.disruption_max_tokens)
     out_dir = phase.out_dir
     outputs, edits, summary = [], {}, {"layers": layers, "teacher": config.teacher_url or "local model",
@@ -82,10 +84,10 @@ def run(phase: PhaseRun) -> Path:
             logger.warning("%s: no vector (%s)", style.name, reason)
             summary["styles"][style.name] = {"skipped": reason}
             continue
-        edit, record = _style_vector(model, tokenizer, style, building, styled, neutral, differ, layers, chat,
-                                     config)
+        styled_read = _read(model, tokenizer, neutral_prompts, styled, layers, chat)
+        edit, record = _style_vector(style, styled, neutral, differ, styled_read, neutral_read, layers, config)
         pairs = [{"question": q, "positive": p, "negative": n, "positive_prompt": style.prompt,
-                  "negative_prompt": NEUTRAL_PROMPT} for q, p, n in zip(building, styled, neutral)]
+                  "negative_prompt": NEUTRAL_PROMPT} for q, p, n, d in zip(building, styled, neutral, differ) if d]
         template = {"positive_prompt": style.prompt, "negative_prompt": NEUTRAL_PROMPT,
                     "statistic": style.statistic_name}
         outputs += save_vector(out_dir, edit, pairs, record, template)
@@ -117,19 +119,22 @@ def run(phase: PhaseRun) -> Path:
     return phase.finish([*outputs, answers_path, summary_path])
 
 
-def _style_vector(model, tokenizer, style: Style, questions: Sequence[str], styled: Sequence[str],
-                  neutral: Sequence[str], differ: Sequence[bool], layers: list[int], chat: bool, config
+def _read(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], layers: list[int], chat: bool
+          ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Keys and values at each answer's last token, read after its prompt (common/program_pass.py)."""
+    texts = [ProgramText(prompt, answer, None) for prompt, answer in zip(prompts, answers)]
+    return record_last_keys_values(model, tokenizer, texts, layers, not chat, whole_output=True)
+
+
+def _style_vector(style: Style, styled: Sequence[str], neutral: Sequence[str], differ: Sequence[bool],
+                  styled_read: tuple[torch.Tensor, torch.Tensor, np.ndarray],
+                  neutral_read: tuple[torch.Tensor, torch.Tensor, np.ndarray], layers: list[int], config
                   ) -> tuple[KVCacheEdit, dict[str, Any]]:
     """The style's mean (styled minus neutral) keys and values over the questions whose two answers differ, each
     answer read after the neutral prompt."""
-    prompts = [chat_prompt(tokenizer, NEUTRAL_PROMPT, q, chat) for q in questions]
-    texts = [ProgramText(p, a, None) for p, a in zip(prompts, styled)] + [
-        ProgramText(p, a, None) for p, a in zip(prompts, neutral)]
-    keys, values, read = record_last_keys_values(model, tokenizer, texts, layers, not chat, whole_output=True)
-    n = len(questions)
-    usable = read[:n] & read[n:] & np.asarray(differ, dtype=bool)
-    positive = {"keys": keys[:n], "values": values[:n]}
-    negative = {"keys": keys[n:], "values": values[n:]}
+    usable = styled_read[2] & neutral_read[2] & np.asarray(differ, dtype=bool)
+    positive = {"keys": styled_read[0], "values": styled_read[1]}
+    negative = {"keys": neutral_read[0], "values": neutral_read[1]}
     key_delta, value_delta, clusters = extract_deltas(positive, negative, usable, config.kv_aggregation,
                                                       config.kv_clusters, config.seed)
     edit = KVCacheEdit(style.name, tuple(layers), key_delta, value_delta, 1.0, config.kv_key_weight, 1.0,
@@ -151,8 +156,8 @@ def _held_out_answers(model, tokenizer, styles: Sequence[Style], questions: Sequ
     for style in styles:
         requests += [GenerationRequest(p, intervention=edit, key=(style.name, arm, j, i))
                      for j, (arm, edit) in enumerate(edits[style.name]) for i, p in enumerate(neutral)]
-        requests += [GenerationRequest(chat_prompt(tokenizer, style.prompt, q, chat), key=(style.name, "prompted", 0, i))
-                     for i, q in enumerate(questions)]
+        requests += [GenerationRequest(chat_prompt(tokenizer, style.prompt, q, chat),
+                                       key=(style.name, "prompted", 0, i)) for i, q in enumerate(questions)]
     texts: dict[tuple[str, str, int], list[str]] = {}
     for result in generate(model, tokenizer, requests, EngineSettings(config.style_max_tokens, config.batch_size, (),
                                                                        not chat)):

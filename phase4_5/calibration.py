@@ -32,8 +32,8 @@ CONTROL_ROLES = ("selection_control", "control")  # 4.5's rule compares with the
 
 
 def arm_name(group: str, kind_or_index: str, level: float, role: str, control_set: str = SHARED_CONTROLS) -> str:
-    """e.g. "sae_latent/correct@0.1", "control/random_isotropic/3@0.1", "control/kv_cache_mutant/random_kv_norms/3@0.1"
-    (a method's own controls carry its name)."""
+    """e.g. "sae_latent/correct@0.1", "control/random_isotropic/3@0.1", and for a method's own controls its name:
+    "control/kv_cache_mutant/random_kv_norms/3@0.1"."""
     prefix = f"{role}/" if role in CONTROL_ROLES else ""
     if role in CONTROL_ROLES and control_set != SHARED_CONTROLS:
         prefix += f"{control_set}/"
@@ -79,7 +79,8 @@ def calibrate(model, texts: Sequence[TeacherText], targets: dict[tuple[str, str]
     alphas, measured = matched_alphas(model, texts, units, levels, config.calibration_alphas)
     arms, unreachable = [], []
     names = ([("target", method, kind, target_sets[method]) for method, kind in targets]
-             + [(role, c.type, str(c.index), control_set) for role in CONTROL_ROLES for control_set, c in controls[role]])
+             + [(role, c.type, str(c.index), control_set)
+                for role in CONTROL_ROLES for control_set, c in controls[role]])
     for unit, (role, group, kind, control_set), row in zip(units, names, alphas):
         for level, alpha in zip(levels, row):
             name = arm_name(group, kind, level, role, control_set)

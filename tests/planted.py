@@ -108,7 +108,8 @@ def write_hand_made_directions(data_dir: Path, position: str = "code_last") -> N
     write_manifest(config, get_phase("2.8"), {}, [data_dir / "phase2_8" / "phase_2_8_summary.json"])
 
 
-KV_ALPHAS = "0.5,8,128,1024,2048,4096,8192,16384,32768,65536,131072"  # the KV test's grid: one edited position must outweigh BIAS
+KV_ALPHAS = "0.5,8,128,1024,2048,4096,8192,16384,32768,65536,131072"  # the KV test's grid: one edited position
+#                                                                          must outweigh BIAS
 
 
 def write_planted_kv_vector(data_dir: Path, model_dir: Path) -> None:

@@ -36,6 +36,8 @@ class _ValueShift:
     def label(self) -> str:
         return f"value_shift/{self.layer}@{self.delta:g}"
 
+    steers_prefill = True  # a full prefill of its own under prefill_applied (which changes nothing): the slow path
+
     @property
     def first_layer(self) -> None:
         return None

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from common.generation import EngineSettings, GenerationRequest, generate
+from common.generation import EngineSettings, EngineStats, GenerationRequest, generate
 from common.hooks import cache_keyword
 from common.interventions import Intervention, KVCacheEdit, load_interventions, save_interventions
 from common.prefill import Prefill
@@ -103,3 +103,15 @@ def test_the_same_prompt_and_edit_twice_write_the_same(tiny_model):
     edit = _edit(model, 4, (2,), 30.0)
     twice = _by_key(model, tokenizer, [GenerationRequest(PROMPTS[2], intervention=edit, key=k) for k in "ab"], 1)
     assert twice["a"] == twice["b"]
+
+
+def test_cache_edits_of_a_prompt_share_its_one_unsteered_prefill(tiny_model):
+    """The edit comes after the prefill, so edits of one prompt and its plain request prefill it once between them."""
+    model, tokenizer = tiny_model
+    edits = [_edit(model, seed, (1, 3), 30.0) for seed in (5, 6, 7)]
+    requests = [GenerationRequest(prompt, intervention=edit, key=(prompt, i))
+                for prompt in PROMPTS[:2] for i, edit in enumerate([None, *edits])]
+    stats = EngineStats()
+    results = list(generate(model, tokenizer, requests, EngineSettings(4, 8), stats))
+    assert len(results) == len(requests)
+    assert (stats.prefill.prefills, stats.prefill.partial_prefills) == (2, 0)  # one full pass per prompt, nothing else

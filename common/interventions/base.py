@@ -2,7 +2,8 @@
 
 An intervention changes the model while a request is generated and always undoes itself. The
 generation engine (common/generation.py) and the prefill (common/prefill.py) know only this protocol:
-- `prefill_applied(model)`: a context manager for one prompt's prefill (a batch of one, no padding);
+- `prefill_applied(model)`: a context manager for one prompt's prefill (a batch of one, no padding), skipped when
+  `steers_prefill` is False;
 - `after_prefill(prefill)`: the optional step once the prompt is in the KV cache (common/prefill.py's
   `Prefill`: keys and values per layer, last-token logits and activations). It returns the intervention
   that follows this row through decoding (per-row state lives there, so it follows the row when rows
@@ -54,6 +55,11 @@ class Intervention(Protocol):
     def first_layer(self) -> int | None:
         """Decoder layers below this one compute what they compute unsteered (the prefill replays them);
         None when the whole model changes."""
+
+    @property
+    def steers_prefill(self) -> bool:
+        """False promises the prompt's prefill is the unsteered one (the intervention acts only after it), so every
+        such intervention of a prompt shares it; True is always safe."""
 
     def columns(self) -> dict[str, Any]:
         """What it adds to each output row: kind, label, and the kind's own description."""

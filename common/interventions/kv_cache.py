@@ -10,8 +10,7 @@ of different lengths mixes rotations; values carry none. `alpha` scales the delt
 mean deltas (seed 002's coefficient is alpha on those), and the methods steer with `unit()` edits, whose alpha
 counts like a residual addition's. The deltas are per layer [key-value heads, head dim]; the engine's slot cache
 sets the row's edited keys and values in its own slot, so padding and the other rows are untouched. The prefill
-itself is unsteered, so any `first_layer` is exact; the deepest edited layer is given, and the prefill replays the
-unsteered one's layers up to it instead of computing them again.
+itself is unsteered (`steers_prefill` is False), so every edit of a prompt starts from its one unsteered prefill.
 """
 
 from __future__ import annotations
@@ -55,9 +54,11 @@ class KVCacheEdit:
         layers = ",".join(map(str, self.layers))
         return f"{self.name}#{digest}@L{layers}x{self.alpha:g}:k{self.key_weight:g}v{self.value_weight:g}"
 
+    steers_prefill: ClassVar[bool] = False  # the edit comes after the prefill, which every edit of a prompt shares
+
     @property
     def first_layer(self) -> int:
-        return max(self.layers)  # the prefill is unsteered (the edit comes after it): replaying more is still exact
+        return max(self.layers)  # never used to replay (the prefill is shared), but true: nothing below it changes
 
     def columns(self) -> dict[str, Any]:
         return {"kind": self.kind, "intervention": self.label, "direction": self.name,

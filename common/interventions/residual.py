@@ -56,6 +56,8 @@ class ResidualAddition:
     def first_layer(self) -> int:
         return self.direction.layer
 
+    steers_prefill: ClassVar[bool] = True
+
     @property
     def steers_generated_tokens(self) -> bool:
         return self.positions == "all"
