@@ -128,10 +128,11 @@ def _residual_kl(model: torch.nn.Module, texts: Sequence[TeacherText], intervent
 def _protocol_kl(model: torch.nn.Module, texts: Sequence[TeacherText], interventions: Sequence[Intervention],
                  progress: bool) -> np.ndarray:
     """Any kind, as the engine applies it: per text, each intervention's prefill of the prompt (the unsteered one
-    itself, or a pass replaying it below the intervention's first layer; common/prefill.py) and `after_prefill`; then `ROWS_PER_PASS` rows at a time, the output read
-    over their caches with the kinds' decode appliers on (on every position of the pass, as on each decode step).
-    The unsteered distributions come from the same two steps without an intervention, so both sides share one
-    numerical path (a cached pass and a full one differ by rounding, which in bfloat16 is a floor of KL)."""
+    itself, or a pass replaying it below the intervention's first layer; common/prefill.py) and `after_prefill`;
+    then the output read over their caches with the kinds' decode appliers on (on every position of the pass, as on
+    each decode step), `ROWS_PER_PASS - 1` interventions at a time beside one unsteered row: both sides take one
+    numerical path, in one batch (a cached pass and a full one, or two batch sizes, differ by rounding, which in
+    bfloat16 would be a floor of KL)."""
     device = next(model.parameters()).device
     prefiller = Prefiller(model, None, False, (), cache_keyword(model), 0, PrefillStats())
     total_kl = torch.zeros(len(interventions), dtype=torch.float64)
@@ -141,13 +142,13 @@ def _protocol_kl(model: torch.nn.Module, texts: Sequence[TeacherText], intervent
             prompt = torch.tensor([text.prompt_ids], device=device)
             following = torch.tensor([text.output_ids[:-1]], device=device)  # each predicts the next output token
             unsteered = prefiller.run(prompt, None, None)
-            base_log_p = torch.log_softmax(_read_output(model, appliers, [(None, unsteered)], following)[0], dim=-1)
-            for start in range(0, len(interventions), ROWS_PER_PASS):
-                chunk = interventions[start:start + ROWS_PER_PASS]
+            for start in range(0, len(interventions), ROWS_PER_PASS - 1):
+                chunk = interventions[start:start + ROWS_PER_PASS - 1]
                 prefills = [prefiller.steered(prompt, i, lambda: unsteered) for i in chunk]
-                steered = _read_output(model, appliers, list(zip(chunk, prefills)), following)
-                steered_log_p = torch.log_softmax(steered, dim=-1)
-                kl = (base_log_p.exp()[None] * (base_log_p[None] - steered_log_p)).sum(dim=-1).clamp_min(0.0)
+                log_p = torch.log_softmax(_read_output(model, appliers, [(None, unsteered), *zip(chunk, prefills)],
+                                                       following), dim=-1)
+                base_log_p, steered_log_p = log_p[:1], log_p[1:]  # the unsteered row in the same batch
+                kl = (base_log_p.exp() * (base_log_p - steered_log_p)).sum(dim=-1).clamp_min(0.0)
                 total_kl[start:start + len(chunk)] += kl.sum(dim=1).double().cpu()
             n_tokens += len(text.output_ids)
     return (total_kl / max(n_tokens, 1)).numpy()

@@ -76,7 +76,7 @@ def run(phase: PhaseRun) -> Path:
     outputs, edits, summary = [], {}, {"layers": layers, "teacher": config.teacher_url or "local model",
                                        "n_building": len(building), "n_held_out": len(held_out),
                                        "disruption": config.style_disruption, "styles": {}}
-    for index, style in enumerate(styles):
+    for style in styles:
         styled = answers(style.prompt, building)
         differ = [a != b for a, b in zip(styled, neutral)]
         if not any(differ):  # a teacher that ignores the style prompt: no contrast, no vector
@@ -85,14 +85,16 @@ def run(phase: PhaseRun) -> Path:
             summary["styles"][style.name] = {"skipped": reason}
             continue
         styled_read = _read(model, tokenizer, neutral_prompts, styled, layers, chat)
-        edit, record = _style_vector(style, styled, neutral, differ, styled_read, neutral_read, layers, config)
+        edit, record, usable = _style_vector(style, styled, neutral, differ, styled_read, neutral_read, layers,
+                                             config)
         pairs = [{"question": q, "positive": p, "negative": n, "positive_prompt": style.prompt,
-                  "negative_prompt": NEUTRAL_PROMPT} for q, p, n, d in zip(building, styled, neutral, differ) if d]
+                  "negative_prompt": NEUTRAL_PROMPT} for q, p, n, u in zip(building, styled, neutral, usable) if u]
         template = {"positive_prompt": style.prompt, "negative_prompt": NEUTRAL_PROMPT,
                     "statistic": style.statistic_name}
         outputs += save_vector(out_dir, edit, pairs, record, template)
         unit = edit.unit()
-        randoms = [c.unit for c in random_kv_controls(unit, RANDOM_EDITS, config.seed + RANDOM_SEED_STEP * index)]
+        own_seed = config.seed + RANDOM_SEED_STEP * list(STYLES).index(style.name)  # by the registry, not the config
+        randoms = [c.unit for c in random_kv_controls(unit, RANDOM_EDITS, own_seed)]
         alphas, _ = matched_alphas(model, texts, [unit, *randoms], [config.style_disruption],
                                    config.calibration_alphas, progress=False)
         edits[style.name] = [(arm, u.at(float(a))) for arm, u, a in zip(["steered"] + ["random_edit"] * RANDOM_EDITS,
@@ -129,9 +131,10 @@ def _read(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], laye
 def _style_vector(style: Style, styled: Sequence[str], neutral: Sequence[str], differ: Sequence[bool],
                   styled_read: tuple[torch.Tensor, torch.Tensor, np.ndarray],
                   neutral_read: tuple[torch.Tensor, torch.Tensor, np.ndarray], layers: list[int], config
-                  ) -> tuple[KVCacheEdit, dict[str, Any]]:
-    """The style's mean (styled minus neutral) keys and values over the questions whose two answers differ, each
-    answer read after the neutral prompt."""
+                  ) -> tuple[KVCacheEdit, dict[str, Any], np.ndarray]:
+    """The style's mean (styled minus neutral) keys and values over the questions whose two answers differ (and were
+    read: an empty answer has no last token), each answer read after the neutral prompt; the record; those
+    questions."""
     usable = styled_read[2] & neutral_read[2] & np.asarray(differ, dtype=bool)
     positive = {"keys": styled_read[0], "values": styled_read[1]}
     negative = {"keys": neutral_read[0], "values": neutral_read[1]}
@@ -143,7 +146,7 @@ def _style_vector(style: Style, styled: Sequence[str], neutral: Sequence[str], d
                  "neutral": float(np.mean([style.statistic(a) for a in neutral]))}
     return edit, {"n_pairs": int(usable.sum()), "aggregation": config.kv_aggregation, "clusters": clusters,
                   "value_delta_norms": value_delta.flatten(1).norm(dim=1).tolist(),
-                  "statistic": style.statistic_name, "teacher_statistic_mean": statistic}
+                  "statistic": style.statistic_name, "teacher_statistic_mean": statistic}, usable
 
 
 def _held_out_answers(model, tokenizer, styles: Sequence[Style], questions: Sequence[str],

@@ -2,7 +2,8 @@
 that says how much of the style an answer shows, and the questions (written for this project) they are asked.
 
 Each statistic is declared here, before any answer is read, and measured the same way on every answer:
-- `step_by_step_reasoning`: numbered steps, lines that start "1." / "2)" / "Step 3:" (not "10:30" or "1984.");
+- `step_by_step_reasoning`: numbered steps, lines that start "1. " / "2) " / "Step 3:" (not "10:30", "1984." or
+  "3.5 million");
 - `researcher_style`: words of analysis and evidence per 100 words;
 - `creative_explorer`: words of exploration and imagination per 100 words.
 """
@@ -17,7 +18,7 @@ NEUTRAL_PROMPT = "Answer the question directly and briefly."
 HELD_OUT_QUESTIONS = 12  # split once by the seed; never used to build a vector
 RANDOM_EDITS = 3  # per style: edits of its norms, calibrated to the same disruption, that its effect must beat
 
-_STEP_LINE = re.compile(r"^\s*(?:\*\*)?(?:step\s*\d+\s*[.):]|\d{1,2}[.)])", re.IGNORECASE | re.MULTILINE)
+_STEP_LINE = re.compile(r"^\s*(?:\*\*)?(?:step\s*\d+\s*[.):]|\d{1,2}[.)](?=[\s*]))", re.IGNORECASE | re.MULTILINE)
 _WORD = re.compile(r"[a-z']+")
 
 

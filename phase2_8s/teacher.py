@@ -5,6 +5,7 @@ GPT-4). Both answer greedily (temperature 0), so a rerun asks for the same answe
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import time
@@ -55,8 +56,8 @@ def endpoint_answers(url: str, teacher_model: str, system: str, questions: Seque
 
 
 def _completion(request: urllib.request.Request, url: str) -> str:
-    """The reply's text; a connection error or a server error is tried again (ATTEMPTS in all), anything else is
-    one error line at once."""
+    """The reply's text; a connection error, a cut reply, a server error or "too many requests" is tried again
+    (ATTEMPTS in all), anything else is one error line at once."""
     attempt = 0
     while True:
         attempt += 1
@@ -65,9 +66,9 @@ def _completion(request: urllib.request.Request, url: str) -> str:
                 reply = json.loads(response.read())
             return str(reply["choices"][0]["message"]["content"]).strip()
         except urllib.error.HTTPError as exc:
-            if exc.code < 500 or attempt == ATTEMPTS:
+            if (exc.code < 500 and exc.code != 429) or attempt == ATTEMPTS:
                 raise PipelineError(f"teacher_url {url}: no chat completion ({exc})") from None
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             if attempt == ATTEMPTS:
                 raise PipelineError(f"teacher_url {url}: no chat completion ({exc})") from None
         except (ValueError, KeyError, IndexError, TypeError) as exc:

@@ -31,7 +31,7 @@ from common.disruption import teacher_texts
 from common.errors import PipelineError
 from common.logging import get_logger
 from common.controls import CONTROL_TYPES, SHARED_CONTROLS, Control
-from common.methods import Proposal, SteeringSite, get_method, steering_layer
+from common.methods import METHODS, Proposal, SteeringSite, get_method, steering_layer
 from common.phase_run import PhaseRun
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
 from common.statistics import rate
@@ -138,10 +138,10 @@ def _controls(config, site: SteeringSite, proposals: dict[str, Proposal], exclus
               warnings: list[str]) -> tuple[dict[str, list[tuple[str, Control]]], dict[str, str]]:
     """Per role, (control set, control): the shared residual controls when a method uses them, and each method's
     own (as many as the shared set has when every type is available); and each method's set. Each method with its
-    own controls draws them from its own seed (the first keeps the role's seed), so two KV methods never share one
-    noise draw."""
+    own controls draws them from its own seed, set by its place in the registry (the first keeps the role's seed),
+    so two KV methods never share a noise draw and the config's order of methods changes nothing."""
     target_sets = {name: SHARED_CONTROLS if get_method(name).controls is None else name for name in proposals}
-    own = [name for name, control_set in target_sets.items() if control_set != SHARED_CONTROLS]
+    registered = [name for name, m in METHODS.items() if m.controls is not None]  # fixed order: seeds by name
     controls: dict[str, list[tuple[str, Control]]] = {}
     for role, per_type, seed in (("selection_control", config.selection_controls_per_type, config.seed),
                                  ("control", config.controls_per_type, config.seed + 1)):
@@ -150,9 +150,10 @@ def _controls(config, site: SteeringSite, proposals: dict[str, Proposal], exclus
             shared, missing = make_controls(site, exclusions, per_type, d_model, seed)
             controls[role] += [(SHARED_CONTROLS, c) for c in shared]
             warnings += [f"{role} type left out: {m}" for m in missing]
-        for k, name in enumerate(own):
-            made = get_method(name).controls(proposals[name], len(CONTROL_TYPES) * per_type, seed + OWN_SEED_STEP * k)
-            controls[role] += [(name, c) for c in made]
+        for name in (name for name, control_set in target_sets.items() if control_set != SHARED_CONTROLS):
+            own_seed = seed + OWN_SEED_STEP * registered.index(name)
+            controls[role] += [(name, c) for c in get_method(name).controls(proposals[name],
+                                                                              len(CONTROL_TYPES) * per_type, own_seed)]
     return controls, target_sets
 
 

@@ -112,6 +112,7 @@ def test_cache_edits_of_a_prompt_share_its_one_unsteered_prefill(tiny_model):
     requests = [GenerationRequest(prompt, intervention=edit, key=(prompt, i))
                 for prompt in PROMPTS[:2] for i, edit in enumerate([None, *edits])]
     stats = EngineStats()
-    results = list(generate(model, tokenizer, requests, EngineSettings(4, 8), stats))
-    assert len(results) == len(requests)
+    together = {r.request.key: r.text for r in generate(model, tokenizer, requests, EngineSettings(4, 8), stats)}
     assert (stats.prefill.prefills, stats.prefill.partial_prefills) == (2, 0)  # one full pass per prompt, nothing else
+    alone = {r.key: next(iter(generate(model, tokenizer, [r], EngineSettings(4, 1)))).text for r in requests}
+    assert together == alone  # the shared prefill is never edited in place

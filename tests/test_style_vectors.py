@@ -9,11 +9,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
+from scipy import stats
 
 import run
 from common.errors import PipelineError
 from common.kv_vectors import load_vector
+from phase2_8s.runner import _effects
 from phase2_8s.styles import HELD_OUT_QUESTIONS, NEUTRAL_PROMPT, QUESTIONS, RANDOM_EDITS, STYLES, numbered_steps
 from phase2_8s.teacher import endpoint_answers
 
@@ -59,11 +62,28 @@ def teacher_server() -> Iterator[tuple[str, list[dict]]]:
 def test_each_style_statistic_measures_what_it_names():
     assert numbered_steps(STEPS) == 3 and numbered_steps("Step 1: mix.\nStep 2) bake.\n**3.** eat") == 3
     assert numbered_steps("In 1984 there were 2. Then 3 more.") == 0  # numbers inside a line are not steps
-    assert numbered_steps("10:30 the bus left.\n1984. A year.\n2023: another") == 0  # times and years are not steps
+    assert numbered_steps("10:30 the bus left.\n1984. A year.\n2023: another\n3.5 million") == 0  # nor numbers
     research = STYLES["researcher_style"].statistic
     assert research("The evidence suggests a factor; however more data") == pytest.approx(100 * 5 / 8)
     assert research("") == 0.0
     assert STYLES["creative_explorer"].statistic("Imagine a city of glass, perhaps") == pytest.approx(100 * 2 / 6)
+
+
+def test_each_comparison_is_paired_by_question_with_a_t_interval():
+    """Hand-made answers: steered adds a step to questions 0-3, one random edit adds one to question 0 and the other
+    to question 1 (their mean per question: 0.5, 0.5, 0, 0), prompting adds two everywhere."""
+    one, two = "1. a", "1. a\n2. b"
+    answers = {"unsteered": [[""] * 4], "steered": [[one] * 4], "random_edit": [[one, "", "", ""], ["", one, "", ""]],
+               "prompted": [[two] * 4]}
+    effects = _effects(STYLES["step_by_step_reasoning"], answers)
+    assert effects["mean"] == {"unsteered": 0.0, "steered": 1.0, "random_edit": 0.25, "prompted": 2.0}
+    assert effects["n_random_edits"] == 2
+    versus_random = effects["differences"]["steered_minus_random"]  # per question 0.5, 0.5, 1, 1
+    half = stats.t.ppf(0.975, 3) * np.std([0.5, 0.5, 1, 1], ddof=1) / 2
+    assert versus_random["mean_difference"] == pytest.approx(0.75)
+    assert (versus_random["low"], versus_random["high"]) == pytest.approx((0.75 - half, 0.75 + half))
+    assert (versus_random["n_higher"], versus_random["n_lower"]) == (4, 0)
+    assert effects["differences"]["prompted"]["low"] == effects["differences"]["prompted"]["high"] == 2.0
 
 
 def test_the_teacher_asks_an_openai_compatible_endpoint_and_says_so_in_one_line_when_it_fails(teacher_server):

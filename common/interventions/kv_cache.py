@@ -71,7 +71,7 @@ class KVCacheEdit:
     def unit(self) -> KVCacheEdit:
         """The same edit with what it adds (key_weight * keys and value_weight * values, every layer together) scaled
         to norm 1, as a unit residual direction is: alpha then counts in comparable units, and one calibration grid
-        serves both kinds (raw mean deltas of minimal pairs are a hundred times smaller than of the model's own).
+        serves both kinds (raw mean deltas of minimal pairs are 20-110 times smaller per layer than of the model's own).
         The factor is kept in `provenance["unit_scale"]`: alpha times it is the coefficient on the raw deltas."""
         added = torch.cat([(self.key_weight * self.key_deltas).flatten(), (self.value_weight * self.value_deltas)
                            .flatten()]).double().norm()
