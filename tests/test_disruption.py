@@ -11,6 +11,7 @@ from common.directions import SteeringDirection
 from transformers import DynamicCache
 
 from common.disruption import _protocol_kl, disruption, matched_alphas, teacher_texts
+from common.hooks import cache_keyword
 from common.interventions import KVCacheEdit, ResidualAddition, residual_added
 
 PROMPTS = ["def add(a, b):", "Write a function that reverses a list.", "Count the vowels of a word."]
@@ -93,10 +94,12 @@ def test_a_cache_edit_disrupts_from_the_second_output_token_as_computed_by_hand(
         with torch.no_grad():
             base = torch.log_softmax(model(input_ids=ids).logits[0, -n - 1:-1].float(), -1)
             cache = DynamicCache(config=model.config)
-            first = model(input_ids=ids[:, :len(text.prompt_ids)], use_cache=True, past_key_values=cache).logits[:, -1:]
+            first = model(input_ids=ids[:, :len(text.prompt_ids)], use_cache=True,
+                          **{cache_keyword(model): cache}).logits[:, -1:]
             for i, layer in enumerate(edit.layers):
                 cache.layers[layer].values[..., -1, :] += edit.alpha * edit.value_deltas[i]
-            rest = model(input_ids=ids[:, len(text.prompt_ids):-1], use_cache=True, past_key_values=cache).logits
+            rest = model(input_ids=ids[:, len(text.prompt_ids):-1], use_cache=True,
+                         **{cache_keyword(model): cache}).logits
             steered = torch.log_softmax(torch.cat([first, rest], dim=1)[0].float(), -1)
         kl = (base.exp() * (base - steered)).sum(-1)
         assert float(kl[0]) == pytest.approx(0.0, abs=1e-6)

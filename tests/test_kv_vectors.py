@@ -12,6 +12,7 @@ from transformers import DynamicCache
 from common.code_extraction import code_span
 from common.controls import random_kv_controls
 from common.interventions import KVCacheEdit
+from common.hooks import cache_keyword
 from common.kv_vectors import default_layers, extract_deltas, load_vector, save_vector
 from common.program_pass import ProgramText, record_last_keys_values
 
@@ -120,7 +121,7 @@ def test_keys_and_values_are_read_at_the_last_token_as_one_full_pass_caches_them
                + tokenizer(text.raw_output[:end], add_special_tokens=False)["input_ids"])
         cache = DynamicCache(config=model.config)
         with torch.no_grad():
-            model(input_ids=torch.tensor([ids]), use_cache=True, past_key_values=cache)
+            model(input_ids=torch.tensor([ids]), use_cache=True, **{cache_keyword(model): cache})
         for j, layer in enumerate(layers):
             assert torch.allclose(keys[i, j], cache.layers[layer].keys[0, :, -1], atol=1e-5)
             assert torch.allclose(values[i, j], cache.layers[layer].values[0, :, -1], atol=1e-5)
