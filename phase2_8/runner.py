@@ -104,14 +104,11 @@ def _read_pairs(model, tokenizer, builder: PromptBuilder, problems: pd.DataFrame
                 layers: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], np.ndarray]:
     """Per side ("keys", "values"): [n_pairs, layers, kv_heads, head_dim] of the passing and the failing sides, and
     the mask of pairs whose both sides were read. Each distinct text once: a reference recurs in its task's pairs."""
-    texts, rows = pair_texts(pairs, problems, builder)
-    keys, values, read = (record_last_keys_values(model, tokenizer, texts, layers, builder.adds_special_tokens)
-                          if texts else (torch.empty(0), torch.empty(0), np.zeros(0, dtype=bool)))
-    usable = read[rows].all(1) if len(rows) else np.zeros(0, dtype=bool)
-    take = {side: torch.from_numpy(rows[:, side]) for side in (0, 1)}
-    positive = {"keys": keys[take[0]], "values": values[take[0]]} if len(rows) else {}
-    negative = {"keys": keys[take[1]], "values": values[take[1]]} if len(rows) else {}
-    return positive, negative, usable
+    texts, rows = pair_texts(pairs, problems, builder)  # no pairs: empty arrays all the way through
+    keys, values, read = record_last_keys_values(model, tokenizer, texts, layers, builder.adds_special_tokens)
+    take = [torch.from_numpy(rows[:, side]) for side in (0, 1)]
+    positive, negative = ({"keys": keys[rows_of_side], "values": values[rows_of_side]} for rows_of_side in take)
+    return positive, negative, read[rows].all(1)
 
 
 def _held_out(refit: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, held_out: np.ndarray,
