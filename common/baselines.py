@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import ast
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -71,7 +72,9 @@ def _prompt_words(table: pd.DataFrame) -> Scorer:
 
 def _parses(code: str) -> float:
     try:
-        ast.parse(code)
+        with warnings.catch_warnings():  # the model's code may hold e.g. "1abc": Python warns before it fails
+            warnings.simplefilter("ignore", SyntaxWarning)
+            ast.parse(code)
     except (SyntaxError, ValueError):
         return 0.0
     return 1.0

@@ -116,6 +116,15 @@ class Config:
     style_max_tokens: int = 160  # per answer, teacher's and steered
     style_disruption: float = 0.1  # nats per token: each style edit and its random edit are calibrated to this
 
+    # --- the multi-cluster dictionary, its router and the calibrated confidence (phase 3.9, seed 000)
+    dictionary_clusters: list[int] = field(default_factory=lambda: [2, 3, 4, 6, 8])  # K tried; chosen on hyperparams
+    dictionary_taus: list[float] = field(default_factory=lambda: [1.0, 5.0, 15.0, 30.0])  # routing softmax sharpness
+    projection_lrs: list[float] = field(default_factory=lambda: [0.001, 0.0001, 0.00001, 0.000001])  # AdamW for P,
+    projection_weight_decay: float = 0.0001  # (a public implementation: lr 1e-3, weight decay 1e-4, batch 64, 2
+    #                                         epochs); here the lr and the epochs are chosen on held-out sae tasks
+    projection_batch_size: int = 64
+    projection_max_epochs: int = 300
+
     # --- steering (phase 4.5 calibrates every method on hyperparams, phase 4.8 measures on validation)
     steering_direction_position: str = CODE_POSITIONS[0]  # the activation position whose directions are steered: a
     #                                   last_prompt direction is added at the last prompt token only, a code one at
@@ -123,7 +132,7 @@ class Config:
     steering_layer: int | None = None  # None: the layer of phase 2.5's best correct-preferring latent there
     methods: list[str] = field(default_factory=lambda: ["sae_latent", "mean_difference",
                                                         "contrastive_mutant_mean_difference",
-                                                        "kv_cache_mutant"])  # common/methods.py
+                                                        "kv_cache_mutant", "self_steering"])  # common/methods.py
     disruption_levels: list[float] = field(default_factory=lambda: [0.03, 0.1, 0.3])  # nats per token of KL on
     #                                   hyperparams baseline programs: phase 4.5's grid; every arm and control of
     #                                   a level is calibrated to it (common/disruption.py)
@@ -176,6 +185,16 @@ class Config:
         _check(self.steering_direction_position in self.activation_positions, "steering_direction_position",
                self.steering_direction_position, "one of activation_positions")
         _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+        _check(len(self.dictionary_clusters) > 0 and min(self.dictionary_clusters) >= 2
+               and len(set(self.dictionary_clusters)) == len(self.dictionary_clusters), "dictionary_clusters",
+               self.dictionary_clusters, "a non-empty list of distinct cluster counts >= 2")
+        _check(len(self.dictionary_taus) > 0 and min(self.dictionary_taus) > 0, "dictionary_taus",
+               self.dictionary_taus, "a non-empty list of positive temperatures")
+        _check(len(self.projection_lrs) > 0 and min(self.projection_lrs) > 0 and self.projection_weight_decay >= 0,
+               "projection_lrs", (self.projection_lrs, self.projection_weight_decay),
+               "learning rates > 0 and a weight decay >= 0")
+        _check(self.projection_batch_size >= 1 and self.projection_max_epochs >= 1, "projection_batch_size",
+               (self.projection_batch_size, self.projection_max_epochs), "batch size and max epochs >= 1")
         _check(self.stop_repeat_copies == 0 or self.stop_repeat_copies >= 2, "stop_repeat_copies",
                self.stop_repeat_copies, "0 (the repetition rule off) or >= 2")
         _check(self.stop_repeat_tokens >= 0, "stop_repeat_tokens", self.stop_repeat_tokens, ">= 0 (0: no minimum)")

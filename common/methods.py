@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from common.controls import Control, random_kv_controls
+from common.controls import Control, random_kv_controls, random_routing_controls
 from common.directions import load_directions
-from common.interventions import Intervention, ResidualAddition
+from common.interventions import Intervention, ResidualAddition, load_interventions
 from common.kv_vectors import load_vector
 from common.positions import LAST_PROMPT
 
@@ -158,6 +158,21 @@ def _register_kv_cache() -> None:
 
 
 _register_kv_cache()
+
+
+def _self_steering_controls(proposal: Proposal, n: int, seed: int) -> list[Control]:
+    return random_routing_controls(proposal.interventions["correct"], n, seed) if proposal.interventions else []
+
+
+@method("self_steering", "self-steering (dictionary)", "#6a4c93", upstream=("3.9",), controls=_self_steering_controls)
+def self_steering(where: SteeringSite) -> Proposal:
+    """Phase 3.9's dictionary at alpha 1: each row pushed along its own routed adjustment s(h), towards passing;
+    along -s(h) for the incorrect class. It steers at the dictionary's layer (phase 3.9 places it as 4.5 does)."""
+    path = where.folder("3.9") / "steering_dictionary.safetensors"
+    if not path.is_file():
+        return Proposal({}, ["phase 3.9 wrote no dictionary (its summary says why)"])
+    steering = load_interventions(path)[0]
+    return Proposal({"correct": steering, "incorrect": steering.negated()})
 
 
 def steering_layer(folder_2_5: Path, position: str, configured: int | None) -> int | None:

@@ -34,6 +34,7 @@ class Prefill:
     activations: dict[int, torch.Tensor]  # layer -> [d_model] float32, at the last prompt token
     time_s: float
     layer_outputs: list[Any] | None = None  # unsteered only: each decoder layer's output, for replay
+    applied: Any = None  # what the intervention's `prefill_applied` yielded (self-steering: the row's own vector)
 
 
 @dataclass
@@ -146,12 +147,13 @@ class Prefiller:
         started = time.perf_counter()
         kv = DynamicCache(config=self.model.config)
         outputs: dict[int, Any] = {}
+        applied = None
         n_layers = len(decoder_layers(self.model))
         replay = (replaying(self.model, base.layer_outputs, intervention.first_layer, base.keys_values) if base
                   else contextlib.nullcontext())
         with replay, contextlib.ExitStack() as stack:
             if intervention is not None:  # applied after the swap: on the replay of its layer when there is one
-                stack.enter_context(intervention.prefill_applied(self.model))
+                applied = stack.enter_context(intervention.prefill_applied(self.model))
             else:
                 stack.enter_context(layer_forward_hooks(self.model, {i: _recorder(outputs, i) for i in range(n_layers)}))
             captured = stack.enter_context(capture_last_prompt_token(self.model, self.capture_layers))
@@ -165,4 +167,4 @@ class Prefiller:
             self.stats.partial_prefills += 1
         return Prefill([(layer.keys, layer.values) for layer in kv.layers], logits[0, -1].float(),
                        {layer: captured[layer][0].clone() for layer in self.capture_layers}, elapsed_s,
-                       [outputs[i] for i in range(n_layers)] if intervention is None else None)
+                       [outputs[i] for i in range(n_layers)] if intervention is None else None, applied)

@@ -16,9 +16,10 @@ import torch
 
 from common.config import Config
 from common.directions import SteeringDirection, save_directions
-from common.interventions import KVCacheEdit
+from common.interventions import KVCacheEdit, SelfSteering, save_interventions
 from common.kv_vectors import save_vector
 from common.phases import get_phase
+from common.steering_dictionary import SteeringDictionary
 from common.utils import write_manifest
 
 K, BIAS, LAYER = 0, 10.0, 1
@@ -79,7 +80,8 @@ def _unit(index: int, sign: float = 1.0) -> torch.Tensor:
 
 
 def write_hand_made_directions(data_dir: Path, position: str = "code_last") -> None:
-    """Phase 2.0, 2.5, 2.6, 2.7 and 2.8 outputs: no SAE files, no contrastive directions, no KV-cache vector; +e_K
+    """Phase 2.0, 2.5, 2.6, 2.7, 2.8 and 3.9 outputs: no SAE files, no contrastive directions, no KV-cache vector, no
+    dictionary; +e_K
     prefers correct, -e_K incorrect; zero-discrimination latents orthogonal to e_K; the mean difference leans on e_K
     (cosine 0.71). All found at `position`."""
     config = Config(data_dir=str(data_dir)).validate()
@@ -106,6 +108,20 @@ def write_hand_made_directions(data_dir: Path, position: str = "code_last") -> N
     (data_dir / "phase2_8").mkdir(parents=True)
     (data_dir / "phase2_8" / "phase_2_8_summary.json").write_text("{}")  # no KV-cache vector
     write_manifest(config, get_phase("2.8"), {}, [data_dir / "phase2_8" / "phase_2_8_summary.json"])
+    (data_dir / "phase3_9").mkdir(parents=True)
+    (data_dir / "phase3_9" / "phase_3_9_summary.json").write_text("{}")  # no dictionary
+    write_manifest(config, get_phase("3.9"), {}, [data_dir / "phase3_9" / "phase_3_9_summary.json"])
+
+
+def write_planted_dictionary(data_dir: Path) -> None:
+    """Phase 3.9 output: a dictionary of two means, +e_K and e_9, whose projection sends every prompt to +e_K (zero
+    weights, bias e_K), so sharp routing gives s close to +e_K for every row: self-steering pushes K up, and its
+    incorrect class (negated) down. Shuffled routing sends every row to e_9 instead; random dictionaries, anywhere."""
+    dictionary = SteeringDictionary(LAYER, torch.stack([_unit(K), _unit(9)]), torch.zeros(64, 64), _unit(K),
+                                    torch.zeros(64), torch.ones(64), 20.0)
+    path = data_dir / "phase3_9" / "steering_dictionary.safetensors"
+    save_interventions(path, [SelfSteering("self_steering", dictionary, 1.0, "code_last")])
+    write_manifest(Config(data_dir=str(data_dir)).validate(), get_phase("3.9"), {}, [path])
 
 
 KV_ALPHAS = "0.5,8,128,1024,2048,4096,8192,16384,32768,65536,131072"  # the KV test's grid: one edited position

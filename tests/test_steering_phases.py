@@ -23,7 +23,7 @@ from common.calibrated_arms import load_arms
 from common.control_vectors import read_control_vector
 from common.phases import get_phase
 from tests.planted import (K, KV_ALPHAS, LAYER, PREREGISTERED, planted_args, write_hand_made_directions,
-                           write_planted_kv_vector, write_tasks)
+                           write_planted_dictionary, write_planted_kv_vector, write_tasks)
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +170,45 @@ def test_the_kv_cache_method_meets_only_random_cache_edits_of_its_norms_and_its_
         a.role == "control" and a.level == 0.3 for a, _ in own) > 0
     assert versus["controls_at_or_above_target"] == 0
     assert incorrect["minus_alpha"]["corruption"]["successes"] == 0  # pushed the other way, nothing breaks
+
+
+@pytest.fixture(scope="module")
+def self_steered_run(steered_run, tmp_path_factory) -> Path:
+    """The same upstream outputs, phase 3.9 replaced by the planted dictionary (tests/planted.py), and phases 4.5 and
+    4.8 run with self-steering alone."""
+    source, args = steered_run
+    data_dir = tmp_path_factory.mktemp("self_steered")
+    for phase in ("phase0", "phase0_1", "phase1", "phase2_0", "phase2_5", "phase2_6", "phase2_7", "phase2_8",
+                  "phase3_5", "phase3_6", "phase3_8", "phase3_9"):
+        shutil.copytree(source / phase, data_dir / phase, ignore=shutil.ignore_patterns("checkpoint"))
+    write_planted_dictionary(data_dir)
+    for phase in ("4.5", "4.8"):
+        assert run.main(["phase", phase, "--data-dir", str(data_dir), *args, "--set", "methods=self_steering"]) == 0
+    return data_dir
+
+
+def test_self_steering_meets_only_its_routing_controls_and_its_planted_dictionary_beats_them(self_steered_run):
+    """The planted dictionary routes every row to +e_K: its incorrect class pushes K down, chosen by the rule against
+    the same dictionary with shuffled routing and random dictionaries behind the same router, at the same
+    disruption; phase 4.8 measures it against more of them."""
+    data_dir = self_steered_run
+    arms = load_arms(data_dir / "phase4_5")
+    planted = next(i for a, i in arms if a.role == "target" and a.kind == "incorrect")  # the correct class's push
+    own = [(a, i) for a, i in arms if a.role != "target"]  # along +e_K changes nothing: no level reaches it
+    assert planted.name == "self_steering/negated" and {a.control_set for a, _ in arms} == {"self_steering"}
+    assert {a.group for a, _ in own} == {"shuffled_routing", "random_dictionary"}
+    assert all(i.kind == "self_steering" and torch.equal(i.dictionary.weight, planted.dictionary.weight)
+               for _, i in own)
+    assert {i.dictionary.route_order for a, i in own if a.group == "shuffled_routing"} == {(1, 0)}
+    chosen = _selected(data_dir)["methods"]["self_steering/incorrect"]
+    assert (chosen["chosen_by"], chosen["level"]) == ("rule", 0.3)
+    analysis = json.loads((data_dir / "phase4_8" / "steering_effect_analysis.json").read_text())
+    n_passing = analysis["baseline"]["n_passing"]
+    incorrect = analysis["methods"]["self_steering"]["incorrect"]
+    assert incorrect["corruption"]["successes"] == incorrect["corruption"]["trials"] == n_passing
+    versus = incorrect["versus_controls"]["corruption"]
+    assert versus["n_controls"] == analysis["n_controls"]["self_steering@0.3"] > 0
+    assert versus["controls_at_or_above_target"] == 0
 
 
 def test_viz_only_redraws_without_generating(steered_run, monkeypatch):

@@ -6,6 +6,7 @@ from common.interventions.base import (REGISTRY, DecodeAppliers, Intervention, k
                                        register, save_interventions)
 from common.interventions.kv_cache import KVCacheEdit
 from common.interventions.residual import POSITION_POLICIES, ResidualAddition, residual_added
+from common.interventions.self_steering import SelfSteering
 
 __all__ = ["REGISTRY", "DecodeAppliers", "Intervention", "KVCacheEdit", "POSITION_POLICIES", "ResidualAddition",
-           "kind_class", "load_interventions", "register", "residual_added", "save_interventions"]
+           "SelfSteering", "kind_class", "load_interventions", "register", "residual_added", "save_interventions"]

@@ -3,7 +3,8 @@
 An intervention changes the model while a request is generated and always undoes itself. The
 generation engine (common/generation.py) and the prefill (common/prefill.py) know only this protocol:
 - `prefill_applied(model)`: a context manager for one prompt's prefill (a batch of one, no padding), skipped when
-  `steers_prefill` is False;
+  `steers_prefill` is False; what it yields the prefill keeps as `applied` (a kind that computes something from the
+  prompt, as self-steering computes its vector, hands it to `after_prefill` that way);
 - `after_prefill(prefill)`: the optional step once the prompt is in the KV cache (common/prefill.py's
   `Prefill`: keys and values per layer, last-token logits and activations). It returns the intervention
   that follows this row through decoding (per-row state lives there, so it follows the row when rows
@@ -70,7 +71,7 @@ class Intervention(Protocol):
     def negated(self) -> Intervention:
         """The opposite push at the same strength (phase 4.8's minus-alpha arm)."""
 
-    def prefill_applied(self, model: torch.nn.Module) -> ContextManager[None]: ...
+    def prefill_applied(self, model: torch.nn.Module) -> ContextManager[Any]: ...
 
     def after_prefill(self, prefill: Any) -> tuple[Intervention, list[tuple[torch.Tensor, torch.Tensor]]]: ...
 
