@@ -20,7 +20,7 @@ It also chooses selective steering's gates for phase 4.8 (common/gates.py), on h
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -28,12 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.activations import load_position
 from common.baselines import BASELINES, CLEAN_STOPS, STRONGEST_DECLARED, applicable, fitted_scorer
 from common.classification import (auroc, auroc_with_interval, best_f1_threshold, binary_metrics, incremental_auroc,
     within_task_auroc, within_task_difference)
 from common.config import Config
 from common.phase_run import PhaseRun
+from common.split_tables import Split, read_split
 from common.directions import load_directions
 from common.errors import PipelineError
 from common.gates import choose_gate, fail_oriented, flags, save_gates
@@ -49,29 +49,6 @@ logger = get_logger("phase3_8")
 CANDIDATES_PER_CLASS = 5
 AUROC_RESAMPLES = 1000
 THIN_CLASS_ROWS = 10
-
-
-@dataclass
-class Split:
-    """One split's table and its activations, read lazily and once per position and layer."""
-    name: str
-    table: pd.DataFrame
-    folders: list[tuple[Path, int]]  # activations folder and how many table rows it holds, in table order
-    _loaded: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
-
-    def activations(self, position: str, layer: int) -> torch.Tensor:
-        if (position, layer) not in self._loaded:
-            self._loaded[position, layer] = torch.cat([load_position(folder, position, layer)
-                                                       for folder, _ in self.folders])
-        return self._loaded[position, layer]
-
-    @property
-    def passed(self) -> np.ndarray:
-        return self.table["test_passed"].to_numpy(dtype=bool)
-
-    @property
-    def tasks(self) -> np.ndarray:
-        return self.table["task_id"].astype(str).to_numpy()
 
 
 Scorer = Callable[[Split], np.ndarray]  # one score per row of the split, NaN where the row has none
@@ -99,10 +76,10 @@ def run(phase: PhaseRun) -> Path:
     spec = phase.spec
     inputs = phase.inputs
     folder = {upstream: phase.upstream(upstream) for upstream in spec.upstream}
-    fit = _split("sae", folder["1"], [("dataset_sae.parquet", "activations")])
-    choose = _split("hyperparams", folder["3.6"], [("dataset_hyperparams_temp_0_0.parquet", "activations")])
+    fit = read_split("sae", folder["1"], [("dataset_sae.parquet", "activations")])
+    choose = read_split("hyperparams", folder["3.6"], [("dataset_hyperparams_temp_0_0.parquet", "activations")])
     temperatures = load_json(folder["3.5"] / "phase_3_5_summary.json")["by_temperature"]
-    report = _split("validation", folder["3.5"], [(info["table"], info["activations"]) for info in temperatures.values()])
+    report = read_split("validation", folder["3.5"], [(info["table"], info["activations"]) for info in temperatures.values()])
     warnings = _class_warnings(choose, report)
     counts = {split.name: {"rows": len(split.table), "tasks": int(pd.Series(split.tasks).nunique()),
                            "passing": int(split.passed.sum()), "failing": int((~split.passed).sum()),
@@ -185,12 +162,6 @@ def _save_gates(out_dir: Path, detectors: list[Detector], baselines: dict[str, A
                     d.position, gate.hyperparams_auroc, gate.validation_greedy_auroc["auroc"],
                     int(flagged[name].sum()), int(greedy.sum()))
     return save_gates(out_dir, gates, report.tasks[greedy], flagged)
-
-
-def _split(name: str, folder: Path, parts: list[tuple[str, str]]) -> Split:
-    tables = [pd.read_parquet(folder / table) for table, _ in parts]
-    return Split(name, pd.concat(tables, ignore_index=True),
-                 [(folder / activations, len(table)) for (_, activations), table in zip(parts, tables)])
 
 
 def _tasks_with_both(split: Split) -> int:

@@ -19,7 +19,7 @@ The chosen dictionary is saved as a `self_steering` intervention for the method 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from common.methods import steering_layer
 from common.phase_run import PhaseRun
 from common.positions import LAST_PROMPT, is_code_position, usable_rows
 from common.program_pass import ProgramText, record_programs
+from common.split_tables import Split, read_split
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
 from common.steering_dictionary import ROUTING_FEATURES, SteeringDictionary
 from common.utils import load_json, save_json
@@ -96,7 +97,8 @@ def _fit_and_report(config, folders: dict[str, Path], position: str
     if layer is None:
         raise NoDictionary(f"phase 2.5 lists no correct-preferring latent at {position} to place the steering layer "
                            "(set steering_layer)")
-    choose = _split(folders["3.6"], [("dataset_hyperparams_temp_0_0.parquet", "activations")], position, layer)
+    choose, choose_counts = _split("hyperparams", folders["3.6"], [("dataset_hyperparams_temp_0_0.parquet",
+                                                                    "activations")], position)
     if choose.passed.all() or not choose.passed.any():
         raise NoDictionary(f"the hyperparams split, where K, tau and the calibrator are chosen, has "
                            f"{int(choose.passed.sum())} passing programs of {len(choose.passed)}")
@@ -131,8 +133,8 @@ def _fit_and_report(config, folders: dict[str, Path], position: str
                 best["hyperparams_loo_brier"])
 
     by_temperature = load_json(folders["3.5"] / "phase_3_5_summary.json")["by_temperature"]
-    report = _split(folders["3.5"], [(info["table"], info["activations"]) for info in by_temperature.values()],
-                    position, layer)
+    report, report_counts = _split("validation", folders["3.5"], [(info["table"], info["activations"])
+                                                                  for info in by_temperature.values()], position)
     predictions = _predictions(dictionary, sae, choose, report)
     positive, report_tasks = report.passed, report.tasks
     predictors = {name: {"level": _level(name),
@@ -145,7 +147,7 @@ def _fit_and_report(config, folders: dict[str, Path], position: str
                                           RESAMPLES, config.seed)
                 for other in (ONE_TO_BEAT, "delta_logprob_only", "confidence_and_length") if other in predictions}
     cluster_of = clusterings[best["clusters"]][1]
-    counts = {name: _counts(split) for name, split in (("hyperparams", choose), ("validation", report))}
+    counts = {"hyperparams": choose_counts, "validation": report_counts}
     summary = {"layer": layer, "position": position, "task_vectors": {"tasks": len(tasks), **task_counts},
                "clusters": best["clusters"], "tau": best["tau"], "cluster_sizes": np.bincount(cluster_of).tolist(),
                "selection_grid": grid, "projection": projection.record,
@@ -159,34 +161,12 @@ def _fit_and_report(config, folders: dict[str, Path], position: str
     return summary, SelfSteering(SELF_STEERING, dictionary, 1.0, position), results
 
 
-@dataclass(frozen=True)
-class Rows:
-    """One split's programs that have an activation at the code position and a verdict, with their last-prompt
-    activations at the layer."""
-    table: pd.DataFrame
-    hidden: torch.Tensor  # [rows, d]
-    left_out: int  # rows without a program or without a verdict
-
-    @property
-    def passed(self) -> np.ndarray:
-        return self.table["test_passed"].to_numpy(dtype=bool)
-
-    @property
-    def tasks(self) -> np.ndarray:
-        return self.table["task_id"].astype(str).to_numpy()
-
-
-def _split(folder: Path, parts: list[tuple[str, str]], position: str, layer: int) -> Rows:
-    tables = [pd.read_parquet(folder / table) for table, _ in parts]
-    table = pd.concat(tables, ignore_index=True)
-    hidden = torch.cat([load_position(folder / activations, LAST_PROMPT, layer) for _, activations in parts])
-    usable = usable_rows(table, position) & table["program_mean_margin"].notna().to_numpy()
-    return Rows(table[usable].reset_index(drop=True), hidden[torch.from_numpy(usable)], int((~usable).sum()))
-
-
-def _counts(rows: Rows) -> dict[str, int]:
-    return {"programs": len(rows.table), "tasks": len(set(rows.tasks)), "passing": int(rows.passed.sum()),
-            "left_out_without_program_or_verdict": rows.left_out}
+def _split(name: str, folder: Path, parts: list[tuple[str, str]], position: str) -> tuple[Split, dict[str, int]]:
+    """The split's programs that have an activation at the code position, a verdict and a margin; and counts."""
+    every = read_split(name, folder, parts)
+    split = every.restricted(usable_rows(every.table, position) & every.table["program_mean_margin"].notna().to_numpy())
+    return split, {"programs": len(split.table), "tasks": len(set(split.tasks)), "passing": int(split.passed.sum()),
+                   "left_out_without_program_or_verdict": len(every.table) - len(split.table)}
 
 
 def _reference_activations(folders: dict[str, Path], position: str, layer: int, config) -> dict[str, torch.Tensor]:
@@ -207,14 +187,15 @@ def _reference_activations(folders: dict[str, Path], position: str, layer: int, 
     return {task: activations[i] for i, task in enumerate(tasks) if not torch.isnan(activations[i]).any()}
 
 
-def _features(dictionary: SteeringDictionary, rows: Rows) -> np.ndarray:
-    """[rows, 5] in FEATURES order."""
-    return np.c_[dictionary.features(rows.hidden), rows.table["program_mean_margin"].to_numpy(dtype=float)]
+def _features(dictionary: SteeringDictionary, split: Split) -> np.ndarray:
+    """[rows, 5] in FEATURES order: the routing of each row's last-prompt activation, and its delta logprob."""
+    return np.c_[dictionary.features(split.activations(LAST_PROMPT, dictionary.layer)),
+                 split.table["program_mean_margin"].to_numpy(dtype=float)]
 
 
-def _loo_brier(dictionary: SteeringDictionary, rows: Rows) -> float:
+def _loo_brier(dictionary: SteeringDictionary, split: Split) -> float:
     """Brier score of the calibrator on each hyperparams task when fitted on the others."""
-    features, passed, tasks = _features(dictionary, rows), rows.passed, rows.tasks
+    features, passed, tasks = _features(dictionary, split), split.passed, split.tasks
     predicted = np.empty(len(passed))
     for task in np.unique(tasks):
         out = tasks == task
@@ -225,7 +206,7 @@ def _loo_brier(dictionary: SteeringDictionary, rows: Rows) -> float:
     return float(np.mean((predicted - passed) ** 2))
 
 
-def _predictions(dictionary: SteeringDictionary, sae: pd.DataFrame, choose: Rows, report: Rows
+def _predictions(dictionary: SteeringDictionary, sae: pd.DataFrame, choose: Split, report: Split
                  ) -> dict[str, np.ndarray]:
     """Validation probabilities of passing: the calibrator on all features, on the routing features only and on
     delta logprob only, each fitted on hyperparams; and every applicable baseline, fitted on sae and Platt-scaled on
