@@ -37,11 +37,13 @@ def _weighted_metrics(probability: np.ndarray, positive: np.ndarray, weights: np
 
 
 def _interval(draws: np.ndarray) -> dict[str, float]:
+    """95% percentile interval; resamples without both classes (AUROC undefined) are counted, not hidden."""
     kept = draws[~np.isnan(draws)]
+    lost = {"resamples_lost_class": int(len(draws) - len(kept))} if len(kept) < len(draws) else {}
     if not len(kept):
-        return {"low": float("nan"), "high": float("nan")}
+        return {"low": float("nan"), "high": float("nan"), **lost}
     low, high = np.percentile(kept, [2.5, 97.5])
-    return {"low": float(low), "high": float(high)}
+    return {"low": float(low), "high": float(high), **lost}
 
 
 def calibration_metrics(probability: np.ndarray, positive: np.ndarray, tasks: np.ndarray, n_resamples: int = 1000,

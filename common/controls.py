@@ -13,15 +13,15 @@ A method whose intervention is not a residual addition brings its own controls (
 common/methods.py); for a KV-cache edit, `random_kv_norms`: Gaussian key and value deltas with the edit's
 per-layer norms (a cache edit of the same size and layer profile, pointing nowhere in particular). For self-steering
 (a dictionary routed by the row's own prompt), `random_routing_controls`: `shuffled_routing`, the same dictionary
-with its routing weights permuted (each control a different permutation), and `random_dictionary`, the same router
-over random unit means (the router's shape, none of the dictionary's content).
+with each row's routing weights shuffled (a permutation per row, drawn from the control's seed and the row's prompt),
+and `random_dictionary`, the same router over random unit means (the router's shape, none of the dictionary's
+content).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import itertools
 import math
 
 import numpy as np
@@ -33,7 +33,6 @@ from common.interventions import Intervention, KVCacheEdit, SelfSteering
 SHARED_CONTROLS = "shared"  # the control set of every residual method: the types below, at the steering site
 KV_CONTROL_TYPE = "random_kv_norms"  # the own controls of a KV-cache method (random_kv_controls)
 ROUTING_CONTROL_TYPES = ("shuffled_routing", "random_dictionary")  # of self-steering (random_routing_controls)
-MAX_ENUMERATED_CLUSTERS = 7  # up to 7! permutations are listed; above, they are drawn at random
 CONTROL_TYPES = ("random_isotropic", "random_top_pc_span", "random_active_latent", "shuffled_label_mean_difference")
 
 
@@ -132,20 +131,13 @@ def random_kv_controls(edit: KVCacheEdit, n: int, seed: int) -> list[Control]:
 
 
 def random_routing_controls(steering: SelfSteering, n: int, seed: int) -> list[Control]:
-    """Half of `n` (rounded up) shuffled-routing controls, each a distinct non-identity permutation of the clusters
-    (K = 2 has one, K = 3 five), and random-dictionary controls for the rest."""
-    rng = np.random.default_rng(seed)
+    """Half of `n` (rounded up) shuffled-routing controls, each with a seed of its own, and random-dictionary controls
+    for the rest."""
     dictionary = steering.dictionary
-    k = dictionary.n_clusters
-    identity = tuple(range(k))
-    if k <= MAX_ENUMERATED_CLUSTERS:
-        candidates = [p for p in itertools.permutations(range(k)) if p != identity]
-        orders = [candidates[i] for i in rng.permutation(len(candidates))[:math.ceil(n / 2)]]
-    else:
-        orders = list(dict.fromkeys(tuple(int(i) for i in rng.permutation(k)) for _ in range(n)))[:math.ceil(n / 2)]
     controls = [Control("shuffled_routing", i, SelfSteering(f"control/shuffled_routing/{i}",
-                                                            dictionary.rerouted(order), 1.0, steering.position))
-                for i, order in enumerate(orders)]
+                                                            dictionary.randomly_routed(seed + i), 1.0,
+                                                            steering.position))
+                for i in range(math.ceil(n / 2))]
     generator = torch.Generator().manual_seed(seed)
     for i in range(n - len(controls)):
         means = torch.randn(dictionary.means.shape, generator=generator, dtype=torch.float64)

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from common.activations import load_position
+from common.errors import PipelineError
 
 
 @dataclass
@@ -31,7 +32,11 @@ class Split:
             self._loaded[position, layer] = torch.cat([load_position(folder, position, layer)
                                                        for folder in self.folders])
         every = self._loaded[position, layer]
-        return every if self.rows is None else every[torch.from_numpy(self.rows)]
+        chosen = every if self.rows is None else every[torch.from_numpy(self.rows)]
+        if len(chosen) != len(self.table):
+            raise PipelineError(f"the {self.name} split's activations at {position}, layer {layer} hold {len(chosen)} "
+                                f"rows for a table of {len(self.table)}: rerun the phase that wrote them")
+        return chosen
 
     def restricted(self, keep: np.ndarray) -> Split:
         """The rows where `keep` is True, sharing the activations already read."""

@@ -8,8 +8,9 @@ where that task's vector points; routing weighs the dictionary by the cosine of 
     w = softmax(tau * cos(P(h), mu_k)),    s = sum_k w_k mu_k
 
 `s` is the steering adjustment (self-steering adds alpha * s), and the routing's shape (max w, the top-2 margin of
-w, cos(P(h), s), |s|) is the activation half of the confidence features of phase 3.9. A `route_order` permutes the
-weights before they are used: random routing, the control that keeps the dictionary and breaks the router.
+w, cos(P(h), s), |s|) is the activation half of the confidence features of phase 3.9. With a `routing_seed`, each row's
+weights are shuffled before use by a permutation drawn from the seed and the row's own activation (the same prompt
+always gets the same one): random routing, the control that keeps the dictionary and breaks the router.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ ROUTING_FEATURES = ("max_weight", "top2_margin", "cos_projection_adjustment", "a
 
 class Routing(NamedTuple):
     projected: torch.Tensor  # [n, d] P(h)
-    weights: torch.Tensor  # [n, K] softmax routing weights (after any route_order)
+    weights: torch.Tensor  # [n, K] softmax routing weights (shuffled per row under random routing)
     adjustment: torch.Tensor  # [n, d] s = weights @ means
 
 
@@ -40,7 +41,7 @@ class SteeringDictionary:
     input_mean: torch.Tensor  # [d] the sae split's mean last-prompt activation
     input_scale: torch.Tensor  # [d] and its standard deviation per dimension
     tau: float
-    route_order: tuple[int, ...] | None = None  # None: the learned routing; a permutation of range(K): random routing
+    routing_seed: int | None = None  # None: the learned routing; else random routing drawn from this seed
 
     @property
     def n_clusters(self) -> int:
@@ -52,7 +53,7 @@ class SteeringDictionary:
         hashed = hashlib.sha256()
         for tensor in (self.means, self.weight, self.bias, self.input_mean, self.input_scale):
             hashed.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
-        hashed.update(repr((self.layer, float(self.tau), self.route_order)).encode())
+        hashed.update(repr((self.layer, float(self.tau), self.routing_seed)).encode())
         return hashed.hexdigest()[:8]
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -64,9 +65,15 @@ class SteeringDictionary:
         projected = self.project(hidden)
         cosines = torch.nn.functional.normalize(projected, dim=-1) @ self.means.T
         weights = torch.softmax(self.tau * cosines, dim=-1)
-        if self.route_order is not None:
-            weights = weights[:, list(self.route_order)]
+        if self.routing_seed is not None:
+            weights = torch.stack([row[self.random_order(h)] for row, h in zip(weights, hidden)])
         return Routing(projected, weights, weights @ self.means)
+
+    def random_order(self, hidden_row: torch.Tensor) -> torch.Tensor:
+        """The permutation random routing applies to one row: from the seed and a digest of the row's activation."""
+        digest = hashlib.sha256(hidden_row.detach().to(torch.float32).cpu().contiguous().numpy().tobytes()).digest()
+        rng = np.random.default_rng([int(self.routing_seed), int.from_bytes(digest[:8], "little")])
+        return torch.from_numpy(rng.permutation(self.n_clusters)).to(hidden_row.device)
 
     def features(self, hidden: torch.Tensor) -> np.ndarray:
         """[n, 4] in ROUTING_FEATURES order."""
@@ -84,10 +91,8 @@ class SteeringDictionary:
         """The same router over other unit means (of the same number): the random-dictionary control."""
         return replace(self, means=torch.nn.functional.normalize(means.float(), dim=-1))
 
-    def rerouted(self, route_order: tuple[int, ...]) -> SteeringDictionary:
-        if sorted(route_order) != list(range(self.n_clusters)):
-            raise ValueError(f"route_order {route_order} is not a permutation of {self.n_clusters} clusters")
-        return replace(self, route_order=tuple(int(i) for i in route_order))
+    def randomly_routed(self, seed: int) -> SteeringDictionary:
+        return replace(self, routing_seed=int(seed))
 
     def to(self, device: torch.device | str) -> SteeringDictionary:
         moved = {name: getattr(self, name).to(device) for name in _TENSORS}
@@ -95,14 +100,13 @@ class SteeringDictionary:
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return ({name: getattr(self, name) for name in _TENSORS},
-                {"layer": self.layer, "tau": self.tau,
-                 "route_order": None if self.route_order is None else list(self.route_order)})
+                {"layer": self.layer, "tau": self.tau, "routing_seed": self.routing_seed})
 
     @classmethod
     def from_state(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> SteeringDictionary:
-        order = metadata.get("route_order")
+        seed = metadata.get("routing_seed")
         return cls(int(metadata["layer"]), *(tensors[name].float() for name in _TENSORS), float(metadata["tau"]),
-                   None if order is None else tuple(int(i) for i in order))
+                   None if seed is None else int(seed))
 
 
 _TENSORS = ("means", "weight", "bias", "input_mean", "input_scale")

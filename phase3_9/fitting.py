@@ -4,13 +4,14 @@ P is trained with the seed's cosine loss (AdamW, weight decay) from the standard
 task's unit steering vector. It starts from the constant guess (zero weights, the mean training vector as bias): a
 router that cannot beat that says nothing about the task in front of it. With one row per task (a few hundred) a
 d x d map overfits within a few epochs, so the number of epochs, 0 included, is chosen on a held-out fifth of the
-tasks (the best held-out mean cosine), as is the learning rate (the public implementation's 1e-3 overshoots from
+tasks (the best held-out mean cosine, which therefore flatters P: the same search on shuffled vectors says by how
+much), as is the learning rate (the public implementation's 1e-3 overshoots from
 this start on standardised inputs: every step moves all d x d weights), and P is refitted on every task.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -119,29 +120,48 @@ def _fit(hidden: torch.Tensor, targets: torch.Tensor, lr: float, epochs: int, se
     return linear, curve
 
 
+def _standardiser(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return hidden.double().mean(0).float(), hidden.double().std(0).clamp_min(1e-6).float()
+
+
+def _search(hidden: torch.Tensor, targets: torch.Tensor, held_out: np.ndarray, settings: ProjectionTraining
+            ) -> tuple[float, list[float], dict[float, list[float]], Projection]:
+    """Every learning rate tried on the fitted rows (standardised by their own mean and spread), scored on the held-out
+    rows: the chosen rate, its held-out curve, every rate's curve, and the P it gives."""
+    fit, test = torch.from_numpy(~held_out), torch.from_numpy(held_out)
+    mean, scale = _standardiser(hidden[fit])
+    standardised = (hidden - mean) / scale
+    trials = {lr: _fit(standardised[fit], targets[fit], lr, settings.max_epochs, settings,
+                       (standardised[test], targets[test])) for lr in settings.lrs}
+    lr = max(settings.lrs, key=lambda rate: (max(trials[rate][1]), -rate))  # ties: the smaller step
+    linear, curve = trials[lr]
+    return lr, curve, {rate: c for rate, (_, c) in trials.items()}, Projection(
+        linear.weight.detach().clone(), linear.bias.detach().clone(), mean, scale, {})
+
+
 def train_projection(hidden: torch.Tensor, unit_targets: torch.Tensor, tasks: list[str], settings: ProjectionTraining
                      ) -> tuple[Projection, Projection, np.ndarray]:
     """P from last-prompt activations [tasks, d] to unit task vectors [tasks, d]: the learning rate and the number of
     epochs chosen on a held-out fifth of the tasks, then P refitted on all of them. Returns that P, the P fitted
-    without the held-out tasks (for held-out checks), and the held-out mask."""
-    mean, scale = hidden.double().mean(0), hidden.double().std(0).clamp_min(1e-6)
-    standardised = ((hidden.double() - mean) / scale).float()
+    without the held-out tasks (for held-out checks), and the held-out mask.
+
+    The held-out cosine is also the one the choice maximised, so it flatters P; the same search with the fitted
+    tasks' vectors shuffled among them (the prompt then says nothing about the vector) shows by how much."""
     held_out = held_out_tasks(np.asarray(tasks), settings.seed)
-    fit, test = torch.from_numpy(~held_out), torch.from_numpy(held_out)
-    trials = {lr: _fit(standardised[fit], unit_targets[fit], lr, settings.max_epochs, settings,
-                       (standardised[test], unit_targets[test])) for lr in settings.lrs}
-    lr = max(settings.lrs, key=lambda rate: (max(trials[rate][1]), -rate))  # ties: the smaller step
-    trial, curve = trials[lr]
+    lr, curve, by_lr, trial = _search(hidden, unit_targets, held_out, settings)
     epochs = int(np.argmax(curve))  # curve[0] is before any training
-    final, _ = _fit(standardised, unit_targets, lr, epochs, settings)
-    record = {"lr": lr, "epochs": epochs, "held_out_tasks": int(test.sum()), "fitted_tasks": int(fit.sum()),
+    shuffled = unit_targets.clone()
+    fitted_rows = np.flatnonzero(~held_out)
+    shuffled[fitted_rows] = unit_targets[np.random.default_rng(settings.seed).permutation(fitted_rows)]
+    _, null_curve, _, _ = _search(hidden, shuffled, held_out, settings)
+    mean, scale = _standardiser(hidden)
+    final, _ = _fit((hidden - mean) / scale, unit_targets, lr, epochs, settings)
+    record = {"lr": lr, "epochs": epochs, "held_out_tasks": int(held_out.sum()), "fitted_tasks": int((~held_out).sum()),
               "held_out_mean_cosine": curve[epochs], "held_out_mean_cosine_of_constant": curve[0],
-              "best_held_out_cosine_by_lr": {f"{rate:g}": max(trials[rate][1]) for rate in settings.lrs},
+              "shuffled_targets_gain_over_constant": max(null_curve) - null_curve[0],
+              "best_held_out_cosine_by_lr": {f"{rate:g}": max(c) for rate, c in by_lr.items()},
               "held_out_cosine_by_epoch": curve,
               "settings": {"lrs": list(settings.lrs), "weight_decay": settings.weight_decay,
                            "batch_size": settings.batch_size, "max_epochs": settings.max_epochs}}
-
-    def projection(linear: torch.nn.Linear) -> Projection:
-        return Projection(linear.weight.detach().clone(), linear.bias.detach().clone(), mean.float(), scale.float(),
-                          record)
-    return projection(final), projection(trial), held_out
+    return (Projection(final.weight.detach().clone(), final.bias.detach().clone(), mean, scale, record),
+            replace(trial, record=record), held_out)

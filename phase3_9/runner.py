@@ -10,10 +10,10 @@ Brier score of the calibrator; then the calibrator itself, a logistic regression
 
 where delta logprob is the program's mean margin between its top-1 and top-2 token log-probabilities. Reported on the
 validation split (phase 3.5, every temperature) only: AUROC, Brier and ECE with task-bootstrap intervals, a
-reliability diagram, beside the same calibrator without the routing features (delta logprob alone), without delta
-logprob (routing alone: read before any code exists, it can only know the problem), and the baselines of
-common/baselines.py turned into probabilities the same way (fitted on sae, Platt-scaled on hyperparams); the model's
-mean log-probability is the one to beat. Phase 3.8's scores at the steering position are listed beside them by AUROC.
+reliability diagram, beside the same calibrator without delta logprob (routing alone: read before any code exists,
+it can only know the problem), and the baselines of common/baselines.py turned into probabilities (fitted on sae,
+Platt-scaled on hyperparams), among them delta logprob alone (`program_mean_margin`); the model's mean
+log-probability is the one to beat. Phase 3.8's scores at the steering position are listed beside them by AUROC.
 The chosen dictionary is saved as a `self_steering` intervention for the method of that name (phases 4.5, 4.8).
 """
 
@@ -44,7 +44,7 @@ from common.prompt_utils import PromptBuilder, resolve_prompt_style
 from common.steering_dictionary import ROUTING_FEATURES, SteeringDictionary
 from common.utils import load_json, save_json
 from common_simplified.model_loader import load_model_and_tokenizer
-from phase3_9.fitting import ProjectionTraining, cluster_means, task_vectors, train_projection
+from phase3_9.fitting import Projection, ProjectionTraining, cluster_means, task_vectors, train_projection
 from phase3_9.plots import plot_calibration
 
 logger = get_logger("phase3_9")
@@ -52,6 +52,7 @@ logger = get_logger("phase3_9")
 FEATURES = (*ROUTING_FEATURES, "delta_logprob")
 CONFIDENCE = "dictionary_confidence"  # the seed's calibrated q
 ONE_TO_BEAT = "program_mean_logprob"
+DELTA_LOGPROB = "program_mean_margin"  # the baseline that is seed 000's delta logprob alone
 RESAMPLES = 1000
 DICTIONARY_FILE = "steering_dictionary.safetensors"  # a `self_steering` intervention at alpha 1
 SELF_STEERING = "self_steering"
@@ -82,7 +83,7 @@ def run(phase: PhaseRun) -> Path:
         save_json({"position": position, "no_dictionary_reason": str(reason)}, summary_path)
         return phase.finish([summary_path])
     save_interventions(dictionary_path, [steering])
-    plot_calibration(results["predictors"], [CONFIDENCE, "routing_only", "delta_logprob_only", ONE_TO_BEAT],
+    plot_calibration(results["predictors"], [CONFIDENCE, "routing_only", DELTA_LOGPROB, ONE_TO_BEAT],
                      figure_path)
     save_json(results, results_path)
     save_json(summary, summary_path)
@@ -145,13 +146,15 @@ def _fit_and_report(config, folders: dict[str, Path], position: str
                   for name, p in predictions.items()}
     compared = {other: paired_differences(predictions[CONFIDENCE], predictions[other], positive, report_tasks,
                                           RESAMPLES, config.seed)
-                for other in (ONE_TO_BEAT, "delta_logprob_only", "confidence_and_length") if other in predictions}
+                for other in (ONE_TO_BEAT, DELTA_LOGPROB, "confidence_and_length") if other in predictions}
     cluster_of = clusterings[best["clusters"]][1]
+    base_rate = _loo_brier(None, choose)
     counts = {"hyperparams": choose_counts, "validation": report_counts}
     summary = {"layer": layer, "position": position, "task_vectors": {"tasks": len(tasks), **task_counts},
                "clusters": best["clusters"], "tau": best["tau"], "cluster_sizes": np.bincount(cluster_of).tolist(),
                "selection_grid": grid, "projection": projection.record,
-               "held_out_routing": _routing_check(dictionary, trial, hidden, cluster_of, held_out),
+               "held_out_routing": _routing_check(dictionary, trial, hidden, units, held_out, config.seed),
+               "hyperparams_loo_brier_of_the_base_rate": base_rate,
                "features": list(FEATURES), "counts": counts,
                "headline": {name: {m: predictors[name][m] for m in ("auroc", "brier", "ece")} for name in predictors},
                "confidence_minus": compared}
@@ -193,13 +196,15 @@ def _features(dictionary: SteeringDictionary, split: Split) -> np.ndarray:
                  split.table["program_mean_margin"].to_numpy(dtype=float)]
 
 
-def _loo_brier(dictionary: SteeringDictionary, split: Split) -> float:
-    """Brier score of the calibrator on each hyperparams task when fitted on the others."""
-    features, passed, tasks = _features(dictionary, split), split.passed, split.tasks
+def _loo_brier(dictionary: SteeringDictionary | None, split: Split) -> float:
+    """Brier score of the calibrator on each hyperparams task when fitted on the others; with no dictionary, of the
+    other tasks' pass rate (what any choice must beat)."""
+    passed, tasks = split.passed, split.tasks
+    features = _features(dictionary, split) if dictionary is not None else None
     predicted = np.empty(len(passed))
     for task in np.unique(tasks):
         out = tasks == task
-        if passed[~out].all() or not passed[~out].any():
+        if features is None or passed[~out].all() or not passed[~out].any():
             predicted[out] = passed[~out].mean()
         else:
             predicted[out] = fit_combiner(features[~out], passed[~out]).predict_proba(features[out])[:, 1]
@@ -208,12 +213,11 @@ def _loo_brier(dictionary: SteeringDictionary, split: Split) -> float:
 
 def _predictions(dictionary: SteeringDictionary, sae: pd.DataFrame, choose: Split, report: Split
                  ) -> dict[str, np.ndarray]:
-    """Validation probabilities of passing: the calibrator on all features, on the routing features only and on
-    delta logprob only, each fitted on hyperparams; and every applicable baseline, fitted on sae and Platt-scaled on
-    hyperparams."""
+    """Validation probabilities of passing: the calibrator on all features and on the routing features only, each
+    fitted on hyperparams; and every applicable baseline, fitted on sae and Platt-scaled on hyperparams (delta logprob
+    alone is the `program_mean_margin` baseline)."""
     choose_features, report_features = _features(dictionary, choose), _features(dictionary, report)
-    columns = {CONFIDENCE: slice(None), "routing_only": slice(0, len(ROUTING_FEATURES)),
-               "delta_logprob_only": slice(len(ROUTING_FEATURES), None)}
+    columns = {CONFIDENCE: slice(None), "routing_only": slice(0, len(ROUTING_FEATURES))}
     predictions = {name: fit_combiner(choose_features[:, c], choose.passed).predict_proba(report_features[:, c])[:, 1]
                    for name, c in columns.items()}
     for baseline in BASELINES:
@@ -231,21 +235,24 @@ def _predictions(dictionary: SteeringDictionary, sae: pd.DataFrame, choose: Spli
 
 def _level(name: str) -> str:
     """"program" when a predictor can tell the programs of one task apart, "task" when it sees only the problem."""
-    if name in (CONFIDENCE, "delta_logprob_only"):
+    if name == CONFIDENCE:
         return "program"
     return next((b.level for b in BASELINES if b.name == name), "task")
 
 
-def _routing_check(dictionary: SteeringDictionary, trial, hidden: torch.Tensor, cluster_of: np.ndarray,
-                   held_out: np.ndarray) -> dict[str, Any]:
-    """Does P, fitted without the held-out sae tasks, route each of them to its own cluster more often than always
-    naming the largest cluster would? (The clusters were made with every task's vector.)"""
-    routed = replace(dictionary, weight=trial.weight, bias=trial.bias).route(hidden[torch.from_numpy(held_out)])
-    chosen = routed.weights.argmax(dim=-1).numpy()
-    largest = int(np.bincount(cluster_of[~held_out], minlength=dictionary.n_clusters).argmax())
-    return {"held_out_tasks": int(held_out.sum()),
-            "routed_to_own_cluster": int((chosen == cluster_of[held_out]).sum()),
-            "largest_cluster_guess": int((cluster_of[held_out] == largest).sum())}
+def _routing_check(dictionary: SteeringDictionary, trial: Projection, hidden: torch.Tensor, units: torch.Tensor,
+                   held_out: np.ndarray, seed: int) -> dict[str, Any]:
+    """Does P, fitted without the held-out sae tasks, route each of them to the cluster its vector is nearest, more
+    often than always naming the largest cluster would? The clusters are refitted without the held-out tasks too."""
+    fitted = torch.from_numpy(~held_out)
+    means, labels = cluster_means(units[fitted], dictionary.n_clusters, seed)
+    nearest = (units[torch.from_numpy(held_out)] @ means.T).argmax(dim=-1).numpy()
+    refitted = replace(dictionary, means=means, weight=trial.weight, bias=trial.bias, input_mean=trial.input_mean,
+                       input_scale=trial.input_scale)
+    chosen = refitted.route(hidden[torch.from_numpy(held_out)]).weights.argmax(dim=-1).numpy()
+    largest = int(np.bincount(labels, minlength=dictionary.n_clusters).argmax())
+    return {"held_out_tasks": int(held_out.sum()), "routed_to_nearest_cluster": int((chosen == nearest).sum()),
+            "largest_cluster_guess": int((nearest == largest).sum())}
 
 
 def _other_scores(folder_3_8: Path, position: str) -> dict[str, Any]:

@@ -45,14 +45,19 @@ def _planted(n_tasks: int, informative: bool, seed: int = 0) -> tuple[torch.Tens
     return hidden, torch.nn.functional.normalize(targets + 2.0, dim=-1), [f"t{i}" for i in range(n_tasks)]
 
 
-def test_the_projection_beats_the_constant_guess_when_the_prompt_predicts_the_vector():
-    projection, trial, held_out = train_projection(*_planted(300, informative=True), SETTINGS)
+def test_the_projection_beats_the_constant_guess_and_its_shuffled_null_when_the_prompt_predicts_the_vector():
+    hidden, targets, tasks = _planted(300, informative=True)
+    projection, trial, held_out = train_projection(hidden, targets, tasks, SETTINGS)
     record = projection.record
     assert record["epochs"] > 0 and held_out.sum() == record["held_out_tasks"] == 60
-    assert record["held_out_mean_cosine"] > record["held_out_mean_cosine_of_constant"] + 0.1
-    assert not torch.equal(projection.weight, trial.weight)  # refitted on every task
+    gain = record["held_out_mean_cosine"] - record["held_out_mean_cosine_of_constant"]
+    assert gain > 0.1 and gain > record["shuffled_targets_gain_over_constant"] + 0.1
+    # the held-out P never saw the held-out tasks, not even through the standardisation
+    assert torch.allclose(trial.input_mean, hidden[torch.from_numpy(~held_out)].mean(0), atol=1e-5)
+    assert torch.allclose(projection.input_mean, hidden.mean(0), atol=1e-5)
 
 
-def test_the_projection_stays_near_the_constant_guess_when_the_prompt_says_nothing():
+def test_the_projection_gains_no_more_than_its_shuffled_null_when_the_prompt_says_nothing():
     record = train_projection(*_planted(300, informative=False), SETTINGS)[0].record
-    assert record["held_out_mean_cosine"] - record["held_out_mean_cosine_of_constant"] < 0.03
+    gain = record["held_out_mean_cosine"] - record["held_out_mean_cosine_of_constant"]
+    assert gain < 0.03 and abs(gain - record["shuffled_targets_gain_over_constant"]) < 0.03

@@ -43,18 +43,25 @@ def test_routing_is_a_softmax_of_cosines_and_the_adjustment_its_mix_of_the_means
     assert np.allclose(features[:, 0], top[:, 0], atol=1e-6) and np.allclose(features[:, 1], top[:, 0] - top[:, 1],
                                                                               atol=1e-6)
     assert np.allclose(features[:, 3], np.linalg.norm(weights @ dictionary.means.numpy(), axis=1), atol=1e-6)
+    mix = weights @ dictionary.means.numpy()
+    cosine = (projected.numpy() * mix).sum(1) / np.linalg.norm(projected.numpy(), axis=1) / np.linalg.norm(mix, axis=1)
+    assert np.allclose(features[:, 2], cosine, atol=1e-5)
     assert (features[:, 3] <= 1 + 1e-6).all()  # a convex mix of unit means
 
 
-def test_random_routing_permutes_the_weights_and_a_random_dictionary_keeps_the_router():
+def test_random_routing_shuffles_each_rows_weights_by_its_own_activation_and_a_random_dictionary_keeps_the_router():
     dictionary = _dictionary(k=4)
-    hidden = torch.randn(6, 64, generator=torch.Generator().manual_seed(2))
-    order = (2, 0, 3, 1)
-    assert torch.allclose(dictionary.rerouted(order).route(hidden).weights, dictionary.route(hidden).weights[:, order])
+    hidden = torch.randn(40, 64, generator=torch.Generator().manual_seed(2))
+    learned, shuffled = dictionary.route(hidden).weights, dictionary.randomly_routed(7).route(hidden).weights
+    orders = [tuple(int(i) for i in dictionary.randomly_routed(7).random_order(h)) for h in hidden]
+    assert all(torch.equal(shuffled[i], learned[i][list(order)]) for i, order in enumerate(orders))
+    assert len(set(orders)) > 10  # rows get different permutations
+    assert torch.allclose(dictionary.randomly_routed(7).route(hidden[:3]).weights, shuffled[:3])  # a row's is its own
+    assert not torch.equal(dictionary.randomly_routed(8).route(hidden).weights, shuffled)
     other = torch.randn(4, 64, generator=torch.Generator().manual_seed(3))
     swapped = dictionary.with_means(other)
     assert torch.allclose(swapped.means.norm(dim=-1), torch.ones(4))
-    assert swapped.digest != dictionary.digest and dictionary.rerouted(order).digest != dictionary.digest
+    assert swapped.digest != dictionary.digest and dictionary.randomly_routed(7).digest != dictionary.digest
 
 
 def _unsteered_last_prompt(model, tokenizer, prompt: str, layer: int) -> torch.Tensor:
@@ -107,24 +114,28 @@ def test_disruption_of_self_steering_is_that_of_its_own_residual_addition(tiny_m
 
 
 def test_self_steering_saves_and_loads_by_kind_with_its_algebra(tmp_path):
-    steering = SelfSteering("test/self", _dictionary(k=4).rerouted((1, 0, 3, 2)), 3.0, "code_mean")
+    steering = SelfSteering("test/self", _dictionary(k=4).randomly_routed(5), 3.0, "code_mean")
     assert isinstance(steering, Intervention)
     save_interventions(tmp_path / "self.safetensors", [steering, steering.negated(), _addition(1)])
     loaded = load_interventions(tmp_path / "self.safetensors")
     assert [i.label for i in loaded[:2]] == [steering.label, steering.negated().label]
-    assert loaded[0].dictionary.route_order == (1, 0, 3, 2) and loaded[0].position == "code_mean"
+    assert loaded[0].dictionary.routing_seed == 5 and loaded[0].position == "code_mean"
+    assert loaded[1].negated_push and not loaded[0].negated_push
     hidden = torch.randn(2, 64)
     assert torch.allclose(loaded[1].vector(hidden), -steering.vector(hidden))
     assert steering.negated().negated().label == steering.label and steering.at(0.0).label != steering.label
 
 
-def test_random_routing_controls_are_distinct_permutations_then_random_dictionaries():
-    steering = SelfSteering("self_steering", _dictionary(k=3), 1.0)
+def test_random_routing_controls_at_two_clusters_are_as_many_distinct_controls_as_asked():
+    steering = SelfSteering("self_steering", _dictionary(k=2), 1.0)
     controls = random_routing_controls(steering, 20, seed=4)
     shuffled = [c for c in controls if c.type == "shuffled_routing"]
-    assert len(controls) == 20 and len(shuffled) == 5  # 3! - 1 permutations, then random means for the rest
-    orders = {c.unit.dictionary.route_order for c in shuffled}
-    assert len(orders) == 5 and (0, 1, 2) not in orders
+    assert len(controls) == 20 and len(shuffled) == 10
+    assert len({c.unit.dictionary.routing_seed for c in shuffled}) == 10
     assert len({c.unit.label for c in controls}) == 20
     assert all(torch.equal(c.unit.dictionary.weight, steering.dictionary.weight) for c in controls)
+    hidden = torch.randn(64, 64, generator=torch.Generator().manual_seed(5))
+    swapped = [float((c.unit.dictionary.route(hidden).weights != steering.dictionary.route(hidden).weights)
+                     .any(dim=1).float().mean()) for c in shuffled]
+    assert all(0.25 < share < 0.75 for share in swapped)  # about half the rows routed the other way, per control
     assert [c.unit.label for c in random_routing_controls(steering, 20, seed=4)] == [c.unit.label for c in controls]

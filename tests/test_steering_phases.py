@@ -175,7 +175,8 @@ def test_the_kv_cache_method_meets_only_random_cache_edits_of_its_norms_and_its_
 @pytest.fixture(scope="module")
 def self_steered_run(steered_run, tmp_path_factory) -> Path:
     """The same upstream outputs, phase 3.9 replaced by the planted dictionary (tests/planted.py), and phases 4.5 and
-    4.8 run with self-steering alone."""
+    4.8 run with self-steering alone. Its alpha grid goes further: a shuffled-routing control leaves about half the
+    rows pushed along +e_K, which the planted model does not show, so it takes a larger alpha to disrupt as much."""
     source, args = steered_run
     data_dir = tmp_path_factory.mktemp("self_steered")
     for phase in ("phase0", "phase0_1", "phase1", "phase2_0", "phase2_5", "phase2_6", "phase2_7", "phase2_8",
@@ -183,23 +184,26 @@ def self_steered_run(steered_run, tmp_path_factory) -> Path:
         shutil.copytree(source / phase, data_dir / phase, ignore=shutil.ignore_patterns("checkpoint"))
     write_planted_dictionary(data_dir)
     for phase in ("4.5", "4.8"):
-        assert run.main(["phase", phase, "--data-dir", str(data_dir), *args, "--set", "methods=self_steering"]) == 0
+        assert run.main(["phase", phase, "--data-dir", str(data_dir), *args, "--set", "methods=self_steering",
+                         "--set", "calibration_alphas=0.5,2,8,32,128,512,2048,8192"]) == 0
     return data_dir
 
 
 def test_self_steering_meets_only_its_routing_controls_and_its_planted_dictionary_beats_them(self_steered_run):
     """The planted dictionary routes every row to +e_K: its incorrect class pushes K down, chosen by the rule against
-    the same dictionary with shuffled routing and random dictionaries behind the same router, at the same
+    the same dictionary with each row's routing shuffled and random dictionaries behind the same router, at the same
     disruption; phase 4.8 measures it against more of them."""
     data_dir = self_steered_run
     arms = load_arms(data_dir / "phase4_5")
-    planted = next(i for a, i in arms if a.role == "target" and a.kind == "incorrect")  # the correct class's push
-    own = [(a, i) for a, i in arms if a.role != "target"]  # along +e_K changes nothing: no level reaches it
+    # the correct class's push along +e_K changes nothing the planted model shows, so no level reaches it
+    planted = next(i for a, i in arms if a.role == "target" and a.kind == "incorrect")
+    own = [(a, i) for a, i in arms if a.role != "target"]
     assert planted.name == "self_steering/negated" and {a.control_set for a, _ in arms} == {"self_steering"}
     assert {a.group for a, _ in own} == {"shuffled_routing", "random_dictionary"}
     assert all(i.kind == "self_steering" and torch.equal(i.dictionary.weight, planted.dictionary.weight)
                for _, i in own)
-    assert {i.dictionary.route_order for a, i in own if a.group == "shuffled_routing"} == {(1, 0)}
+    shuffled = [i.dictionary.routing_seed for a, i in own if a.group == "shuffled_routing"]
+    assert None not in shuffled and len(set(shuffled)) > 1
     chosen = _selected(data_dir)["methods"]["self_steering/incorrect"]
     assert (chosen["chosen_by"], chosen["level"]) == ("rule", 0.3)
     analysis = json.loads((data_dir / "phase4_8" / "steering_effect_analysis.json").read_text())

@@ -11,7 +11,7 @@ route adds a unit vector, an undecided one less.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, ClassVar, Iterator
 
@@ -34,12 +34,10 @@ class SelfSteering:
     dictionary: SteeringDictionary
     alpha: float = 1.0
     position: str = "code_last"  # where the dictionary's task vectors were read
+    negated_push: bool = False  # pushes along -s(h)
+    _on_device: dict[str, SteeringDictionary] = field(default_factory=dict, compare=False, repr=False)
 
     steers_prefill: ClassVar[bool] = True
-
-    @property
-    def negated_push(self) -> bool:
-        return self.name.endswith("/negated")
 
     @cached_property
     def label(self) -> str:
@@ -60,11 +58,14 @@ class SelfSteering:
         """Pushes along -s(h): the routing is the same, the adjustment's sign flips (named so; twice gives back the
         original)."""
         name = self.name[:-len("/negated")] if self.negated_push else f"{self.name}/negated"
-        return replace(self, name=name)
+        return replace(self, name=name, negated_push=not self.negated_push)
 
     def vector(self, hidden_last: torch.Tensor) -> torch.Tensor:
         """The signed adjustment [n, d] (float32) for last-prompt activations [n, d]."""
-        dictionary = self.dictionary.to(hidden_last.device)
+        device = str(hidden_last.device)
+        if device not in self._on_device:  # P is d x d: moved once per device, not once per prompt
+            self._on_device[device] = self.dictionary.to(hidden_last.device)
+        dictionary = self._on_device[device]
         adjustment = dictionary.route(hidden_last.float()).adjustment
         return -adjustment if self.negated_push else adjustment
 
@@ -75,6 +76,8 @@ class SelfSteering:
 
         def hook(_module, _inputs, output):
             hidden = layer_output(output)
+            if hidden.shape[0] != 1:
+                raise ValueError(f"self-steering's prefill is one prompt alone; got a batch of {hidden.shape[0]}")
             vector = self.vector(hidden[:, -1])
             computed["vector"] = vector[0].detach().cpu()
             return with_hidden(output, hidden + (self.alpha * vector).to(hidden.dtype)[:, None, :])
@@ -96,9 +99,10 @@ class SelfSteering:
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, metadata = self.dictionary.state()
-        return tensors, {**metadata, "name": self.name, "alpha": self.alpha, "position": self.position}
+        return tensors, {**metadata, "name": self.name, "alpha": self.alpha, "position": self.position,
+                         "negated_push": self.negated_push}
 
     @classmethod
     def from_state(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> SelfSteering:
         return cls(metadata["name"], SteeringDictionary.from_state(tensors, metadata), float(metadata["alpha"]),
-                   metadata["position"])
+                   metadata["position"], bool(metadata["negated_push"]))
