@@ -25,7 +25,7 @@ from phase2_8s.styles import HELD_OUT_QUESTIONS, QUESTIONS, RANDOM_EDITS
 REFERENCE_SECONDS_PER_UNIT = {
     "0": 2.0, "0.1": 0.1, "1": 1.29, "2.0": 4.17e-4, "2.5": 12.0, "2.6": 1.4, "2.7": 0.23, "2.8": 0.18, "2.8s": 7.8,
     "3.5": 1.84, "3.6": 1.64,
-    "3.8": 36.0, "3.9": 60.0, "4.5": 0.50, "4.8": 0.68,
+    "3.8": 36.0, "3.9": 183.0, "4.5": 0.50, "4.8": 0.68,
 }
 OWN_PAIR_TASK_SHARE = 0.34  # of sae tasks with both a passing and a failing program (84 of 250 in the default run)
 DATASET_SIZES = {"humaneval": 164, "mbpp/full": 974, "mbpp/sanitized": 427}  # before phase 0 has counted them
