@@ -116,7 +116,7 @@ def test_phase_4_5_killed_at_random_moments_resumes_to_identical_outputs(tmp_pat
     for seed in (21, 22):
         killed = tmp_path / f"killed_{seed}"
         _copy_upstream(reference, killed, ["phase0", "phase0_1", "phase1", "phase2_0", "phase2_5", "phase2_6",
-                                           "phase2_7", "phase2_8", "phase3_6"])
+                                           "phase2_7", "phase2_8", "phase3_6", "phase3_9"])
         assert _kill_at_random_moments(["phase", "4.5", "--data-dir", str(killed), *args], killed / "phase4_5",
                                        total_batches, seed) >= 2
         rows = pd.read_parquet(killed / "phase4_5" / "coefficient_grid_results.parquet")

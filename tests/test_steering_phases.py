@@ -131,7 +131,7 @@ def kv_steered_run(steered_run, tmp_path_factory, planted_model_dir: Path) -> Pa
     source, args = steered_run
     data_dir = tmp_path_factory.mktemp("kv_steered")
     for phase in ("phase0", "phase0_1", "phase1", "phase2_0", "phase2_5", "phase2_6", "phase2_7", "phase3_5",
-                  "phase3_6", "phase3_8"):
+                  "phase3_6", "phase3_8", "phase3_9"):
         shutil.copytree(source / phase, data_dir / phase, ignore=shutil.ignore_patterns("checkpoint"))
     write_planted_kv_vector(data_dir, planted_model_dir)
     kv_args = [*args, "--set", "methods=kv_cache_mutant", "--set", f"calibration_alphas={KV_ALPHAS}"]
@@ -240,7 +240,7 @@ def test_coefficient_selection_never_reads_the_validation_split(steered_run, tmp
     assert "3.5" not in get_phase("4.5").upstream
     copy = tmp_path / "data"
     for phase in ("phase0", "phase0_1", "phase1", "phase2_0", "phase2_5", "phase2_6", "phase2_7", "phase2_8",
-                  "phase3_6"):
+                  "phase3_6", "phase3_9"):
         shutil.copytree(data_dir / phase, copy / phase)
     (copy / "phase4_5").mkdir()
     shutil.copytree(data_dir / "phase4_5" / "checkpoint", copy / "phase4_5" / "checkpoint")
