@@ -79,7 +79,8 @@ def run(phase: PhaseRun) -> Path:
     fit = read_split("sae", folder["1"], [("dataset_sae.parquet", "activations")])
     choose = read_split("hyperparams", folder["3.6"], [("dataset_hyperparams_temp_0_0.parquet", "activations")])
     temperatures = load_json(folder["3.5"] / "phase_3_5_summary.json")["by_temperature"]
-    report = read_split("validation", folder["3.5"], [(info["table"], info["activations"]) for info in temperatures.values()])
+    report = read_split("validation", folder["3.5"], [(info["table"], info["activations"])
+                                                      for info in temperatures.values()])
     warnings = _class_warnings(choose, report)
     counts = {split.name: {"rows": len(split.table), "tasks": int(pd.Series(split.tasks).nunique()),
                            "passing": int(split.passed.sum()), "failing": int((~split.passed).sum()),
