@@ -52,7 +52,7 @@ class SteeringDictionary:
         """Eight hex digits of the content: two dictionaries of one name that route differently differ here."""
         hashed = hashlib.sha256()
         for tensor in (self.means, self.weight, self.bias, self.input_mean, self.input_scale):
-            hashed.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+            hashed.update(tensor.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
         hashed.update(repr((self.layer, float(self.tau), self.routing_seed)).encode())
         return hashed.hexdigest()[:8]
 
