@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from common.classification import group_bootstrap_counts, weighted_aurocs
+from common.classification import group_bootstrap_counts, percentile_interval, weighted_aurocs
 from common.statistics import rate
 
 ECE_BINS = 10
@@ -36,24 +36,21 @@ def _weighted_metrics(probability: np.ndarray, positive: np.ndarray, weights: np
                 "ece": np.abs((weights * gap) @ one_hot).sum(1) / totals}
 
 
-def _interval(draws: np.ndarray) -> dict[str, float]:
-    """95% percentile interval; resamples without both classes (AUROC undefined) are counted, not hidden."""
-    kept = draws[~np.isnan(draws)]
-    lost = {"resamples_lost_class": int(len(draws) - len(kept))} if len(kept) < len(draws) else {}
-    if not len(kept):
-        return {"low": float("nan"), "high": float("nan"), **lost}
-    low, high = np.percentile(kept, [2.5, 97.5])
-    return {"low": float(low), "high": float(high), **lost}
+def _point_and_draws(probability: np.ndarray, positive: np.ndarray, counts: np.ndarray
+                     ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Each metric on the rows as they are, and under each task resample of `counts`."""
+    probability = np.asarray(probability, dtype=float)
+    point = _weighted_metrics(probability, positive, np.ones((1, len(probability))))
+    return {name: float(values[0]) for name, values in point.items()}, _weighted_metrics(probability, positive, counts)
 
 
 def calibration_metrics(probability: np.ndarray, positive: np.ndarray, tasks: np.ndarray, n_resamples: int = 1000,
                         seed: int = 0) -> dict[str, Any]:
     """AUROC, Brier and ECE of `probability` against `positive`, each with a 95% task-bootstrap interval."""
-    probability, positive = np.asarray(probability, dtype=float), np.asarray(positive, dtype=bool)
-    point = _weighted_metrics(probability, positive, np.ones((1, len(probability))))
-    draws = _weighted_metrics(probability, positive, group_bootstrap_counts(tasks, n_resamples, seed))
-    return {"n_programs": len(probability), "n_passing": int(positive.sum()), "n_tasks": len(set(tasks)),
-            **{name: {"value": float(point[name][0]), **_interval(draws[name])} for name in METRICS}}
+    positive = np.asarray(positive, dtype=bool)
+    point, draws = _point_and_draws(probability, positive, group_bootstrap_counts(tasks, n_resamples, seed))
+    return {"n_programs": len(positive), "n_passing": int(positive.sum()), "n_tasks": len(set(tasks)),
+            **{name: {"value": point[name], **percentile_interval(draws[name])} for name in METRICS}}
 
 
 def paired_differences(probability: np.ndarray, reference: np.ndarray, positive: np.ndarray, tasks: np.ndarray,
@@ -62,13 +59,10 @@ def paired_differences(probability: np.ndarray, reference: np.ndarray, positive:
     resamples for both (positive AUROC and negative Brier or ECE differences favour `probability`)."""
     positive = np.asarray(positive, dtype=bool)
     counts = group_bootstrap_counts(tasks, n_resamples, seed)
-    ones = np.ones((1, len(positive)))
-    mine, theirs = (_weighted_metrics(np.asarray(p, dtype=float), positive, w)
-                    for p, w in ((probability, ones), (reference, ones)))
-    mine_draws, their_draws = (_weighted_metrics(np.asarray(p, dtype=float), positive, counts)
-                               for p in (probability, reference))
-    return {name: {"difference": float(mine[name][0] - theirs[name][0]),
-                   **_interval(mine_draws[name] - their_draws[name])} for name in METRICS}
+    (mine, mine_draws), (theirs, their_draws) = (_point_and_draws(p, positive, counts)
+                                                 for p in (probability, reference))
+    return {name: {"difference": mine[name] - theirs[name], **percentile_interval(mine_draws[name] - their_draws[name])}
+            for name in METRICS}
 
 
 def reliability_table(probability: np.ndarray, positive: np.ndarray) -> list[dict[str, Any]]:

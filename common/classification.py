@@ -64,7 +64,7 @@ def _class_bootstrap_counts(positive: np.ndarray, n_resamples: int, seed: int) -
     return counts
 
 
-def _percentile_interval(draws: np.ndarray, confidence: float) -> dict[str, Any]:
+def percentile_interval(draws: np.ndarray, confidence: float = 0.95) -> dict[str, Any]:
     """Percentile interval of bootstrap draws; draws that are NaN (a resample that lost a class) are counted,
     not silently dropped."""
     values = np.asarray(draws, dtype=float)
@@ -94,7 +94,7 @@ def auroc_with_interval(scores: np.ndarray, positive: np.ndarray, n_resamples: i
     else:
         result["resampled"] = "rows within each class"
         counts = _class_bootstrap_counts(positive, n_resamples, seed)
-    return {**result, **_percentile_interval(weighted_aurocs(scores, positive, counts), confidence)}
+    return {**result, **percentile_interval(weighted_aurocs(scores, positive, counts), confidence)}
 
 
 def _task_wins(scores: np.ndarray, positive: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +123,7 @@ def within_task_auroc(scores: np.ndarray, positive: np.ndarray, groups: np.ndarr
         return {**result, "auroc": float("nan"), "low": float("nan"), "high": float("nan")}
     draws = np.random.default_rng(seed).integers(0, len(pairs), size=(n_resamples, len(pairs)))
     resampled = wins[draws].sum(1) / pairs[draws].sum(1)
-    return {**result, "auroc": float(wins.sum() / pairs.sum()), **_percentile_interval(resampled, confidence)}
+    return {**result, "auroc": float(wins.sum() / pairs.sum()), **percentile_interval(resampled, confidence)}
 
 
 def within_task_difference(scores: np.ndarray, reference: np.ndarray, positive: np.ndarray, groups: np.ndarray,
@@ -138,7 +138,7 @@ def within_task_difference(scores: np.ndarray, reference: np.ndarray, positive: 
     draws = np.random.default_rng(seed).integers(0, len(pairs), size=(n_resamples, len(pairs)))
     resampled = (wins[draws].sum(1) - reference_wins[draws].sum(1)) / pairs[draws].sum(1)
     return {"difference": float((wins.sum() - reference_wins.sum()) / pairs.sum()), "n_pairs": int(pairs.sum()),
-            **_percentile_interval(resampled, confidence)}
+            **percentile_interval(resampled, confidence)}
 
 
 def fit_combiner(features: np.ndarray, positive: np.ndarray) -> Any:
@@ -165,7 +165,7 @@ def incremental_auroc(base_fit: np.ndarray, score_fit: np.ndarray, positive_fit:
     draws = weighted_aurocs(both_pred, positive_eval, counts) - weighted_aurocs(base_pred, positive_eval, counts)
     base_auc, both_auc = auroc(base_pred, positive_eval), auroc(both_pred, positive_eval)
     return {"baseline_auroc": base_auc, "combined_auroc": both_auc, "difference": both_auc - base_auc,
-            **_percentile_interval(draws, confidence)}
+            **percentile_interval(draws, confidence)}
 
 
 def _best_threshold(scores: np.ndarray, positive: np.ndarray, criterion: Callable[..., np.ndarray]) -> float:

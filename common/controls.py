@@ -133,14 +133,14 @@ def random_kv_controls(edit: KVCacheEdit, n: int, seed: int) -> list[Control]:
 def random_routing_controls(steering: SelfSteering, n: int, seed: int) -> list[Control]:
     """Half of `n` (rounded up) shuffled-routing controls, each with a seed of its own, and random-dictionary controls
     for the rest."""
+    shuffled, random_means = ROUTING_CONTROL_TYPES
     dictionary = steering.dictionary
-    controls = [Control("shuffled_routing", i, SelfSteering(f"control/shuffled_routing/{i}",
-                                                            dictionary.randomly_routed(seed + i), 1.0,
-                                                            steering.position))
+    controls = [Control(shuffled, i, SelfSteering(f"control/{shuffled}/{i}", dictionary.randomly_routed(seed + i),
+                                                  1.0, steering.position))
                 for i in range(math.ceil(n / 2))]
     generator = torch.Generator().manual_seed(seed)
     for i in range(n - len(controls)):
         means = torch.randn(dictionary.means.shape, generator=generator, dtype=torch.float64)
-        controls.append(Control("random_dictionary", i, SelfSteering(
-            f"control/random_dictionary/{i}", dictionary.with_means(means), 1.0, steering.position)))
+        controls.append(Control(random_means, i, SelfSteering(
+            f"control/{random_means}/{i}", dictionary.with_means(means), 1.0, steering.position)))
     return controls

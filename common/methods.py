@@ -28,6 +28,7 @@ from common.directions import load_directions
 from common.interventions import Intervention, ResidualAddition, load_interventions
 from common.kv_vectors import load_vector
 from common.positions import LAST_PROMPT
+from common.steering_dictionary import DICTIONARY_FILE
 
 CLASSES = ("correct", "incorrect")
 
@@ -168,7 +169,7 @@ def _self_steering_controls(proposal: Proposal, n: int, seed: int) -> list[Contr
 def self_steering(where: SteeringSite) -> Proposal:
     """Phase 3.9's dictionary at alpha 1: each row pushed along its own routed adjustment s(h), towards passing;
     along -s(h) for the incorrect class. It steers at the dictionary's layer (phase 3.9 places it as 4.5 does)."""
-    path = where.folder("3.9") / "steering_dictionary.safetensors"
+    path = where.folder("3.9") / DICTIONARY_FILE
     if not path.is_file():
         return Proposal({}, ["phase 3.9 wrote no dictionary (its summary says why)"])
     steering = load_interventions(path)[0]

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+DICTIONARY_FILE = "steering_dictionary.safetensors"  # phase 3.9's output: a `self_steering` intervention at alpha 1
 ROUTING_FEATURES = ("max_weight", "top2_margin", "cos_projection_adjustment", "adjustment_norm")
 
 

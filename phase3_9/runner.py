@@ -41,7 +41,7 @@ from common.positions import LAST_PROMPT, is_code_position, usable_rows
 from common.program_pass import ProgramText, record_programs
 from common.split_tables import Split, read_split
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
-from common.steering_dictionary import ROUTING_FEATURES, SteeringDictionary
+from common.steering_dictionary import DICTIONARY_FILE, ROUTING_FEATURES, SteeringDictionary
 from common.utils import load_json, save_json
 from common_simplified.model_loader import load_model_and_tokenizer
 from phase3_9.fitting import Projection, ProjectionTraining, cluster_means, task_vectors, train_projection
@@ -54,7 +54,6 @@ CONFIDENCE = "dictionary_confidence"  # the seed's calibrated q
 ONE_TO_BEAT = "program_mean_logprob"
 DELTA_LOGPROB = "program_mean_margin"  # the baseline that is seed 000's delta logprob alone
 RESAMPLES = 1000
-DICTIONARY_FILE = "steering_dictionary.safetensors"  # a `self_steering` intervention at alpha 1
 SELF_STEERING = "self_steering"
 
 

@@ -19,7 +19,7 @@ from common.directions import SteeringDirection, save_directions
 from common.interventions import KVCacheEdit, SelfSteering, save_interventions
 from common.kv_vectors import save_vector
 from common.phases import get_phase
-from common.steering_dictionary import SteeringDictionary
+from common.steering_dictionary import DICTIONARY_FILE, SteeringDictionary
 from common.utils import write_manifest
 
 K, BIAS, LAYER = 0, 10.0, 1
@@ -119,7 +119,7 @@ def write_planted_dictionary(data_dir: Path) -> None:
     incorrect class (negated) down. Shuffled routing sends every row to e_9 instead; random dictionaries, anywhere."""
     dictionary = SteeringDictionary(LAYER, torch.stack([_unit(K), _unit(9)]), torch.zeros(64, 64), _unit(K),
                                     torch.zeros(64), torch.ones(64), 20.0)
-    path = data_dir / "phase3_9" / "steering_dictionary.safetensors"
+    path = data_dir / "phase3_9" / DICTIONARY_FILE
     save_interventions(path, [SelfSteering("self_steering", dictionary, 1.0, "code_last")])
     write_manifest(Config(data_dir=str(data_dir)).validate(), get_phase("3.9"), {}, [path])
 
