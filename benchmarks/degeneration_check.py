@@ -97,7 +97,7 @@ def main() -> None:
             "would_pass_by_reason": dict(Counter(reason for reason, lost in zip(cut["stop_reason"], harmed) if lost)),
             "passing_programs_cut": rate(int(sum(harmed)), n_passing).to_dict(),
             "passing_program_margins": passing_margins(rows[rows["test_passed"].astype(bool)], tokenizer,
-                                                       builder.code_opened, limits),
+                                                       builder.code_opened(next(iter(by_id.values()))), limits),
             "tokens_generated": int(rows["n_new_tokens"].sum()), "tokens_saved": int(saved),
             "tokens_saved_fraction": saved / (saved + int(rows["n_new_tokens"].sum())),
             "reruns_to_max_new_tokens": sum(r.stop_reason == "max_new_tokens" for r in reruns),

@@ -30,7 +30,7 @@ from common_simplified.model_loader import load_model_and_tokenizer
 def _generate(model, tokenizer, builder, problems, batch_size: int, max_new_tokens: int, steering,
               repeats: int) -> tuple[list, float]:
     """The outputs, and the best wall time of `repeats` identical runs (greedy: the outputs repeat too)."""
-    requests = [GenerationRequest(builder.build(p), stopper=builder.stopper(p), code_opened=builder.code_opened,
+    requests = [GenerationRequest(builder.build(p), stopper=builder.stopper(p), code_opened=builder.code_opened(p),
                                   intervention=steering, key=i) for i, p in enumerate(problems)]
     settings = EngineSettings(max_new_tokens, batch_size, (), builder.adds_special_tokens, Config().degeneration_limits)
     best_s = float("inf")

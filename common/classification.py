@@ -198,9 +198,10 @@ def binary_metrics(scores: np.ndarray, positive: np.ndarray, threshold: float) -
     fn, tn = int((~predicted & positive).sum()), int((~predicted & ~positive).sum())
     n_pos = tp + fn
     always_positive_f1 = 2 * n_pos / (len(scores) + n_pos) if len(scores) else float("nan")
+    positive_share = n_pos / len(scores) if len(scores) else float("nan")  # no row with a score: nothing to count
     return {"threshold": threshold, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
             "precision": rate(tp, tp + fp).to_dict(), "recall": rate(tp, n_pos).to_dict(),
             "f1": 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 0.0,
             "accuracy": rate(tp + tn, len(scores)).to_dict(),
-            "trivial": {"always_positive": {"f1": always_positive_f1, "accuracy": n_pos / len(scores)},
-                        "always_negative": {"f1": 0.0, "accuracy": 1 - n_pos / len(scores)}}}
+            "trivial": {"always_positive": {"f1": always_positive_f1, "accuracy": positive_share},
+                        "always_negative": {"f1": 0.0, "accuracy": 1 - positive_share}}}

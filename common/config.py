@@ -21,7 +21,7 @@ from common.errors import PipelineError
 from common.positions import CODE_POSITIONS, POSITIONS
 
 DEFAULT_MODEL_ALIAS = "smollm2-135m-instruct"
-DATASETS = ("synthetic", "humaneval", "mbpp")
+DATASETS = ("synthetic", "humaneval", "mbpp", "mcq")
 PROMPT_STYLES = ("auto", "chat", "base")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -47,7 +47,7 @@ class Config:
 
     # --- data
     dataset: str = "synthetic"  # graded tasks the project generates: both classes in useful numbers
-    data_file: str | None = None  # local MBPP JSON/JSONL; None loads MBPP from the hub
+    data_file: str | None = None  # local MBPP (or, for mcq, MedQA-layout) JSON/JSONL; None loads it from the hub
     mbpp_variant: str = "full"  # hub config when data_file is None
     n_tasks: int = 500  # size of the synthetic task set
     synthetic_seed: int = 1234

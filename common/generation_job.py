@@ -24,8 +24,8 @@ import torch
 from tqdm import tqdm
 
 from common.activations import save_activations
+from common.answer_formats import CHOICE, answer_format, answer_text, option_token_ids, split_format
 from common.checkpoint import BatchCheckpoint, phase_checkpoint
-from common.code_extraction import extract_code
 from common.config import Config
 from common.degeneration import DegenerationLimits
 from common.distributed import Shard, current_shard, shard_device, wait_for_everyone
@@ -35,9 +35,9 @@ from common.hooks import HOOK_SITE, check_layers
 from common.logging import get_logger
 from common.phases import PhaseSpec
 from common.positions import LAST_PROMPT, activation_path
-from common.program_pass import ProgramText, record_programs
+from common.program_pass import record_programs
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
-from common.sandbox import ExecutionResult, Program, SandboxPool
+from common.sandbox import ExecutionResult, SandboxPool
 from common.interventions import Intervention
 from common.utils import atomic_path, phase_dir
 from common_simplified.model_loader import load_model_and_tokenizer
@@ -124,7 +124,8 @@ def make_temperature_items(problems: Sequence[dict[str, Any]], temperatures: Seq
 def request_for(item: WorkItem, builder: PromptBuilder, seed: int) -> GenerationRequest:
     """The engine request of a work item; a sampled item's generator is seeded from its own key."""
     return GenerationRequest(builder.build(item.problem), item.temperature, zlib.crc32(f"{seed}:{item.key}".encode()),
-                             builder.stopper(item.problem), builder.code_opened, item.intervention, key=item)
+                             builder.stopper(item.problem), builder.code_opened(item.problem), item.intervention,
+                             key=item)
 
 
 def drop_long_prompts(items: list[WorkItem], builder: PromptBuilder, tokenizer, max_prompt_tokens: int
@@ -172,8 +173,9 @@ def run_items(model, tokenizer, builder: PromptBuilder, items: list[WorkItem], s
         try:
             for output in generate(model, tokenizer, requests, engine, stats):
                 item = output.request.key
-                code = extract_code(output.text, item.problem["entry_point"], builder.code_prefix(item.problem))
-                saver.add(output, code, sandbox.submit(Program(code, item.problem["tests"])))
+                answers = answer_format(item.problem)
+                answer = answers.extract(output.text, item.problem, builder.code_prefix(item.problem))
+                saver.add(output, answer, answers.judge(answer, item.problem, sandbox))
                 new_tokens += output.n_new_tokens
         except BaseException:
             saver.keep_tested()
@@ -329,9 +331,12 @@ def _positions(config: Config, model, tokenizer, builder: PromptBuilder, items: 
         activations[LAST_PROMPT] = {layer: torch.stack([row[f"layer_{layer}"] for row in captured])
                                     for layer in config.layers}
     started = time.perf_counter()
-    texts = [ProgramText(row["prompt"], row["raw_output"], item.problem["entry_point"]) for item, row in zip(items, rows)]
+    texts = [answer_text(row["prompt"], row["raw_output"], item.problem) for item, row in zip(items, rows)]
+    problems = [item.problem for item in items]
+    option_ids = (option_token_ids(tokenizer, max(len(p["options"]) for p in problems))
+                  if split_format(problems) is CHOICE else ())
     program_pass = record_programs(model, tokenizer, texts, config.layers, config.position_k,
-                                   builder.adds_special_tokens)
+                                   builder.adds_special_tokens, option_ids=option_ids)
     for name, values in program_pass.columns.items():
         for row, value in zip(rows, values):
             row[name] = value

@@ -4,11 +4,12 @@ The last prompt token is read before any code exists, so every program of a task
 positions can differ between the programs of one task (DESIGN.md, "Positions"):
 - `code_last`: the program's last token; `code_mean`: the mean over its tokens; `code_last_k`: the
   mean over its last k tokens (seed 003 reads the last 6).
-The program is the code the model wrote, located in its raw output as `extract_code` chooses it; the
-sequence is the prompt's tokens followed by the output up to the program's end (fence and prose
-before it are context). The same pass gives the model's own confidence in its program, the baseline
-every activation score must beat: the mean log-probability of the program's tokens and the mean
-margin between the top-1 and top-2 log-probabilities at those positions.
+The program is the answer's span of the raw output (common/answer_formats.py: the code the model wrote, as
+`extract_code` locates it, or a multiple-choice answer's letter); the sequence is the prompt's tokens followed by
+the output up to the program's end (fence and prose before it are context). The same pass gives the model's own
+confidence in its program, the baseline every activation score must beat: the mean log-probability of the
+program's tokens and the mean margin between the top-1 and top-2 log-probabilities at those positions (between
+the two best options, for a multiple-choice answer).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from common.activation_cache import recording_layer_outputs
-from common.code_extraction import code_span
 from common.hooks import cache_keyword
 from common.positions import CODE_POSITIONS
 
@@ -35,7 +35,7 @@ LOGIT_CHUNK_ROWS = 1024  # positions per vocabulary projection: bounds the logit
 class ProgramText:
     prompt: str
     raw_output: str
-    entry_point: str | None
+    span: tuple[int, int]  # [start, end) of the answer (the program) within raw_output
 
 
 @dataclass
@@ -52,12 +52,11 @@ class _Sequence:
     program: np.ndarray  # indices of the program's tokens within `continuation`
 
 
-def _tokenize(text: ProgramText, tokenizer, add_special_tokens: bool, whole_output: bool = False
+def _tokenize(text: ProgramText, tokenizer, add_special_tokens: bool
               ) -> tuple[tuple[int, ...], list[int], np.ndarray]:
-    """Prompt ids, the output's ids up to the program's end, and the program's indices among them; with
-    `whole_output`, the whole output is the span (prose, not code)."""
+    """Prompt ids, the output's ids up to the program's end, and the program's indices among them."""
     prompt_ids = tuple(tokenizer(text.prompt, add_special_tokens=add_special_tokens)["input_ids"])
-    start, end = (0, len(text.raw_output)) if whole_output else code_span(text.raw_output, text.entry_point)
+    start, end = text.span
     if not text.raw_output[start:end].strip():
         return prompt_ids, [], np.empty(0, dtype=int)
     output = tokenizer(text.raw_output[:end], add_special_tokens=False, return_offsets_mapping=True)
@@ -89,11 +88,14 @@ def _batches(sequences: list[_Sequence], max_batch_tokens: int) -> list[list[_Se
 
 @torch.no_grad()
 def record_programs(model, tokenizer, texts: Sequence[ProgramText], layers: Sequence[int], position_k: int,
-                    add_special_tokens: bool, max_batch_tokens: int = 4096) -> ProgramPass:
+                    add_special_tokens: bool, max_batch_tokens: int = 4096,
+                    option_ids: Sequence[Sequence[int]] = ()) -> ProgramPass:
     """Code-position activations of every configured layer and the confidence columns, rows in `texts` order.
 
     The programs of one prompt share its prefill: the prompt runs once and its KV cache is copied to
-    each batch of continuations (13 samples of a phase 3.5 task: about half the tokens of separate passes)."""
+    each batch of continuations (13 samples of a phase 3.5 task: about half the tokens of separate passes).
+    With `option_ids` (per option of a multiple-choice question, the tokens that write it) the margin is between
+    the two best options."""
     n_rows = len(texts)
     tokenized = [_tokenize(text, tokenizer, add_special_tokens) for text in texts]
     by_prompt = _by_prompt(tokenized)
@@ -108,7 +110,7 @@ def record_programs(model, tokenizer, texts: Sequence[ProgramText], layers: Sequ
             for batch in _batches(members, max_batch_tokens):
                 final, _ = _continue(model, tokenizer, prompt_cache, len(prompt_ids), batch)
                 previous = torch.cat([last_prompt_final.expand(len(batch), 1, -1), final[:, :-1]], dim=1)
-                logprob, margin = _token_confidence(model, previous, batch)
+                logprob, margin = _token_confidence(model, previous, batch, option_ids)
                 start = 0
                 for i, sequence in enumerate(batch):
                     span = slice(start, start + len(sequence.program))
@@ -132,13 +134,12 @@ def record_programs(model, tokenizer, texts: Sequence[ProgramText], layers: Sequ
 
 @torch.no_grad()
 def record_last_keys_values(model, tokenizer, texts: Sequence[ProgramText], layers: Sequence[int],
-                            add_special_tokens: bool, whole_output: bool = False, max_batch_tokens: int = 4096
+                            add_special_tokens: bool, max_batch_tokens: int = 4096
                             ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """The KV cache's keys and values at each program's last token (`code_last`; with `whole_output`, the output's
-    last token), as generation would have cached them (keys after their rotary embedding): [n_rows, len(layers),
-    kv_heads, head_dim] each, NaN for a row without a program, and the mask of rows with one. The same
-    prompt-sharing pass as `record_programs`."""
-    tokenized = [_tokenize(text, tokenizer, add_special_tokens, whole_output) for text in texts]
+    """The KV cache's keys and values at each program's last token (`code_last`), as generation would have cached
+    them (keys after their rotary embedding): [n_rows, len(layers), kv_heads, head_dim] each, NaN for a row without
+    a program, and the mask of rows with one. The same prompt-sharing pass as `record_programs`."""
+    tokenized = [_tokenize(text, tokenizer, add_special_tokens) for text in texts]
     by_prompt = _by_prompt(tokenized)
     kv_heads = getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads
     head_dim = getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
@@ -190,10 +191,12 @@ def _continue(model, tokenizer, prompt_cache: DynamicCache, prompt_length: int, 
     return final, cache
 
 
-def _token_confidence(model, previous: torch.Tensor, batch: list[_Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
+def _token_confidence(model, previous: torch.Tensor, batch: list[_Sequence], option_ids: Sequence[Sequence[int]] = ()
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per program token (batch order): its log-probability given what precedes it, and the top-1 minus top-2
-    log-probability margin there. `previous[i, j]` is the final hidden state that predicts continuation token j;
-    only the program's positions go through the vocabulary projection, in chunks."""
+    log-probability margin there (of the options' best tokens, given `option_ids`). `previous[i, j]` is the final
+    hidden state that predicts continuation token j; only the program's positions go through the vocabulary
+    projection, in chunks."""
     head = model.get_output_embeddings()
     softcap = getattr(model.config, "final_logit_softcapping", None)
     rows = torch.cat([torch.full((len(s.program),), i) for i, s in enumerate(batch)])
@@ -206,7 +209,9 @@ def _token_confidence(model, previous: torch.Tensor, batch: list[_Sequence]) -> 
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
         log_softmax = torch.log_softmax(logits, dim=-1).cpu()
-        top2 = log_softmax.topk(2, dim=-1).values
+        candidates = (torch.stack([log_softmax[:, list(ids)].max(1).values for ids in option_ids], dim=1)
+                      if option_ids else log_softmax)
+        top2 = candidates.topk(2, dim=-1).values
         logprobs.append(log_softmax.gather(1, targets[chunk].unsqueeze(1)).squeeze(1))
         margins.append(top2[:, 0] - top2[:, 1])
     return torch.cat(logprobs), torch.cat(margins)

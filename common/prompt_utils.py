@@ -6,19 +6,25 @@ Two styles:
 - `chat`: the same content as a user message rendered with the tokenizer's chat template; the model
   answers with a fenced code block. Instruct models write far better code this way.
 `auto` picks chat when the tokenizer has a chat template.
+A multiple-choice question (common/answer_formats.py) is shown with its lettered options and, in both styles, the
+prompt ends at "Answer:" (in chat style, at the start of the assistant's turn), so the answer is the next token.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+from common.answer_formats import is_multiple_choice, option_letters, stop_after_option
 from common.code_extraction import code_started
 from common.errors import PipelineError
 
 Stopper = Callable[[str], int | None]  # generated text -> index to cut at once it should stop, else None
 
 _CHAT_ANSWER_FORMAT = "Answer with the complete Python function in a single ```python code block."
+_CHAT_CHOICE_FORMAT = "Answer with the letter of the correct option."
+_ANSWER_CUE = "Answer:"
 _BASE_MBPP_STOPS = ("\nassert ", "\nprint(", "\nif __name__", "\n# Test", "\n```", "\n\n\n\n")
 _BASE_HUMANEVAL_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\nassert ", "\n#", "\n```")
 
@@ -44,14 +50,19 @@ class PromptBuilder:
 
     def build(self, problem: Mapping[str, Any]) -> str:
         if self.style == "chat":
-            return self.tokenizer.apply_chat_template(
+            prompt = self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": self.user_message(problem)}], add_generation_prompt=True, tokenize=False)
+            return prompt + _ANSWER_CUE if is_multiple_choice(problem) else prompt
+        if is_multiple_choice(problem):
+            return f"{_question(problem)}\n{_ANSWER_CUE}"
         if _is_completion_problem(problem):
             return str(problem["prompt_stub"])
         return self.build_prompt(problem["text"], list(problem["test_list"]))
 
     @staticmethod
     def user_message(problem: Mapping[str, Any]) -> str:
+        if is_multiple_choice(problem):
+            return f"{_question(problem)}\n{_CHAT_CHOICE_FORMAT}"
         if _is_completion_problem(problem):
             return ("Complete the following Python function.\n```python\n"
                     f"{str(problem['prompt_stub']).rstrip()}\n```\n{_CHAT_ANSWER_FORMAT}")
@@ -75,15 +86,23 @@ class PromptBuilder:
         return "\n".join(imports) + "\n\n" if imports else ""
 
     def stopper(self, problem: Mapping[str, Any]) -> Stopper:
+        if is_multiple_choice(problem):
+            return functools.partial(stop_after_option, letters=option_letters(len(problem["options"])))
         if self.style == "chat":
             return _after_closed_fence
         return _at_first(_BASE_HUMANEVAL_STOPS if _is_completion_problem(problem) else _BASE_MBPP_STOPS)
 
-    @property
-    def code_opened(self) -> Callable[[str], bool] | None:
+    def code_opened(self, problem: Mapping[str, Any]) -> Callable[[str], bool] | None:
         """Has the answer's code started? A chat answer's code starts at its first fence or bare definition;
-        a base prompt is continued with code from the first token (None)."""
-        return code_started if self.style == "chat" else None
+        a base prompt is continued with code from the first token (None), and so is every multiple-choice answer."""
+        return code_started if self.style == "chat" and not is_multiple_choice(problem) else None
+
+
+def _question(problem: Mapping[str, Any]) -> str:
+    """The question and its options, one lettered line each."""
+    options = "\n".join(f"{letter}. {str(text).strip()}"
+                        for letter, text in zip(option_letters(len(problem["options"])), problem["options"]))
+    return f"{str(problem['text']).strip()}\n{options}"
 
 
 def _is_completion_problem(problem: Mapping[str, Any]) -> bool:

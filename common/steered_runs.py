@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from common.code_extraction import defines_function
+from common.answer_formats import answer_format
 from common.code_similarity import divergence
 from common.config import Config
 from common.errors import PipelineError
@@ -68,7 +68,7 @@ def run_arms(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, str]],
     if generated is None:
         return None
     by_key = {(row["intervention"], row["task_id"]): row for row in generated.rows}
-    entry_points = dict(zip(problems["task_id"], problems["entry_point"]))
+    by_task = {str(p["task_id"]): p for p in problems.to_dict("records")}
     base = baseline.set_index("task_id")
     rows = []
     for arm, task_id in ((arm, task_id) for arm in arms for task_id in arm.task_ids):
@@ -84,7 +84,8 @@ def run_arms(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, str]],
                      "baseline_passed": bool(before["test_passed"]), "steered_passed": bool(steered["test_passed"]),
                      "flipped": bool(before["test_passed"]) != bool(steered["test_passed"]),
                      "steered_error_type": steered["error_type"], "steered_error_message": steered["error_message"],
-                     "steered_valid_code": defines_function(steered["generated_code"], entry_points[task_id]),
+                     "steered_valid_code": answer_format(by_task[task_id]).is_attempt(steered["generated_code"],
+                                                                                      by_task[task_id]),
                      "baseline_code": before["generated_code"], "steered_code": steered["generated_code"],
                      "prompt": steered["prompt"], "n_new_tokens": steered["n_new_tokens"],
                      "stop_reason": steered["stop_reason"],

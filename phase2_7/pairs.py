@@ -6,6 +6,8 @@ Two kinds, both verified in the sandbox:
   `ast.unparse`, so the pair differs in the mutated token only (comments and layout of the reference would
   otherwise differ too). Any dataset with reference code has them.
 - `own`: a passing and a failing program the model itself wrote for the task in phase 1, where it wrote both.
+For a multiple-choice question the minimal pair is its correct option's letter against a wrong one's (kind `mutant`,
+so every reader treats it as the minimal pair it is), and `own` pairs are the model's right and wrong answers.
 A third kind is a control, never fitted on: `equivalent`, the reference against a mutant that still passes
 every test of the task. Equivalent under those tests only: many are wrong programs the few asserts miss (`>= 50`
 made `>= 51`), so a direction about correctness may order some of them; one about "looks mutated" orders them
@@ -23,6 +25,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from common.answer_formats import CHOICE, WRONG_OPTION, choice_output, option_letters, split_format
 from common.contrastive_pairs import ContrastivePair
 from common.prompt_utils import PromptBuilder
 from common.sandbox import Program, evaluate_many
@@ -68,8 +71,10 @@ def mutant_pairs(problems: pd.DataFrame, builder: PromptBuilder, per_task: int, 
                  ) -> tuple[list[ContrastivePair], dict[str, int]]:
     """Up to `per_task` (reference, failing mutant) pairs per task, and as many (reference, passing mutant) controls
     of kind `equivalent`, every side verified in one sandbox batch. Pairs whose two answer texts are the same (a
-    mutation outside what the answer holds) are left out."""
+    mutation outside what the answer holds) are left out. Multiple-choice questions get `option_pairs`."""
     records = problems.to_dict("records")
+    if split_format(records) is CHOICE:
+        return option_pairs(records, per_task, seed), {}
     candidates: list[tuple[int, str, str, int]] = []  # (problem row, reference, mutant, mutation index)
     skipped = {"reference_not_parsed": 0, "no_mutant": 0}
     for row, problem in enumerate(records):
@@ -105,6 +110,20 @@ def mutant_pairs(problems: pd.DataFrame, builder: PromptBuilder, per_task: int, 
     skipped["tasks_without_a_failing_mutant"] = sum(passed and (row, "mutant") not in taken
                                                     for row, passed in reference_passed.items())
     return pairs, skipped
+
+
+def option_pairs(records: list[dict[str, Any]], per_task: int, seed: int) -> list[ContrastivePair]:
+    """Up to `per_task` (correct option, wrong option) pairs per question, the wrong options in a seeded order; the
+    answer key is the verdict, so nothing needs running."""
+    pairs = []
+    for problem in records:
+        correct = str(problem["correct_option"])
+        wrong = [letter for letter in option_letters(len(problem["options"])) if letter != correct]
+        random.Random(f"{seed}/{problem['task_id']}").shuffle(wrong)
+        pairs += [ContrastivePair(str(problem["task_id"]), "mutant", correct, letter, choice_output(correct),
+                                  choice_output(letter), {"wrong_option": letter, "negative_error_type": WRONG_OPTION})
+                  for letter in wrong[:per_task]]
+    return pairs
 
 
 def own_pairs(table: pd.DataFrame, problems: pd.DataFrame, builder: PromptBuilder, per_task: int, seed: int

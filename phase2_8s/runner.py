@@ -124,8 +124,8 @@ def run(phase: PhaseRun) -> Path:
 def _read(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], layers: list[int], chat: bool
           ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Keys and values at each answer's last token, read after its prompt (common/program_pass.py)."""
-    texts = [ProgramText(prompt, answer, None) for prompt, answer in zip(prompts, answers)]
-    return record_last_keys_values(model, tokenizer, texts, layers, not chat, whole_output=True)
+    texts = [ProgramText(prompt, answer, (0, len(answer))) for prompt, answer in zip(prompts, answers)]
+    return record_last_keys_values(model, tokenizer, texts, layers, not chat)
 
 
 def _style_vector(style: Style, styled: Sequence[str], neutral: Sequence[str], differ: Sequence[bool],

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from common.activations import load_position
+from common.answer_formats import answer_text
 from common.baselines import BASELINES, applicable, fitted_scorer
 from common.calibration_metrics import calibration_metrics, paired_differences, reliability_table
 from common.classification import fit_combiner, within_task_auroc
@@ -38,7 +39,7 @@ from common.logging import get_logger
 from common.methods import steering_layer
 from common.phase_run import PhaseRun
 from common.positions import LAST_PROMPT, is_code_position, usable_rows
-from common.program_pass import ProgramText, record_programs
+from common.program_pass import record_programs
 from common.split_tables import Split, read_split
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
 from common.steering_dictionary import DICTIONARY_FILE, ROUTING_FEATURES, SteeringDictionary
@@ -182,8 +183,7 @@ def _reference_activations(folders: dict[str, Path], position: str, layer: int, 
     model, tokenizer = load_model_and_tokenizer(config.model_name, config.device, config.dtype)
     builder = PromptBuilder(resolve_prompt_style(config.prompt_style, tokenizer), tokenizer)
     tasks = [task for task in references if task in problems]
-    texts = [ProgramText(builder.build(problems[task]), references[task], problems[task]["entry_point"])
-             for task in tasks]
+    texts = [answer_text(builder.build(problems[task]), references[task], problems[task]) for task in tasks]
     recorded = record_programs(model, tokenizer, texts, [layer], config.position_k, builder.adds_special_tokens)
     activations = recorded.activations[position][layer]
     return {task: activations[i] for i, task in enumerate(tasks) if not torch.isnan(activations[i]).any()}

@@ -146,3 +146,11 @@ def planted_model_dir(tmp_path_factory, smollm_tokenizer_dir: Path) -> Path:
     from tests.planted import save_planted_model
 
     return save_planted_model(tmp_path_factory.mktemp("planted_llama"), smollm_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def planted_choice_model_dir(tmp_path_factory, smollm_tokenizer_dir: Path) -> Path:
+    """The planted Llama's multiple-choice twin: it answers " A" or " B" by the sign of the same coordinate."""
+    from tests.planted import save_planted_model
+
+    return save_planted_model(tmp_path_factory.mktemp("planted_choice"), smollm_tokenizer_dir, (" A", " B"))

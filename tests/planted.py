@@ -5,6 +5,8 @@ is negative; every embedding carries +BIAS on K, so unsteered it writes "1111111
 runs). Steering along -e_K with alpha > BIAS makes it write "xxxxxxxx" (NameError). Tasks whose test
 is `assert 2 + 2 == 4` therefore pass at baseline and fail when steered; tasks whose test is `assert 1 == 2`
 fail whatever the model writes. The "incorrect" latent of our hand-made phase 2.5 output is -e_K.
+Its multiple-choice twin writes " A" and " B" instead: questions whose answer is A pass unsteered and fail when
+steered; questions whose answer is C fail whatever it writes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ LEVELS, PREREGISTERED = "0.001,0.3", 0.1  # nats per token: a nudge that changes
 PASSABLE, IMPOSSIBLE = ["assert 2 + 2 == 4"], ["assert 1 == 2"]  # hold whenever the program runs; never
 
 
-def save_planted_model(folder: Path, smollm_tokenizer_dir: Path) -> Path:
+def save_planted_model(folder: Path, smollm_tokenizer_dir: Path, writes: tuple[str, str] = ("1", "x")) -> Path:
+    """The model writes writes[0] while coordinate K is positive, writes[1] while it is negative."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(smollm_tokenizer_dir)
@@ -41,8 +44,9 @@ def save_planted_model(folder: Path, smollm_tokenizer_dir: Path) -> Path:
         model.model.norm.weight.zero_()
         model.model.norm.weight[K] = 1.0
         model.lm_head.weight.zero_()
-        model.lm_head.weight[tokenizer.convert_tokens_to_ids("1"), K] = 1.0
-        model.lm_head.weight[tokenizer.convert_tokens_to_ids("x"), K] = -1.0
+        for text, sign in zip(writes, (1.0, -1.0)):
+            (token,) = tokenizer(text, add_special_tokens=False)["input_ids"]
+            model.lm_head.weight[token, K] = sign
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -62,8 +66,17 @@ def write_tasks(tmp_path: Path) -> Path:
     return path
 
 
-def planted_args(model_dir: Path, tasks: Path) -> list[str]:
-    return ["--set", "dataset=mbpp", "--set", f"data_file={tasks}", "--set", f"model_name={model_dir}",
+def write_questions(tmp_path: Path) -> Path:
+    """Our own multiple-choice questions in the MedQA layout: 10 answered A (passable), 6 answered C (impossible)."""
+    records = [{"question": f"Question number {i}: which option?", "options": dict(zip("ABCD", "wxyz")),
+                "answer_idx": "A" if i % 8 < 5 else "C", "meta_info": f"step{1 + i % 2}"} for i in range(16)]
+    path = tmp_path / "questions.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+def planted_args(model_dir: Path, tasks: Path, dataset: str = "mbpp") -> list[str]:
+    return ["--set", f"dataset={dataset}", "--set", f"data_file={tasks}", "--set", f"model_name={model_dir}",
             "--set", "layers=1,3", "--set", "max_new_tokens=8", "--set", "batch_size=4",
             "--set", "split_fractions=0.2,0.4,0.4", "--set", "samples_per_temperature=0",
             "--set", f"disruption_levels={LEVELS}", "--set", f"preregistered_level={PREREGISTERED}",

@@ -136,7 +136,7 @@ def test_phase_0_loads_a_427_task_sanitized_json_array(tmp_path: Path):
     assert len(table) == 427 and table["task_id"].is_unique
     assert list(table.columns) == ["task_id", "text", "prompt_stub", "tests", "entry_point", "reference_code",
                                    "source", "test_list", "test_imports", "cyclomatic_complexity", "difficulty",
-                                   "family"]
+                                   "family", "options", "correct_option"]
 
 
 def test_phase_0_goes_on_past_malformed_rows_and_records_each(tmp_path: Path):

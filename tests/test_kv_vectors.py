@@ -100,10 +100,10 @@ def test_the_seed_layout_round_trips(tmp_path):
     assert load_vector(tmp_path, "kv_own") is None
 
 
-TEXTS = [ProgramText("Write add.", "```python\ndef add(a, b):\n    return a + b\n```\nDone, it adds.", "add"),
-         ProgramText("Write add.", "```python\ndef add(a, b):\n    return b + a + 0\n```", "add"),
-         ProgramText("Write sub.", "def sub(a, b):\n    return a - b\n", "sub"),
-         ProgramText("Write sub.", "", "sub")]  # no program: nothing to read
+OUTPUTS = [("Write add.", "```python\ndef add(a, b):\n    return a + b\n```\nDone, it adds.", "add"),
+           ("Write add.", "```python\ndef add(a, b):\n    return b + a + 0\n```", "add"),
+           ("Write sub.", "def sub(a, b):\n    return a - b\n", "sub"),
+           ("Write sub.", "", "sub")]  # no program: nothing to read
 
 
 @pytest.mark.parametrize("whole_output", [False, True])
@@ -112,11 +112,13 @@ def test_keys_and_values_are_read_at_the_last_token_as_one_full_pass_caches_them
     column, after the batched pass that shares each prompt's prefill and right-pads texts of different lengths."""
     model, tokenizer = tiny_model
     layers = [1, 3]
-    keys, values, read = record_last_keys_values(model, tokenizer, TEXTS, layers, True, whole_output=whole_output)
+    texts = [ProgramText(prompt, output, (0, len(output)) if whole_output else code_span(output, name))
+             for prompt, output, name in OUTPUTS]
+    keys, values, read = record_last_keys_values(model, tokenizer, texts, layers, True)
     assert read.tolist() == [True, True, True, False]
     assert keys[3].isnan().all() and values[3].isnan().all()
-    for i, text in enumerate(TEXTS[:3]):
-        end = len(text.raw_output) if whole_output else code_span(text.raw_output, text.entry_point)[1]
+    for i, text in enumerate(texts[:3]):
+        end = text.span[1]
         ids = (tokenizer(text.prompt)["input_ids"]
                + tokenizer(text.raw_output[:end], add_special_tokens=False)["input_ids"])
         cache = DynamicCache(config=model.config)

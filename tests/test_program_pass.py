@@ -23,10 +23,10 @@ def test_code_span_is_the_block_extract_code_takes():
 def _texts(tokenizer) -> list[ProgramText]:
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Add two numbers."}],
                                            add_generation_prompt=True, tokenize=False)
-    return [ProgramText(prompt, CHAT_OUTPUT, "add"),
-            ProgramText(prompt + "x", "```python\ndef g():\n    return 1\n```", "g"),
-            ProgramText(prompt, "   \n", "h"),  # nothing to read: an error type, NaN activations
-            ProgramText(prompt, "def h(x):\n    return [x] * 3", "h")]
+    outputs = [(prompt, CHAT_OUTPUT, "add"), (prompt + "x", "```python\ndef g():\n    return 1\n```", "g"),
+               (prompt, "   \n", "h"),  # nothing to read: an error type, NaN activations
+               (prompt, "def h(x):\n    return [x] * 3", "h")]
+    return [ProgramText(p, output, code_span(output, name)) for p, output, name in outputs]
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from common.calibrated_arms import load_arms
 from common.control_vectors import read_control_vector
 from common.phases import get_phase
 from tests.planted import (K, KV_ALPHAS, LAYER, PREREGISTERED, planted_args, write_hand_made_directions,
-                           write_planted_dictionary, write_planted_kv_vector, write_tasks)
+                           write_planted_dictionary, write_planted_kv_vector, write_questions, write_tasks)
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +213,40 @@ def test_self_steering_meets_only_its_routing_controls_and_its_planted_dictionar
     versus = incorrect["versus_controls"]["corruption"]
     assert versus["n_controls"] == analysis["n_controls"]["self_steering@0.3"] > 0
     assert versus["controls_at_or_above_target"] == 0
+
+
+@pytest.fixture(scope="module")
+def steered_choice_run(tmp_path_factory, planted_choice_model_dir: Path) -> Path:
+    """The same phases on multiple-choice questions (`dataset=mcq`), with the planted model's twin that answers " A"
+    or " B": a question answered A passes unsteered, and steering along -e_K makes the model answer B."""
+    data_dir = tmp_path_factory.mktemp("steered_choice")
+    args = planted_args(planted_choice_model_dir, write_questions(data_dir), "mcq")
+    for phase in ("0", "0.1", "1", "3.5", "3.6"):
+        assert run.main(["phase", phase, "--data-dir", str(data_dir), *args]) == 0
+    write_hand_made_directions(data_dir)
+    for phase in ("3.8", "4.5", "4.8"):
+        assert run.main(["phase", phase, "--data-dir", str(data_dir), *args]) == 0
+    return data_dir
+
+
+def test_multiple_choice_questions_run_through_the_same_steering_phases(steered_choice_run):
+    data_dir = steered_choice_run
+    baseline = pd.read_parquet(data_dir / "phase3_5" / "dataset_temp_0_0.parquet")
+    problems = pd.read_parquet(data_dir / "phase0_1" / "validation.parquet").set_index("task_id")
+    assert set(baseline["raw_output"]) == {" A"} and set(baseline["generated_code"]) == {"A"}
+    assert (baseline["test_passed"] == (problems.loc[baseline["task_id"], "correct_option"] == "A").to_numpy()).all()
+    assert set(baseline["error_type"]) == {"passed", "wrong_option"}
+    assert baseline["program_tokens"].eq(1).all()  # the code positions read the letter
+    chosen = _selected(data_dir)["methods"]["sae_latent/incorrect"]
+    assert (chosen["chosen_by"], chosen["level"]) == ("rule", 0.3)
+    analysis = json.loads((data_dir / "phase4_8" / "steering_effect_analysis.json").read_text())
+    incorrect = analysis["methods"]["sae_latent"]["incorrect"]
+    n_passing = int(baseline["test_passed"].sum())
+    assert incorrect["corruption"]["successes"] == incorrect["corruption"]["trials"] == n_passing > 0
+    assert incorrect["versus_controls"]["corruption"]["controls_at_or_above_target"] == 0
+    steered = pd.read_parquet(data_dir / "phase4_8" / "steered_results.parquet")
+    pushed = steered[steered["arm"] == incorrect["arm"]]
+    assert set(pushed["steered_code"]) == {"B"} and pushed["steered_valid_code"].all()  # an option, the wrong one
 
 
 def test_viz_only_redraws_without_generating(steered_run, monkeypatch):
