@@ -9,22 +9,28 @@ multiple-choice when it has `options`; its verdict needs no sandbox, so it is re
 
 from __future__ import annotations
 
+import itertools
 import re
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from common.code_extraction import code_span, defines_function, extract_code
-from common.program_pass import ProgramText
+from common.errors import PipelineError
 from common.sandbox import ExecutionResult, Program, SandboxPool
 
 WRONG_OPTION = "wrong_option"  # the error types of a multiple-choice answer that is not the correct option
 NO_OPTION = "no_option"
 _LETTERS = "ABCDEFGHIJ"
-# The option a choice answer names: the output's leading letter (the prompt ends at "Answer:"), else one after
-# "answer is"; a letter followed by another letter starts a word ("Amylase"), not an option.
-_LEADING_OPTION = re.compile(r"\A\s*\(?([A-Z])(?![A-Za-z])")
-_STATED_OPTION = re.compile(r"answer is:?\s*\(?([A-Z])(?![A-Za-z])", re.IGNORECASE)
+# The option a choice answer names: the output's leading letter (the prompt ends at "Answer:"), else the first one
+# stated after "answer" or "option" ("the answer is B", "Option C"). A letter followed by a letter or digit is a word
+# ("Amylase", "B12"), not an option; while the output streams in, a letter counts only once what follows it shows
+# that (" A" may still become " Aortic").
+_OPENING = r"\s*(?:\*\*?|\(|\[)?"
+_LEADING_OPTION = re.compile(rf"\A{_OPENING}([A-Z])(?![A-Za-z0-9])")
+_LEADING_OPTION_DONE = re.compile(rf"\A{_OPENING}([A-Z])(?=[^A-Za-z0-9])")
+_STATED_OPTION = re.compile(rf"(?i:answer|option)(?: is)?:?{_OPENING}([A-Z])(?![A-Za-z0-9])")
+_UNDECIDED = re.compile(rf"{_OPENING}\Z")
 _PROSE_END = re.compile(r"[.\n]")
 
 
@@ -57,17 +63,26 @@ class ChoiceAnswers:
     kind: str = "choice"
 
     def span(self, raw_output: str, problem: Mapping[str, Any]) -> tuple[int, int]:
-        """The letter's characters; (0, 0) when the output names no option."""
-        letters = option_letters(len(problem["options"]))
-        for pattern in (_LEADING_OPTION, _STATED_OPTION):
-            match = pattern.search(raw_output)
-            if match and match.group(1) in letters:
-                return match.span(1)
-        return 0, 0
+        """The named letter's characters; for an output that names no option, its first character, where the letter
+        should have been (so every row is read at its answer position); (0, 0) for an empty output."""
+        named = self._named(raw_output, problem)
+        if named:
+            return named
+        first = len(raw_output) - len(raw_output.lstrip())
+        return (first, first + 1) if first < len(raw_output) else (0, 0)
 
     def extract(self, raw_output: str, problem: Mapping[str, Any], prefix: str = "") -> str:
-        start, end = self.span(raw_output, problem)
-        return raw_output[start:end]
+        named = self._named(raw_output, problem)
+        return raw_output[named[0]:named[1]] if named else ""
+
+    @staticmethod
+    def _named(raw_output: str, problem: Mapping[str, Any]) -> tuple[int, int] | None:
+        letters = option_letters(len(problem["options"]))
+        leading = _LEADING_OPTION.match(raw_output)
+        if leading and leading.group(1) in letters:
+            return leading.span(1)
+        stated = (m for m in _STATED_OPTION.finditer(raw_output) if m.group(1) in letters)
+        return next((m.span(1) for m in stated), None)
 
     def judge(self, answer: str, problem: Mapping[str, Any], sandbox: SandboxPool | None = None) -> Future:
         future: Future = Future()
@@ -94,32 +109,32 @@ def choice_output(letter: str) -> str:
 def stop_after_option(text: str, letters: str) -> int | None:
     """Where a multiple-choice answer is complete: right after its leading option letter, or at the end of the
     first sentence or line of an answer that starts with words instead (a stated letter is read from it)."""
-    match = _LEADING_OPTION.match(text)
-    if match and match.group(1) in letters:
-        return match.end(1)
-    if not text.strip() or re.fullmatch(r"\s*\(?", text):
-        return None
+    leading = _LEADING_OPTION_DONE.match(text)
+    if leading and leading.group(1) in letters:
+        return leading.end(1)
+    pending = _LEADING_OPTION.match(text)
+    if _UNDECIDED.fullmatch(text) or (pending and pending.end() == len(text) and pending.group(1) in letters):
+        return None  # nothing yet, or a letter that may still begin a word
     end = _PROSE_END.search(text, len(text) - len(text.lstrip()))
     return end.start() if end else None
 
 
 def option_token_ids(tokenizer, n_options: int) -> tuple[tuple[int, ...], ...]:
-    """Per option letter, the first token of each way to write it (" B" and "B"): an option's log-probability at
-    the answer position is the best of them."""
+    """Per option letter, the token that carries it in each way to write it (" B" and "B", the last token of each):
+    an option's log-probability at the answer position is the best of them."""
     ids = []
     for letter in option_letters(n_options):
         variants = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in (choice_output(letter), letter)]
-        ids.append(tuple(dict.fromkeys(v[0] for v in variants if v)))
+        ids.append(tuple(dict.fromkeys(v[-1] for v in variants if v)))
+    for first, second in itertools.combinations(ids, 2):
+        if set(first) & set(second):
+            raise PipelineError(f"the tokenizer writes two option letters with the same token "
+                                f"({sorted(set(first) & set(second))}): no margin between options can be read")
     return tuple(ids)
 
 
 CODE, CHOICE = CodeAnswers(), ChoiceAnswers()
 ANSWER_FORMATS = {CODE.kind: CODE, CHOICE.kind: CHOICE}
-
-
-def answer_text(prompt: str, raw_output: str, problem: Mapping[str, Any]) -> ProgramText:
-    """What the teacher-forced pass reads: the prompt, the output, and where in it the answer lies."""
-    return ProgramText(prompt, raw_output, answer_format(problem).span(raw_output, problem))
 
 
 def is_multiple_choice(problem: Mapping[str, Any]) -> bool:
@@ -135,5 +150,5 @@ def split_format(problems: Sequence[Mapping[str, Any]]) -> CodeAnswers | ChoiceA
     """The one format of a split's problems; a split mixing code and multiple-choice problems is a bug upstream."""
     kinds = {answer_format(problem).kind for problem in problems}
     if len(kinds) > 1:
-        raise ValueError(f"one split holds problems of several answer formats: {sorted(kinds)}")
+        raise PipelineError(f"one split holds problems of several answer formats: {sorted(kinds)}")
     return ANSWER_FORMATS[kinds.pop() if kinds else CODE.kind]

@@ -12,9 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from common.answer_formats import answer_text
 from common.classification import group_bootstrap_counts
-from common.program_pass import ProgramText
+from common.program_pass import ProgramText, answer_text
 from common.prompt_utils import PromptBuilder
 from common.utils import atomic_path
 

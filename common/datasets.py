@@ -207,7 +207,7 @@ def _choice_problem(record: dict[str, Any], source: str) -> Problem:
     texts = [str(text).strip() for text in options]
     if not question or len(texts) < 2 or not all(texts):
         raise ValueError("an empty question, fewer than two options, or an empty option")
-    if answer not in option_letters(len(texts)):
+    if len(answer) != 1 or answer not in option_letters(len(texts)):
         raise ValueError(f"answer_idx '{answer}' is not one of the options' letters")
     return Problem(task_id=str(record["task_id"]), text=question, prompt_stub="", tests="",
                    entry_point="", reference_code="", source=source, family=str(record.get("meta_info") or ""),

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from common.activations import save_activations
-from common.answer_formats import CHOICE, answer_format, answer_text, option_token_ids, split_format
+from common.answer_formats import CHOICE, answer_format, option_token_ids, split_format
 from common.checkpoint import BatchCheckpoint, phase_checkpoint
 from common.config import Config
 from common.degeneration import DegenerationLimits
@@ -35,7 +35,7 @@ from common.hooks import HOOK_SITE, check_layers
 from common.logging import get_logger
 from common.phases import PhaseSpec
 from common.positions import LAST_PROMPT, activation_path
-from common.program_pass import record_programs
+from common.program_pass import answer_text, record_programs
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
 from common.sandbox import ExecutionResult, SandboxPool
 from common.interventions import Intervention
@@ -333,7 +333,7 @@ def _positions(config: Config, model, tokenizer, builder: PromptBuilder, items: 
     started = time.perf_counter()
     texts = [answer_text(row["prompt"], row["raw_output"], item.problem) for item, row in zip(items, rows)]
     problems = [item.problem for item in items]
-    option_ids = (option_token_ids(tokenizer, max(len(p["options"]) for p in problems))
+    option_ids = (option_token_ids(tokenizer, len(problems[0]["options"]))  # the loader evens out the counts
                   if split_format(problems) is CHOICE else ())
     program_pass = record_programs(model, tokenizer, texts, config.layers, config.position_k,
                                    builder.adds_special_tokens, option_ids=option_ids)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from common.activation_cache import recording_layer_outputs
+from common.answer_formats import answer_format
 from common.hooks import cache_keyword
 from common.positions import CODE_POSITIONS
 
@@ -36,6 +37,11 @@ class ProgramText:
     prompt: str
     raw_output: str
     span: tuple[int, int]  # [start, end) of the answer (the program) within raw_output
+
+
+def answer_text(prompt: str, raw_output: str, problem: Mapping[str, Any]) -> ProgramText:
+    """What the pass reads of a problem's output: the prompt, the output, and where in it the answer lies."""
+    return ProgramText(prompt, raw_output, answer_format(problem).span(raw_output, problem))
 
 
 @dataclass

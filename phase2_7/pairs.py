@@ -128,8 +128,9 @@ def option_pairs(records: list[dict[str, Any]], per_task: int, seed: int) -> lis
 
 def own_pairs(table: pd.DataFrame, problems: pd.DataFrame, builder: PromptBuilder, per_task: int, seed: int
               ) -> list[ContrastivePair]:
-    """Up to `per_task` (passing, failing) pairs of the model's own programs per task where it wrote both; the
-    labels are phase 1's sandbox verdicts, and programs without a reliable one are left out."""
+    """Up to `per_task` distinct (passing, failing) pairs of the model's own programs per task where it wrote both;
+    the labels are phase 1's sandbox verdicts, and programs without a reliable one are left out. Samples often repeat
+    a text (a multiple-choice answer is one letter), and a repeated pair would only weigh its task more."""
     by_task = {str(p["task_id"]): p for p in problems.to_dict("records")}
     judged = table[~table["error_type"].isin(UNRELIABLE_VERDICTS) & table["generated_code"].astype(bool)]
     pairs = []
@@ -141,10 +142,13 @@ def own_pairs(table: pd.DataFrame, problems: pd.DataFrame, builder: PromptBuilde
         rng = random.Random(f"{seed}/{task_id}/own")
         rng.shuffle(good)
         rng.shuffle(bad)
+        seen = set()
         for i in range(min(per_task, max(len(good), len(bad)))):  # the shorter side's programs recur
             passing, failing = good[i % len(good)], bad[i % len(bad)]
-            if passing["raw_output"] == failing["raw_output"]:  # one text judged both ways: no contrast
+            texts = (passing["raw_output"], failing["raw_output"])
+            if texts[0] == texts[1] or texts in seen:  # one text judged both ways, or a pair already taken
                 continue
+            seen.add(texts)
             pairs.append(ContrastivePair(str(task_id), "own", passing["generated_code"], failing["generated_code"],
                                          passing["raw_output"], failing["raw_output"],
                                          {"positive_sample": int(passing["sample_idx"]),

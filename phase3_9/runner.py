@@ -28,7 +28,6 @@ import pandas as pd
 import torch
 
 from common.activations import load_position
-from common.answer_formats import answer_text
 from common.baselines import BASELINES, applicable, fitted_scorer
 from common.calibration_metrics import calibration_metrics, paired_differences, reliability_table
 from common.classification import fit_combiner, within_task_auroc
@@ -39,7 +38,7 @@ from common.logging import get_logger
 from common.methods import steering_layer
 from common.phase_run import PhaseRun
 from common.positions import LAST_PROMPT, is_code_position, usable_rows
-from common.program_pass import record_programs
+from common.program_pass import answer_text, record_programs
 from common.split_tables import Split, read_split
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
 from common.steering_dictionary import DICTIONARY_FILE, ROUTING_FEATURES, SteeringDictionary

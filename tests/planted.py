@@ -66,10 +66,11 @@ def write_tasks(tmp_path: Path) -> Path:
     return path
 
 
-def write_questions(tmp_path: Path) -> Path:
-    """Our own multiple-choice questions in the MedQA layout: 10 answered A (passable), 6 answered C (impossible)."""
+def write_questions(tmp_path: Path, n_questions: int = 16) -> Path:
+    """Our own multiple-choice questions in the MedQA layout: five in eight answered A (passable), the others C
+    (impossible)."""
     records = [{"question": f"Question number {i}: which option?", "options": dict(zip("ABCD", "wxyz")),
-                "answer_idx": "A" if i % 8 < 5 else "C", "meta_info": f"step{1 + i % 2}"} for i in range(16)]
+                "answer_idx": "A" if i % 8 < 5 else "C", "meta_info": f"step{1 + i % 2}"} for i in range(n_questions)]
     path = tmp_path / "questions.jsonl"
     path.write_text("".join(json.dumps(record) + "\n" for record in records))
     return path

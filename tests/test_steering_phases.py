@@ -20,6 +20,7 @@ import torch
 
 import run
 from common.calibrated_arms import load_arms
+from common.contrastive_pairs import load_pairs
 from common.control_vectors import read_control_vector
 from common.phases import get_phase
 from tests.planted import (K, KV_ALPHAS, LAYER, PREREGISTERED, planted_args, write_hand_made_directions,
@@ -218,13 +219,16 @@ def test_self_steering_meets_only_its_routing_controls_and_its_planted_dictionar
 @pytest.fixture(scope="module")
 def steered_choice_run(tmp_path_factory, planted_choice_model_dir: Path) -> Path:
     """The same phases on multiple-choice questions (`dataset=mcq`), with the planted model's twin that answers " A"
-    or " B": a question answered A passes unsteered, and steering along -e_K makes the model answer B."""
+    or " B": a question answered A passes unsteered, and steering along -e_K makes the model answer B. Phases 2.7
+    (the option pairs) and 3.9 (the dictionary and its calibrated confidence) run for real; half the questions are
+    in the sae split, so that 3.9 has enough task vectors (reference answer C minus the model's A)."""
     data_dir = tmp_path_factory.mktemp("steered_choice")
-    args = planted_args(planted_choice_model_dir, write_questions(data_dir), "mcq")
+    args = [*planted_args(planted_choice_model_dir, write_questions(data_dir, 40), "mcq"),
+            "--set", "split_fractions=0.5,0.25,0.25"]
     for phase in ("0", "0.1", "1", "3.5", "3.6"):
         assert run.main(["phase", phase, "--data-dir", str(data_dir), *args]) == 0
     write_hand_made_directions(data_dir)
-    for phase in ("3.8", "4.5", "4.8"):
+    for phase in ("2.7", "3.8", "3.9", "4.5", "4.8"):
         assert run.main(["phase", phase, "--data-dir", str(data_dir), *args]) == 0
     return data_dir
 
@@ -247,6 +251,11 @@ def test_multiple_choice_questions_run_through_the_same_steering_phases(steered_
     steered = pd.read_parquet(data_dir / "phase4_8" / "steered_results.parquet")
     pushed = steered[steered["arm"] == incorrect["arm"]]
     assert set(pushed["steered_code"]) == {"B"} and pushed["steered_valid_code"].all()  # an option, the wrong one
+    pairs = load_pairs(data_dir / "phase2_7" / "datasets" / "contrastive_pairs.jsonl")
+    assert pairs and all(p.kind == "mutant" and p.positive_output == " " + p.positive_code for p in pairs)
+    calibration = json.loads((data_dir / "phase3_9" / "calibration_results.json").read_text())
+    assert calibration["counts"]["programs"] == len(baseline)  # every answer has a confidence
+    assert calibration["predictors"]["dictionary_confidence"]["auroc"]["value"] is not None
 
 
 def test_viz_only_redraws_without_generating(steered_run, monkeypatch):
