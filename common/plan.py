@@ -28,7 +28,8 @@ REFERENCE_SECONDS_PER_UNIT = {
     "3.8": 36.0, "3.9": 183.0, "4.5": 0.50, "4.8": 0.68,
 }
 OWN_PAIR_TASK_SHARE = 0.34  # of sae tasks with both a passing and a failing program (84 of 250 in the default run)
-DATASET_SIZES = {"humaneval": 164, "mbpp/full": 974, "mbpp/sanitized": 427}  # before phase 0 has counted them
+DATASET_SIZES = {"humaneval": 164, "mbpp/full": 974, "mbpp/sanitized": 427,
+                 "mcq": 12723}  # before phase 0 has counted them (mcq: MedQA-USMLE 4-option, every split)
 
 
 @dataclass(frozen=True)
