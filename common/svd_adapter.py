@@ -81,8 +81,8 @@ def linear_at(model: torch.nn.Module, layer: int, path: str) -> torch.nn.Linear:
 
 def split_weight(model: torch.nn.Module, layer: int, path: str, rank: int, rotate_v: bool = True,
                  rotate_u: bool = False, generator: torch.Generator | None = None) -> AdaptedWeight:
-    """The PiSSA split of one layer's weight, with fresh generators: small random ones (zero would leave every
-    gradient of a rotation zero at the start, the journal's "init non-zero to break symmetry")."""
+    """The PiSSA split of one layer's weight, with fresh generators: small random ones, as the seed's journal starts
+    them (zero would train as well: the Cayley map's derivative at 0 is 2c dK), so seeds give different starts."""
     weight = linear_at(model, layer, path).weight.detach().float().cpu()
     if rank > min(weight.shape):
         raise ValueError(f"rank {rank} is larger than layer {layer} {path}'s {tuple(weight.shape)}")

@@ -54,8 +54,8 @@ class Intervention(Protocol):
 
     @property
     def first_layer(self) -> int | None:
-        """Decoder layers below this one compute what they compute unsteered (the prefill replays them);
-        None when the whole model changes."""
+        """Decoder layers up to this one compute what they compute unsteered (the prefill replays them, this one
+        included, and hooks its output); None when the whole model changes."""
 
     @property
     def steers_prefill(self) -> bool:
