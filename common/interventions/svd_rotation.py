@@ -100,7 +100,8 @@ class RowCoefficients:
     def __init__(self, model: torch.nn.Module):
         self.model = model
         self.active = False
-        self.groups: dict[tuple[int, str], list[tuple[AdaptedWeight, torch.Tensor, torch.Tensor]]] = {}
+        self.groups: dict[tuple[int, str], list[tuple[AdaptedWeight, torch.Tensor, torch.Tensor]]] = {}  # site ->
+        #                                             (weight, its adapter's rows, their mixing matrices)
         self._handles: dict[tuple[int, str], torch.utils.hooks.RemovableHandle] = {}
 
     def __enter__(self) -> RowCoefficients:
@@ -112,7 +113,8 @@ class RowCoefficients:
         self._handles.clear()
 
     def update(self, rows: Sequence[SVDRotationAdapter | None]) -> None:
-        """Per adapted layer: (its weight in one adapter, that adapter's rows, their coefficients)."""
+        """Per adapted layer: (its weight in one adapter, that adapter's rows, their mixing matrices), computed once
+        here rather than in every decode step's hook."""
         by_adapter: dict[str, tuple[SVDRotationAdapter, list[int]]] = {}
         for i, row in enumerate(rows):
             if row is not None:
@@ -123,7 +125,7 @@ class RowCoefficients:
             coefficients = torch.tensor([rows[i].coefficient for i in members])
             for weight in adapter.weights:
                 self.groups.setdefault((weight.layer, weight.path), []).append(
-                    (weight, torch.tensor(members), coefficients))
+                    (weight, torch.tensor(members), weight.mixing(coefficients)))
         for site in self.groups:
             if site not in self._handles:
                 self._handles[site] = linear_at(self.model, *site).register_forward_hook(self._hook(site))
@@ -133,8 +135,8 @@ class RowCoefficients:
             if not self.active or site not in self.groups:
                 return output
             x, corrected = inputs[0], output.clone()
-            for weight, members, coefficients in self.groups[site]:
+            for weight, members, mixing in self.groups[site]:
                 index = members.to(x.device)
-                corrected[index] += weight.correction(x[index], weight.mixing(coefficients))
+                corrected[index] += weight.correction(x[index], mixing)
             return corrected
         return hook
