@@ -116,6 +116,27 @@ class Config:
     style_max_tokens: int = 160  # per answer, teacher's and steered
     style_disruption: float = 0.1  # nats per token: each style edit and its random edit are calibrated to this
 
+    # --- seed 004's SVD-rotation adapter and its LoRA baseline (phase 2.9: training; phase 4.9: the sweep over c)
+    adapter_pair_kinds: list[str] = field(default_factory=lambda: ["mutant", "own"])  # of 2.7's pairs, trained on
+    adapter_max_pairs: int = 256  # training pairs drawn from those outside 2.7's held-out tasks
+    adapter_held_out_pairs: int = 32  # pairs of the held-out tasks each adapter's separation is measured on
+    adapter_layers: list[int] | None = None  # None: 1/2 and 2/3 of the depth
+    adapter_modules: list[str] = field(default_factory=lambda: ["self_attn.q_proj", "self_attn.v_proj",
+                                                                "mlp.gate_proj", "mlp.up_proj"])
+    adapter_rank: int = 16  # singular triplets rotated (and the LoRA baseline's rank)
+    adapter_rotate_u: bool = False  # also rotate U (the journal found rotating V and scaling S ahead)
+    adapter_loss_layer: int | None = None  # None: 5/6 of the depth; the states are the mean over the last
+    #                                        position_k program tokens
+    adapter_coherence_nats: float = 0.5  # tau: per program token, NLL may rise this much before the hinge bites
+    adapter_coherence_weight: float = 1.0
+    adapter_lr: float = 0.01
+    adapter_batch_pairs: int = 2
+    adapter_max_steps: int = 400
+    adapter_time_budget_s: float = 420.0  # per trained adapter (SVD, then LoRA): training stops at whichever
+    #                                       of this and adapter_max_steps comes first
+    adapter_coefficients: list[float] = field(default_factory=lambda: [-1.0, -0.5, 0.0, 0.5, 1.0])  # phase 4.9
+    adapter_eval_tasks: int = 60  # validation tasks phase 4.9 generates for at every coefficient of every arm
+
     # --- the multi-cluster dictionary, its router and the calibrated confidence (phase 3.9, seed 000)
     dictionary_clusters: list[int] = field(default_factory=lambda: [2, 3, 4, 6, 8])  # K tried; chosen on hyperparams
     dictionary_taus: list[float] = field(default_factory=lambda: [1.0, 5.0, 15.0, 30.0])  # routing softmax sharpness
@@ -250,6 +271,25 @@ class Config:
         _check(self.style_disruption > 0, "style_disruption", self.style_disruption, "> 0")
         _check(self.teacher_url is None or self.teacher_url.startswith(("http://", "https://")), "teacher_url",
                self.teacher_url, "null or an http(s) URL")
+        _check(len(self.adapter_pair_kinds) > 0 and set(self.adapter_pair_kinds) <= {"mutant", "own"}
+               and len(set(self.adapter_pair_kinds)) == len(self.adapter_pair_kinds), "adapter_pair_kinds",
+               self.adapter_pair_kinds, "a non-empty list without repeats of mutant, own")
+        _check(self.adapter_layers is None or (len(self.adapter_layers) > 0 and min(self.adapter_layers) >= 0
+                                               and len(set(self.adapter_layers)) == len(self.adapter_layers)),
+               "adapter_layers", self.adapter_layers, "null or a non-empty list of distinct layers >= 0")
+        _check(len(self.adapter_modules) > 0 and len(set(self.adapter_modules)) == len(self.adapter_modules),
+               "adapter_modules", self.adapter_modules, "a non-empty list without repeats")
+        for key in ("adapter_max_pairs", "adapter_held_out_pairs", "adapter_rank", "adapter_batch_pairs",
+                    "adapter_max_steps", "adapter_eval_tasks"):
+            _check(getattr(self, key) >= 1, key, getattr(self, key), ">= 1")
+        for key in ("adapter_coherence_nats", "adapter_coherence_weight"):
+            _check(getattr(self, key) >= 0, key, getattr(self, key), ">= 0")
+        for key in ("adapter_lr", "adapter_time_budget_s"):
+            _check(getattr(self, key) > 0, key, getattr(self, key), "> 0")
+        _check(0.0 in self.adapter_coefficients and all(-1 <= c <= 1 for c in self.adapter_coefficients)
+               and {-1.0, 1.0} <= set(self.adapter_coefficients)
+               and len(set(self.adapter_coefficients)) == len(self.adapter_coefficients), "adapter_coefficients",
+               self.adapter_coefficients, "distinct values in [-1, 1] including -1, 0 and 1 (the trained range)")
         _check(len(self.methods) > 0 and len(set(self.methods)) == len(self.methods), "methods", self.methods,
                "a non-empty list without repeats")
         for key in ("disruption_programs", "disruption_max_tokens", "min_problems_per_level", "control_tasks"):

@@ -14,7 +14,7 @@ import time
 import zlib
 from collections import Counter
 from concurrent.futures import Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -51,16 +51,19 @@ class WorkItem:
     sample_idx: int
     temperature: float  # 0.0 = greedy
     intervention: Intervention | None = None
+    system_prompt: str = ""  # an instruction before the task (a prompting baseline); "" for the plain prompt
 
     @property
     def condition(self) -> str:
-        """'' without an intervention; else its label."""
-        return self.intervention.label if self.intervention else ""
+        """'' for the plain prompt unsteered; else the intervention's label, or the system prompt's digest."""
+        if self.intervention:
+            return self.intervention.label
+        return f"system#{zlib.crc32(self.system_prompt.encode()):08x}" if self.system_prompt else ""
 
     @property
     def key(self) -> str:
         task = f"{self.problem['task_id']}#{self.sample_idx}"
-        return f"{self.condition}|{task}" if self.intervention else task
+        return f"{self.condition}|{task}" if self.condition else task
 
     @property
     def order(self) -> tuple[str, int, int]:
@@ -123,6 +126,8 @@ def make_temperature_items(problems: Sequence[dict[str, Any]], temperatures: Seq
 
 def request_for(item: WorkItem, builder: PromptBuilder, seed: int) -> GenerationRequest:
     """The engine request of a work item; a sampled item's generator is seeded from its own key."""
+    if item.system_prompt:
+        builder = replace(builder, system_prompt=item.system_prompt)
     return GenerationRequest(builder.build(item.problem), item.temperature, zlib.crc32(f"{seed}:{item.key}".encode()),
                              builder.stopper(item.problem), builder.code_opened(item.problem), item.intervention,
                              key=item)
@@ -245,7 +250,7 @@ def _record(output: GenerationResult, code: str, result: ExecutionResult) -> dic
         "generation_time": output.generation_time_s, "exec_time": result.duration_s,
         "cyclomatic_complexity": int(item.problem["cyclomatic_complexity"]),
         "difficulty": int(item.problem.get("difficulty", 0)), "family": str(item.problem.get("family", "")),
-        **({"intervention": item.condition} if item.intervention else {}),
+        **({"intervention": item.condition} if item.condition else {}),
     }
 
 

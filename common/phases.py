@@ -25,6 +25,11 @@ _STEERING_KEYS = ("steering_direction_position", "steering_layer", "methods", "d
                   "disruption_programs", "disruption_max_tokens", "controls_per_type", "selection_controls_per_type",
                   "preregistered_level", "min_problems_per_level", "max_break_rate", "chosen_level")
 
+_ADAPTER_KEYS = ("adapter_pair_kinds", "adapter_max_pairs", "adapter_held_out_pairs", "adapter_layers",
+                 "adapter_modules", "adapter_rank", "adapter_rotate_u", "adapter_loss_layer", "adapter_coherence_nats",
+                 "adapter_coherence_weight", "adapter_lr", "adapter_batch_pairs", "adapter_max_steps",
+                 "adapter_time_budget_s")
+
 _SAE_KEYS = ("sae_source", "sae_id_template", "sae_width", "sae_k", "sae_epochs", "sae_train_tokens", "sae_eval_tokens",
              "sae_delta_ce_tokens", "sae_context_tokens", "sae_batch_tokens", "sae_lr")
 
@@ -81,6 +86,8 @@ PHASES: tuple[PhaseSpec, ...] = (
               ("model_name", "seed", "kv_layers", "kv_aggregation", "kv_clusters", "kv_key_weight", "style_names",
                "teacher_url", "teacher_model", "style_max_tokens", "style_disruption", "calibration_alphas",
                "disruption_max_tokens")),
+    PhaseSpec("2.9", "phase2_9", "seed 004's SVD-rotation adapter and its LoRA baseline, trained on the pairs",
+              ("0.1", "2.7"), ("model_name", "prompt_style", "seed", "position_k") + _ADAPTER_KEYS),
     PhaseSpec("3.5", "phase3_5", "greedy and sampled generations on the validation split", ("0.1",),
               _GENERATION_KEYS + ("layers", "temperatures", "samples_per_temperature") + _POSITION_KEYS,
               choice_keys=_POSITION_KEYS, shards=True),
@@ -100,6 +107,10 @@ PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec("4.8", "phase4_8", "steering effects on the validation split, against disruption-matched controls",
               ("0.1", "3.5", "3.8", "4.5"), _GENERATION_KEYS + ("control_tasks", "primary_endpoints"),
               choice_keys=("primary_endpoints",), shards=True),
+    PhaseSpec("4.9", "phase4_9", "the adapters swept over their coefficient on the validation split, against "
+              "mean-difference steering at matched NLL, prompting and a random adapter", ("0.1", "2.6", "2.9", "3.6"),
+              _GENERATION_KEYS + ("adapter_coefficients", "adapter_eval_tasks", "calibration_alphas",
+                                  "steering_direction_position")),
 )
 
 _BY_ID = {spec.id: spec for spec in PHASES}

@@ -58,7 +58,7 @@ class _Sequence:
     program: np.ndarray  # indices of the program's tokens within `continuation`
 
 
-def _tokenize(text: ProgramText, tokenizer, add_special_tokens: bool
+def tokenize_program(text: ProgramText, tokenizer, add_special_tokens: bool
               ) -> tuple[tuple[int, ...], list[int], np.ndarray]:
     """Prompt ids, the output's ids up to the program's end, and the program's indices among them."""
     prompt_ids = tuple(tokenizer(text.prompt, add_special_tokens=add_special_tokens)["input_ids"])
@@ -103,7 +103,7 @@ def record_programs(model, tokenizer, texts: Sequence[ProgramText], layers: Sequ
     With `option_ids` (per option of a multiple-choice question, the tokens that write it) the margin is between
     the two best options."""
     n_rows = len(texts)
-    tokenized = [_tokenize(text, tokenizer, add_special_tokens) for text in texts]
+    tokenized = [tokenize_program(text, tokenizer, add_special_tokens) for text in texts]
     by_prompt = _by_prompt(tokenized)
     d_model = model.config.hidden_size
     activations = {position: {layer: torch.full((n_rows, d_model), float("nan")) for layer in layers}
@@ -145,7 +145,7 @@ def record_last_keys_values(model, tokenizer, texts: Sequence[ProgramText], laye
     """The KV cache's keys and values at each program's last token (`code_last`), as generation would have cached
     them (keys after their rotary embedding): [n_rows, len(layers), kv_heads, head_dim] each, NaN for a row without
     a program, and the mask of rows with one. The same prompt-sharing pass as `record_programs`."""
-    tokenized = [_tokenize(text, tokenizer, add_special_tokens) for text in texts]
+    tokenized = [tokenize_program(text, tokenizer, add_special_tokens) for text in texts]
     by_prompt = _by_prompt(tokenized)
     kv_heads = getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads
     head_dim = getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads

@@ -41,6 +41,7 @@ def resolve_prompt_style(style: str, tokenizer: Any) -> str:
 class PromptBuilder:
     style: str = "base"  # "base" | "chat" (resolve "auto" first with resolve_prompt_style)
     tokenizer: Any = None
+    system_prompt: str = ""  # chat: the system message (replacing the template's default); base: a comment line
 
     @staticmethod
     def build_prompt(problem_description: str, test_cases: Sequence[str] | str) -> str:
@@ -50,9 +51,14 @@ class PromptBuilder:
 
     def build(self, problem: Mapping[str, Any]) -> str:
         if self.style == "chat":
+            system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
             prompt = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": self.user_message(problem)}], add_generation_prompt=True, tokenize=False)
+                [*system, {"role": "user", "content": self.user_message(problem)}], add_generation_prompt=True,
+                tokenize=False)
             return prompt + _ANSWER_CUE if is_multiple_choice(problem) else prompt
+        return f"# {self.system_prompt}\n{self._base(problem)}" if self.system_prompt else self._base(problem)
+
+    def _base(self, problem: Mapping[str, Any]) -> str:
         if is_multiple_choice(problem):
             return f"{_question(problem)}\n{_ANSWER_CUE}"
         if _is_completion_problem(problem):

@@ -11,6 +11,9 @@ At c = 0 both rotations are the identity and the scale is 1, so W(0) = W exactly
 (the transpose) of the one at +c and each scale the reciprocal, so -c undoes in weight space what +c does. The
 seed's journal found rotating V ahead of rotating U, which is the default here. The adapted layer is never rewritten:
 a forward hook adds x (W(c) - W)^T, a rank-r correction, so rows of one batch can carry different coefficients.
+
+The LoRA baseline's weight change has the same shape of correction: W(c) = W + c * scale * B A, a `LowRankWeight`,
+so one hook and one decode applier serve both.
 """
 
 from __future__ import annotations
@@ -62,6 +65,32 @@ class AdaptedWeight:
         return self.u @ mixing.T @ self.v.T
 
 
+@dataclass(frozen=True)
+class LowRankWeight:
+    """A LoRA weight change (PEFT's lora_A as `down`, lora_B as `up`, alpha / r as `scale`) with a coefficient:
+    W(c) = W + c * scale * up down^T, so c = 0 is the base model and -c subtracts what +c adds."""
+    layer: int
+    path: str
+    down: torch.Tensor  # [in, r]
+    up: torch.Tensor  # [out, r]
+    scale: float
+
+    @property
+    def name(self) -> str:
+        return f"layer_{self.layer}.{self.path}"
+
+    def mixing(self, coefficients: torch.Tensor) -> torch.Tensor:
+        eye = torch.eye(self.down.shape[1], dtype=self.down.dtype)
+        return coefficients.to(self.down.dtype)[:, None, None] * self.scale * eye
+
+    def correction(self, x: torch.Tensor, mixing: torch.Tensor) -> torch.Tensor:
+        projected = x @ self.down.to(x.device, x.dtype)
+        return (projected @ mixing.to(x.device, x.dtype)) @ self.up.to(x.device, x.dtype).T
+
+    def weight_at(self, coefficient: float) -> torch.Tensor:
+        return coefficient * self.scale * self.up @ self.down.T
+
+
 def skew(generator: torch.Tensor) -> torch.Tensor:
     return generator - generator.transpose(-1, -2)
 
@@ -98,7 +127,7 @@ def split_weight(model: torch.nn.Module, layer: int, path: str, rank: int, rotat
 
 
 @contextlib.contextmanager
-def adapted(model: torch.nn.Module, weights: Sequence[AdaptedWeight], coefficients: torch.Tensor
+def adapted(model: torch.nn.Module, weights: Sequence[AdaptedWeight | LowRankWeight], coefficients: torch.Tensor
             ) -> Iterator[None]:
     """Every forward pass inside the block runs with the adapters at `coefficients` (one per batch row, or one for
     all); gradients flow to the generators. The hooks always come off."""

@@ -163,3 +163,39 @@ def write_planted_kv_vector(data_dir: Path, model_dir: Path) -> None:
                        {"source": "kv_cache_mutant", "phase": "2.8", "planted": True})
     outputs = save_vector(data_dir / "phase2_8", edit, [], {"planted": True}, {})
     write_manifest(Config(data_dir=str(data_dir)).validate(), get_phase("2.8"), {}, outputs)
+
+
+def write_planted_adapters(data_dir: Path, model_dir: Path, lora_scale: float = 4.0) -> None:
+    """Phase 2.9 output. The LoRA adapter is planted: on layer LAYER's v_proj it reads coordinate K (which BIAS makes
+    the normed input's largest everywhere) and writes the values whose attention output lands on +e_K (as the KV
+    vector does), so c > 0 pushes K up (the model still writes "1") and c = -1 pushes it below zero once
+    lora_scale * |K input| outweighs BIAS (it writes "x": passable tasks fail). The SVD adapter has random generators
+    large enough to change the model, and the random one its norms."""
+    from transformers import LlamaForCausalLM
+
+    from common.interventions import LowRankAdapter, SVDRotationAdapter
+    from common.svd_adapter import LowRankWeight, split_weight
+    from phase2_9.trainables import same_norm_random
+
+    model = LlamaForCausalLM.from_pretrained(model_dir)
+    config = model.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    o_proj = model.model.layers[LAYER].self_attn.o_proj.weight.detach().double()
+    per_kv_head = o_proj.view(config.hidden_size, config.num_key_value_heads, -1, head_dim).sum(2)
+    target = torch.zeros(config.hidden_size, dtype=torch.float64)
+    target[K] = 1.0
+    values = (torch.linalg.pinv(per_kv_head.flatten(1)) @ target).float()
+    lora = LowRankAdapter("adapter/lora", (LowRankWeight(LAYER, "self_attn.v_proj", _unit(K)[:, None],
+                                                         values[:, None], lora_scale),), 1.0, {"planted": True})
+    generator = torch.Generator().manual_seed(0)
+    weights = []
+    for layer, path in ((LAYER, "mlp.up_proj"), (LAYER + 1, "self_attn.q_proj")):
+        fresh = split_weight(model, layer, path, rank=4, generator=generator)
+        weights.append(type(fresh)(**{**fresh.__dict__, "skew_v": torch.randn(4, 4, generator=generator),
+                                      "log_scale": 0.5 * torch.randn(4, generator=generator)}))
+    svd = SVDRotationAdapter("adapter/svd_rotation", tuple(weights), 1.0, {"planted": True})
+    folder = data_dir / "phase2_9"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_interventions(folder / "adapters.safetensors",
+                       [svd, same_norm_random(svd, "adapter/random_same_norm", 1), lora])
+    write_manifest(Config(data_dir=str(data_dir)).validate(), get_phase("2.9"), {}, [folder / "adapters.safetensors"])

@@ -34,7 +34,8 @@ def tiny_args(tiny_model_dir: Path, mbpp_full_file: Path) -> list[str]:
 TINY_SAE = [arg for pair in (("--set", f"{k}={v}") for k, v in {
     "sae_width": 128, "sae_k": 8, "sae_epochs": 2, "sae_train_tokens": 3000, "sae_eval_tokens": 600,
     "sae_delta_ce_tokens": 300, "sae_context_tokens": 32, "sae_batch_tokens": 256, "bootstrap_samples": 20,
-    "temperatures": 1.0, "samples_per_temperature": 1}.items())
+    "temperatures": 1.0, "samples_per_temperature": 1, "adapter_max_steps": 2, "adapter_max_pairs": 12,
+    "adapter_held_out_pairs": 4, "adapter_rank": 4}.items())
             for arg in pair]
 
 
@@ -204,28 +205,31 @@ def test_pipeline_skips_current_phases_and_reruns_stale_ones(tmp_path: Path, tin
     _pipeline_until_steering([*data, *tiny_args], capsys)
     manifests = {p: (tmp_path / p / "phase_output.json").read_text()
                  for p in ("phase0", "phase0_1", "phase1", "phase2_0", "phase2_5", "phase2_6", "phase2_7", "phase2_8",
-                           "phase2_8s", "phase3_5", "phase3_6", "phase3_8", "phase3_9")}
+                           "phase2_8s", "phase2_9", "phase3_5", "phase3_6", "phase3_8", "phase3_9")}
     _pipeline_until_steering([*data, *tiny_args], capsys)
     assert {p: (tmp_path / p / "phase_output.json").read_text() for p in manifests} == manifests
 
-    not_run = ["missing"] * 2  # phases 4.5 and 4.8
+    not_run = ["missing"] * 3  # phases 4.5, 4.8 and 4.9
     assert run.main(["list", *data, *tiny_args]) == 0
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 13 + not_run
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 14 + not_run
     assert run.main(["list", *data, *tiny_args, "--set", "seed=5"]) == 0
     states = [line.split()[1] for line in capsys.readouterr().out.splitlines()]
-    assert states == ["done"] + ["stale"] * 12 + not_run
+    assert states == ["done"] + ["stale"] * 13 + not_run
     assert run.main(["list", *data, *tiny_args, "--set", "batch_size=7"]) == 0  # speed-only key
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 13 + not_run
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 14 + not_run
     assert run.main(["list", *data, *tiny_args, "--set", "general_freq_max=0.5"]) == 0  # 2.5, hence 3.8 and 3.9
     assert ([line.split()[1] for line in capsys.readouterr().out.splitlines()] ==
-        ["done"] * 4 + ["stale"] + ["done"] * 6 + ["stale"] * 2 + not_run)
+        ["done"] * 4 + ["stale"] + ["done"] * 7 + ["stale"] * 2 + not_run)
     assert run.main(["list", *data, *tiny_args, "--set", "kv_aggregation=kmeans"]) == 0  # 2.8, 2.8s (3.8 reads 2.7)
     assert ([line.split()[1] for line in capsys.readouterr().out.splitlines()] ==
-        ["done"] * 7 + ["stale"] * 2 + ["done"] * 4 + not_run)
+        ["done"] * 7 + ["stale"] * 2 + ["done"] * 5 + not_run)
+    assert run.main(["list", *data, *tiny_args, "--set", "adapter_rank=2"]) == 0  # 2.9 alone (4.9 has not run)
+    assert ([line.split()[1] for line in capsys.readouterr().out.splitlines()] ==
+        ["done"] * 9 + ["stale"] + ["done"] * 4 + not_run)
 
     assert run.main(["phase", "0.1", *data, *tiny_args, "--set", "seed=5"]) == 0
     assert run.main(["list", *data, *tiny_args, "--set", "seed=5"]) == 0
-    assert ([line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done", "done"] + ["stale"] * 11
+    assert ([line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done", "done"] + ["stale"] * 12
         + not_run)
 
 

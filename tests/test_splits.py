@@ -60,6 +60,7 @@ def test_pipeline_with_whole_families_held_out_runs_through_phase_3_8(tmp_path: 
             "samples_per_temperature=1", "--set", "sae_width=64", "--set", "sae_k=4", "--set", "sae_epochs=1",
             "--set", "sae_train_tokens=2000", "--set", "sae_eval_tokens=400", "--set", "sae_delta_ce_tokens=200",
             "--set", "sae_context_tokens=32", "--set", "sae_batch_tokens=256", "--set", "bootstrap_samples=10",
+            "--set", "adapter_max_steps=2", "--set", "adapter_max_pairs=12", "--set", "adapter_held_out_pairs=4",
             "--log-level", "ERROR"]
     assert run.main(["pipeline", *args]) == 2  # the random model passes nothing: 4.5 has nothing to steer
     assert "phase 4.5 has nothing to steer" in capsys.readouterr().err

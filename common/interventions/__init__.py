@@ -7,8 +7,8 @@ from common.interventions.base import (REGISTRY, DecodeAppliers, Intervention, k
 from common.interventions.kv_cache import KVCacheEdit
 from common.interventions.residual import POSITION_POLICIES, ResidualAddition, residual_added
 from common.interventions.self_steering import SelfSteering
-from common.interventions.svd_rotation import SVDRotationAdapter
+from common.interventions.adapters import LowRankAdapter, SVDRotationAdapter
 
 __all__ = ["REGISTRY", "DecodeAppliers", "Intervention", "KVCacheEdit", "POSITION_POLICIES", "ResidualAddition",
-           "SVDRotationAdapter", "SelfSteering", "kind_class", "load_interventions", "register", "residual_added",
+           "LowRankAdapter", "SVDRotationAdapter", "SelfSteering", "kind_class", "load_interventions", "register", "residual_added",
            "save_interventions"]

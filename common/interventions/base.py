@@ -110,7 +110,8 @@ def save_interventions(path: str | Path, interventions: Sequence[Intervention]) 
     for i, intervention in enumerate(interventions):
         own, metadata = intervention.state()
         index.append({"kind": intervention.kind, "tensors": sorted(own), "metadata": metadata})
-        tensors.update({f"{i}/{name}": t.detach().to(torch.float32).clone() for name, t in own.items()})  # own storage each
+        tensors.update({f"{i}/{name}": t.detach().to(torch.float32).clone().contiguous()  # own storage each
+                        for name, t in own.items()})
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={_INDEX: json.dumps(index, sort_keys=True)})
 

@@ -1,7 +1,8 @@
-"""The trained SVD-rotation adapter (seed 004, common/svd_adapter.py) as an intervention whose strength is its
-coefficient c: c = 0 is the base model, -c the opposite push.
+"""Trained weight adapters as interventions whose strength is their coefficient c: c = 0 is the base model, -c the
+opposite push. Two kinds: seed 004's SVD-rotation adapter (common/svd_adapter.py) and the LoRA baseline trained
+with the same loss through PEFT.
 
-The adapter changes linear layers inside the decoder, so it steers the prompt's prefill (a prompt alone) and every
+An adapter changes linear layers inside the decoder, so it steers the prompt's prefill (a prompt alone) and every
 generated token. Decode steps give each row its own coefficient, and rows of other adapters (a trained one beside a
 random one of the same norm) share a step: the correction of each layer is computed per adapter for its rows only.
 """
@@ -17,28 +18,29 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from common.interventions.base import register
-from common.svd_adapter import AdaptedWeight, adapted, linear_at
+from common.svd_adapter import AdaptedWeight, LowRankWeight, adapted, linear_at
 
-_FACTORS = ("u", "s", "v", "skew_v", "skew_u", "log_scale")
+Weight = AdaptedWeight | LowRankWeight
 
 
-@register
 @dataclass(frozen=True)
-class SVDRotationAdapter:
-    kind: ClassVar[str] = "svd_rotation_adapter"
+class _CoefficientAdapter:
+    """What both kinds share; a kind names its weight class and the tensors (`factors`) that make one weight."""
     name: str
-    weights: tuple[AdaptedWeight, ...]
+    weights: tuple[Weight, ...]
     coefficient: float = 1.0
     provenance: dict[str, Any] = field(default_factory=dict, compare=False)
 
+    kind: ClassVar[str]
+    factors: ClassVar[tuple[str, ...]]
     steers_prefill: ClassVar[bool] = True
 
     @cached_property
     def label(self) -> str:
-        """Name, digest of every factor and generator, and the coefficient."""
+        """Name, digest of every factor, and the coefficient."""
         digest = hashlib.sha256()
         for weight in self.weights:
-            for factor in _FACTORS:
+            for factor in self.factors:
                 tensor = getattr(weight, factor)
                 if tensor is not None:
                     digest.update(tensor.detach().cpu().float().numpy().tobytes())
@@ -59,16 +61,16 @@ class SVDRotationAdapter:
                 "source": self.provenance.get("source", self.kind), "layer": self.lowest_layer,
                 "alpha": self.coefficient, "positions": "all"}
 
-    def at(self, strength: float) -> SVDRotationAdapter:
+    def at(self, strength: float):
         return replace(self, coefficient=strength)
 
-    def negated(self) -> SVDRotationAdapter:
+    def negated(self):
         return replace(self, coefficient=-self.coefficient)
 
     def prefill_applied(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[None]:
         return adapted(model, self.weights, torch.tensor([self.coefficient]))
 
-    def after_prefill(self, prefill: Any) -> tuple[SVDRotationAdapter, list[tuple[torch.Tensor, torch.Tensor]]]:
+    def after_prefill(self, prefill: Any) -> tuple[Any, list[tuple[torch.Tensor, torch.Tensor]]]:
         return self, prefill.keys_values
 
     @classmethod
@@ -77,20 +79,47 @@ class SVDRotationAdapter:
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = {f"{weight.name}/{factor}": getattr(weight, factor).detach() for weight in self.weights
-                   for factor in _FACTORS if getattr(weight, factor) is not None}
-        modules = [{"layer": w.layer, "path": w.path, "rotate_v": w.skew_v is not None,
-                    "rotate_u": w.skew_u is not None} for w in self.weights]
-        return tensors, {"name": self.name, "coefficient": self.coefficient, "modules": modules,
-                         "provenance": self.provenance}
+                   for factor in self.factors if getattr(weight, factor) is not None}
+        return tensors, {"name": self.name, "coefficient": self.coefficient,
+                         "modules": [self._module_metadata(w) for w in self.weights], "provenance": self.provenance}
 
     @classmethod
-    def from_state(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> SVDRotationAdapter:
-        weights = []
-        for module in metadata["modules"]:
-            prefix = f"layer_{module['layer']}.{module['path']}"
-            weights.append(AdaptedWeight(int(module["layer"]), module["path"], *(
-                tensors.get(f"{prefix}/{factor}") for factor in _FACTORS)))
-        return cls(metadata["name"], tuple(weights), float(metadata["coefficient"]), metadata.get("provenance", {}))
+    def from_state(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]):
+        weights = tuple(cls._weight(module, {factor: tensors.get(f"layer_{module['layer']}.{module['path']}/{factor}")
+                                             for factor in cls.factors}) for module in metadata["modules"])
+        return cls(metadata["name"], weights, float(metadata["coefficient"]), metadata.get("provenance", {}))
+
+
+@register
+@dataclass(frozen=True)
+class SVDRotationAdapter(_CoefficientAdapter):
+    kind: ClassVar[str] = "svd_rotation_adapter"
+    factors: ClassVar[tuple[str, ...]] = ("u", "s", "v", "skew_v", "skew_u", "log_scale")
+
+    @staticmethod
+    def _module_metadata(weight: AdaptedWeight) -> dict[str, Any]:
+        return {"layer": weight.layer, "path": weight.path, "rotate_v": weight.skew_v is not None,
+                "rotate_u": weight.skew_u is not None}
+
+    @staticmethod
+    def _weight(module: dict[str, Any], factors: dict[str, torch.Tensor | None]) -> AdaptedWeight:
+        return AdaptedWeight(int(module["layer"]), module["path"], **factors)
+
+
+@register
+@dataclass(frozen=True)
+class LowRankAdapter(_CoefficientAdapter):
+    kind: ClassVar[str] = "low_rank_adapter"
+    factors: ClassVar[tuple[str, ...]] = ("down", "up")
+
+    @staticmethod
+    def _module_metadata(weight: LowRankWeight) -> dict[str, Any]:
+        return {"layer": weight.layer, "path": weight.path, "scale": weight.scale}
+
+    @staticmethod
+    def _weight(module: dict[str, Any], factors: dict[str, torch.Tensor | None]) -> LowRankWeight:
+        return LowRankWeight(int(module["layer"]), module["path"], factors["down"], factors["up"],
+                             float(module["scale"]))
 
 
 class RowCoefficients:
@@ -100,7 +129,7 @@ class RowCoefficients:
     def __init__(self, model: torch.nn.Module):
         self.model = model
         self.active = False
-        self.groups: dict[tuple[int, str], list[tuple[AdaptedWeight, torch.Tensor, torch.Tensor]]] = {}  # site ->
+        self.groups: dict[tuple[int, str], list[tuple[Weight, torch.Tensor, torch.Tensor]]] = {}  # site ->
         #                                             (weight, its adapter's rows, their mixing matrices)
         self._handles: dict[tuple[int, str], torch.utils.hooks.RemovableHandle] = {}
 
@@ -112,10 +141,10 @@ class RowCoefficients:
             handle.remove()
         self._handles.clear()
 
-    def update(self, rows: Sequence[SVDRotationAdapter | None]) -> None:
+    def update(self, rows: Sequence[_CoefficientAdapter | None]) -> None:
         """Per adapted layer: (its weight in one adapter, that adapter's rows, their mixing matrices), computed once
         here rather than in every decode step's hook."""
-        by_adapter: dict[str, tuple[SVDRotationAdapter, list[int]]] = {}
+        by_adapter: dict[str, tuple[_CoefficientAdapter, list[int]]] = {}
         for i, row in enumerate(rows):
             if row is not None:
                 key = row.label.rsplit("@", 1)[0]  # the adapter, whatever its coefficient

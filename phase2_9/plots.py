@@ -1,0 +1,30 @@
+"""Phase 2.9 figure: left, each trained adapter's separation and coherence penalty per training step; right, the
+held-out pairs' separation (in units of the reference RMS) against the coefficient c, every adapter and the random
+one of the same norm. Error bars: one standard deviation over the held-out pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from common.plotting import plt, save_figure
+
+
+def plot_training(results: dict[str, dict[str, Any]], path: Path) -> None:
+    fig, (curves, held) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, result in results.items():
+        if result.get("curve"):
+            steps = [point["step"] for point in result["curve"]]
+            line, = curves.plot(steps, [point["separation"] for point in result["curve"]], label=f"{name} separation")
+            curves.plot(steps, [point["coherence"] for point in result["curve"]], linestyle=":", color=line.get_color(),
+                        label=f"{name} coherence penalty")
+        by_coefficient = result["held_out"]["by_coefficient"]
+        coefficients = sorted(by_coefficient, key=float)
+        held.errorbar([float(c) for c in coefficients], [by_coefficient[c]["separation"] for c in coefficients],
+                      yerr=[by_coefficient[c]["separation_sd"] or 0.0 for c in coefficients], marker="o", capsize=2,
+                      label=f"{name} (n={result['held_out']['n_pairs']} pairs)")
+    curves.set(xlabel="training step", ylabel="batch value", title="training")
+    curves.legend(fontsize=7)
+    held.set(xlabel="coefficient c", ylabel="separation / reference RMS", title="held-out pairs")
+    held.legend(fontsize=7)
+    save_figure(fig, path)

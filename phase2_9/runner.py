@@ -1,0 +1,148 @@
+"""Phase 2.9: seed 004's SVD-rotation adapter (InnerPiSSA) and its LoRA baseline, trained on phase 2.7's pairs.
+
+On the chosen modules of the chosen layers (default: the attention's q and v and the MLP's gate and up projections at
+1/2 and 2/3 of the depth) the adapter rotates the top-r singular vectors and rescales the singular values by an
+amount its coefficient c sets (common/svd_adapter.py); the LoRA baseline (PEFT) adapts the same modules with the
+same rank. Both are trained with seed 004's objective (phase2_9/training.py) on the pairs of `adapter_pair_kinds`
+outside phase 2.7's held-out fifth of the tasks, for at most `adapter_max_steps` steps or `adapter_time_budget_s`
+seconds each. The control is an SVD adapter with random generators of the trained one's norms.
+
+Written: the three adapters as interventions at c = 1 (`adapters.safetensors`, loadable by kind), each one's
+separation of the held-out pairs and the rise of their NLL at c = -1, 0, 1, the training curves and wall times.
+Phase 4.9 measures what they do to generated code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from common.config import Config
+from common.contrastive_pairs import held_out_tasks, load_pairs, pair_texts
+from common.errors import PipelineError
+from common.hooks import decoder_layers
+from common.interventions import save_interventions
+from common.logging import get_logger
+from common.phase_run import PhaseRun
+from common.prompt_utils import PromptBuilder, resolve_prompt_style
+from common.svd_adapter import linear_at
+from common.utils import save_json
+from common_simplified.model_loader import load_model_and_tokenizer
+from phase2_9.plots import plot_training
+from phase2_9.trainables import LoRATrainable, SVDTrainable, same_norm_random
+from phase2_9.training import AdapterTraining, held_out_separation, reference, sides, train
+
+logger = get_logger("phase2_9")
+
+MIN_PAIRS = 10  # to train on
+ADAPTERS = ("svd_rotation", "lora", "random_same_norm")
+
+
+def run(phase: PhaseRun) -> Path:
+    config = phase.config
+    pairs = [p for p in load_pairs(phase.upstream("2.7") / "datasets" / "contrastive_pairs.jsonl")
+             if p.kind in config.adapter_pair_kinds]
+    tasks = np.array([p.task_id for p in pairs], dtype=object)
+    held_out = held_out_tasks(tasks, config.seed) if len(set(tasks)) > 1 else np.zeros(len(pairs), dtype=bool)
+    rng = np.random.default_rng(config.seed)
+    fit = _capped(np.flatnonzero(~held_out), config.adapter_max_pairs, rng)
+    test = _capped(np.flatnonzero(held_out), config.adapter_held_out_pairs, rng)
+    problems = pd.read_parquet(phase.upstream("0.1") / "sae.parquet")
+    model, tokenizer = load_model_and_tokenizer(config.model_name, config.device, config.dtype)
+    model.requires_grad_(False)
+    builder = PromptBuilder(resolve_prompt_style(config.prompt_style, tokenizer), tokenizer)
+    texts, rows = pair_texts(pairs, problems, builder) if pairs else ([], np.empty((0, 2), dtype=int))
+    all_sides = sides(tokenizer, texts, builder.adds_special_tokens)
+    readable = np.array([all(len(all_sides[i].program) for i in row) for row in rows], dtype=bool)
+    fit, test = fit[readable[fit]], test[readable[test]]
+    out_dir = phase.out_dir
+    adapters_path, plot_path, summary_path = (out_dir / "adapters.safetensors", out_dir / "training.png",
+                                              out_dir / "phase_2_9_summary.json")
+    if len(fit) < MIN_PAIRS or not len(test):  # a dataset without enough pairs: phase 4.9 says so when it runs
+        reason = (f"{len(fit)} usable {'/'.join(config.adapter_pair_kinds)} pairs outside phase 2.7's held-out tasks "
+                  f"and {len(test)} inside: training needs {MIN_PAIRS} and 1")
+        logger.warning("phase 2.9: no adapter (%s)", reason)
+        save_interventions(adapters_path, [])
+        plot_path.unlink(missing_ok=True)
+        save_json({"no_adapter_reason": reason, "adapters": {}}, summary_path)
+        return phase.finish([adapters_path, summary_path])
+    sites = adapter_sites(config, model)
+    training = training_config(config, model)
+    logger.info("training on %d pairs (%d tasks), held out %d pairs; %d modules: %s; loss at layer %d", len(fit),
+                len(set(tasks[fit])), len(test), len(sites), ", ".join(f"{l}.{p}" for l, p in sites),
+                training.loss_layer)
+
+    direction, scale = reference(model, rows[fit], all_sides, training)
+    provenance = {"phase": "2.9", "split": "sae", "pair_kinds": list(config.adapter_pair_kinds),
+                  "n_pairs": len(fit), "rank": config.adapter_rank, "loss_layer": training.loss_layer}
+    adapters, results = [], {}
+
+    svd = SVDTrainable(model, sites, config.adapter_rank, config.adapter_rotate_u, config.seed)
+    log = train(model, svd, rows[fit], all_sides, direction, scale, training, "training the SVD adapter")
+    adapters.append(svd.export("adapter/svd_rotation", {**provenance, "source": "svd_rotation_adapter"}))
+    results["svd_rotation"] = _result(log, held_out_separation(model, svd.applied, rows[test], all_sides, direction,
+                                                               scale, training))
+    random = same_norm_random(adapters[0], "adapter/random_same_norm", config.seed + 1)
+    adapters.append(random)
+    results["random_same_norm"] = {"held_out": held_out_separation(
+        model, lambda c: random.at(c).prefill_applied(model), rows[test], all_sides, direction, scale, training)}
+
+    lora = LoRATrainable(model, sites, config.adapter_rank, config.seed)
+    try:
+        log = train(model, lora, rows[fit], all_sides, direction, scale, training, "training the LoRA baseline")
+        adapters.append(lora.export("adapter/lora", {**provenance, "source": "low_rank_adapter"}))
+        results["lora"] = _result(log, held_out_separation(model, lora.applied, rows[test], all_sides, direction,
+                                                           scale, training))
+    finally:
+        lora.close()
+
+    save_interventions(adapters_path, adapters)
+    plot_training(results, plot_path)
+    for name, adapter in zip(("svd_rotation", "random_same_norm", "lora"), adapters):
+        results[name]["label"] = adapter.label
+    save_json({"no_adapter_reason": None, "training": asdict(training), "sites": [f"{l}.{p}" for l, p in sites],
+               "pairs": {"fit": len(fit), "fit_tasks": len(set(tasks[fit])), "held_out": len(test),
+                         "held_out_tasks": len(set(tasks[test]))},
+               "reference_separation_rms": scale, "adapters": results}, summary_path)
+    return phase.finish([adapters_path, plot_path, summary_path])
+
+
+def _capped(indices: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
+    return np.sort(rng.choice(indices, cap, replace=False)) if len(indices) > cap else indices
+
+
+def _result(log, held_out: dict[str, Any]) -> dict[str, Any]:
+    return {"training_s": round(log.wall_s, 1), "steps": len(log.steps), "stopped_by": log.stopped_by,
+            "curve": log.steps, "held_out": held_out}
+
+
+def adapter_sites(config: Config, model: torch.nn.Module) -> list[tuple[int, str]]:
+    """Every module of `adapter_modules` in every layer of `adapter_layers` (default: 1/2 and 2/3 of the depth)."""
+    n_layers = len(decoder_layers(model))
+    layers = config.adapter_layers or sorted({n_layers // 2, (2 * n_layers) // 3})
+    if max(layers) >= n_layers:
+        raise PipelineError(f"adapter_layers {layers}: the model has {n_layers} layers")
+    sites = [(layer, path) for layer in layers for path in config.adapter_modules]
+    for layer, path in sites:
+        try:
+            linear_at(model, layer, path)
+        except (AttributeError, ValueError) as exc:
+            raise PipelineError(f"adapter_modules: layer {layer} has no linear module {path!r} ({exc})") from None
+    return sites
+
+
+def training_config(config: Config, model: torch.nn.Module) -> AdapterTraining:
+    n_layers = len(decoder_layers(model))
+    loss_layer = config.adapter_loss_layer if config.adapter_loss_layer is not None else (5 * n_layers) // 6
+    highest = max(config.adapter_layers or [(2 * n_layers) // 3])
+    if not highest <= loss_layer < n_layers:
+        raise PipelineError(f"adapter_loss_layer {loss_layer}: expected a layer from the highest adapted one "
+                            f"({highest}) to {n_layers - 1}")
+    return AdapterTraining(loss_layer, config.position_k, config.adapter_coherence_nats,
+                           config.adapter_coherence_weight, config.adapter_lr, config.adapter_batch_pairs,
+                           config.adapter_max_steps, config.adapter_time_budget_s, config.seed)
