@@ -40,6 +40,7 @@ from phase2_9.training import AdapterTraining, held_out_separation, reference, s
 logger = get_logger("phase2_9")
 
 MIN_PAIRS = 10  # to train on
+REFERENCE_PAIRS = 128  # of the training pairs, whose unadapted states give the frozen direction
 ADAPTERS = ("svd_rotation", "lora", "random_same_norm")
 
 
@@ -77,7 +78,7 @@ def run(phase: PhaseRun) -> Path:
                 len(set(tasks[fit])), len(test), len(sites), ", ".join(f"{l}.{p}" for l, p in sites),
                 training.loss_layer)
 
-    direction, scale = reference(model, rows[fit], all_sides, training)
+    direction, scale = reference(model, rows[_capped(fit, REFERENCE_PAIRS, rng)], all_sides, training)
     provenance = {"phase": "2.9", "split": "sae", "pair_kinds": list(config.adapter_pair_kinds),
                   "n_pairs": len(fit), "rank": config.adapter_rank, "loss_layer": training.loss_layer}
     adapters, results = [], {}
