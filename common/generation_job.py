@@ -53,6 +53,10 @@ class WorkItem:
     intervention: Intervention | None = None
     system_prompt: str = ""  # an instruction before the task (a prompting baseline); "" for the plain prompt
 
+    def __post_init__(self):
+        if self.intervention is not None and self.system_prompt:
+            raise ValueError("a work item is steered or prompted, not both: its condition names one of them")
+
     @property
     def condition(self) -> str:
         """'' for the plain prompt unsteered; else the intervention's label, or the system prompt's digest."""

@@ -110,7 +110,7 @@ PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec("4.9", "phase4_9", "the adapters swept over their coefficient on the validation split, against "
               "mean-difference steering at matched NLL, prompting and a random adapter", ("0.1", "2.6", "2.9", "3.6"),
               _GENERATION_KEYS + ("adapter_coefficients", "adapter_eval_tasks", "calibration_alphas",
-                                  "steering_direction_position")),
+                                  "disruption_programs", "steering_direction_position")),
 )
 
 _BY_ID = {spec.id: spec for spec in PHASES}

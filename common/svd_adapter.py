@@ -19,7 +19,7 @@ so one hook and one decode applier serve both.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Sequence
 
 import torch
@@ -59,6 +59,10 @@ class AdaptedWeight:
         projected = x @ self.v.to(x.device, x.dtype)
         return (projected @ mixing.to(x.device, x.dtype)) @ self.u.to(x.device, x.dtype).T
 
+    def to(self, device: torch.device | str) -> AdaptedWeight:
+        moved = {name: getattr(self, name) for name in ("u", "s", "v", "skew_v", "skew_u", "log_scale")}
+        return replace(self, **{name: None if t is None else t.to(device) for name, t in moved.items()})
+
     def weight_at(self, coefficient: float) -> torch.Tensor:
         """W(c) - W as a dense [out, in] matrix (for checks and for export; generation uses `correction`)."""
         mixing = self.mixing(torch.tensor([coefficient], dtype=self.s.dtype))[0]
@@ -80,12 +84,15 @@ class LowRankWeight:
         return f"layer_{self.layer}.{self.path}"
 
     def mixing(self, coefficients: torch.Tensor) -> torch.Tensor:
-        eye = torch.eye(self.down.shape[1], dtype=self.down.dtype)
-        return coefficients.to(self.down.dtype)[:, None, None] * self.scale * eye
+        eye = torch.eye(self.down.shape[1], dtype=self.down.dtype, device=self.down.device)
+        return coefficients.to(self.down.device, self.down.dtype)[:, None, None] * self.scale * eye
 
     def correction(self, x: torch.Tensor, mixing: torch.Tensor) -> torch.Tensor:
         projected = x @ self.down.to(x.device, x.dtype)
         return (projected @ mixing.to(x.device, x.dtype)) @ self.up.to(x.device, x.dtype).T
+
+    def to(self, device: torch.device | str) -> LowRankWeight:
+        return replace(self, down=self.down.to(device), up=self.up.to(device))
 
     def weight_at(self, coefficient: float) -> torch.Tensor:
         return coefficient * self.scale * self.up @ self.down.T

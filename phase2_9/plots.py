@@ -1,6 +1,6 @@
 """Phase 2.9 figure: left, each trained adapter's separation and coherence penalty per training step; right, the
 held-out pairs' separation (in units of the reference RMS) against the coefficient c, every adapter and the random
-one of the same norm. Error bars: one standard deviation over the held-out pairs."""
+one of the same norm (the legend gives each one's spread sep(+1) - sep(-1) with its 95% task-bootstrap interval)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ def plot_training(results: dict[str, dict[str, Any]], path: Path) -> None:
                         label=f"{name} coherence penalty")
         by_coefficient = result["held_out"]["by_coefficient"]
         coefficients = sorted(by_coefficient, key=float)
-        held.errorbar([float(c) for c in coefficients], [by_coefficient[c]["separation"] for c in coefficients],
-                      yerr=[by_coefficient[c]["separation_sd"] or 0.0 for c in coefficients], marker="o", capsize=2,
-                      label=f"{name} (n={result['held_out']['n_pairs']} pairs)")
+        spread = result["held_out"]["spread"]
+        held.plot([float(c) for c in coefficients], [by_coefficient[c]["separation"] for c in coefficients], marker="o",
+                  label=f"{name}: spread {spread['mean']:+.2f} [{spread['low']:+.2f}, {spread['high']:+.2f}] "
+                        f"({result['held_out']['n_pairs']} pairs)")
     curves.set(xlabel="training step", ylabel="batch value", title="training")
     curves.legend(fontsize=7)
     held.set(xlabel="coefficient c", ylabel="separation / reference RMS", title="held-out pairs")

@@ -4,26 +4,29 @@ On the chosen modules of the chosen layers (default: the attention's q and v and
 1/2 and 2/3 of the depth) the adapter rotates the top-r singular vectors and rescales the singular values by an
 amount its coefficient c sets (common/svd_adapter.py); the LoRA baseline (PEFT) adapts the same modules with the
 same rank. Both are trained with seed 004's objective (phase2_9/training.py) on the pairs of `adapter_pair_kinds`
-outside phase 2.7's held-out fifth of the tasks, for at most `adapter_max_steps` steps or `adapter_time_budget_s`
-seconds each. The control is an SVD adapter with random generators of the trained one's norms.
+outside phase 2.7's held-out fifth of the tasks (drawn over all its pairs, as 2.7 draws it), `adapter_max_steps`
+steps each (`adapter_time_budget_s` is a guard). The control is an SVD adapter with random generators of the trained
+one's norms: one control, so what it shows is descriptive.
 
 Written: the three adapters as interventions at c = 1 (`adapters.safetensors`, loadable by kind), each one's
-separation of the held-out pairs and the rise of their NLL at c = -1, 0, 1, the training curves and wall times.
+separation of the held-out pairs at c = -1, 0, 1 (the spread sep(+1) - sep(-1) with a task-bootstrap interval) and
+the rise of their NLL, the training curves and wall times.
 Phase 4.9 measures what they do to generated code.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 import pandas as pd
 import torch
 
 from common.config import Config
-from common.contrastive_pairs import held_out_tasks, load_pairs, pair_texts
+from common.contrastive_pairs import ContrastivePair, held_out_tasks, load_pairs, pair_texts
 from common.errors import PipelineError
 from common.hooks import decoder_layers
 from common.interventions import save_interventions
@@ -35,24 +38,18 @@ from common.utils import save_json
 from common_simplified.model_loader import load_model_and_tokenizer
 from phase2_9.plots import plot_training
 from phase2_9.trainables import LoRATrainable, SVDTrainable, same_norm_random
-from phase2_9.training import AdapterTraining, held_out_separation, reference, sides, train
+from phase2_9.training import AdapterTraining, held_out, held_out_summary, reference, sides, train
 
 logger = get_logger("phase2_9")
 
 MIN_PAIRS = 10  # to train on
 REFERENCE_PAIRS = 128  # of the training pairs, whose unadapted states give the frozen direction
-ADAPTERS = ("svd_rotation", "lora", "random_same_norm")
 
 
 def run(phase: PhaseRun) -> Path:
     config = phase.config
-    pairs = [p for p in load_pairs(phase.upstream("2.7") / "datasets" / "contrastive_pairs.jsonl")
-             if p.kind in config.adapter_pair_kinds]
+    pairs, fit, test = split_pairs(load_pairs(phase.upstream("2.7") / "datasets" / "contrastive_pairs.jsonl"), config)
     tasks = np.array([p.task_id for p in pairs], dtype=object)
-    held_out = held_out_tasks(tasks, config.seed) if len(set(tasks)) > 1 else np.zeros(len(pairs), dtype=bool)
-    rng = np.random.default_rng(config.seed)
-    fit = _capped(np.flatnonzero(~held_out), config.adapter_max_pairs, rng)
-    test = _capped(np.flatnonzero(held_out), config.adapter_held_out_pairs, rng)
     problems = pd.read_parquet(phase.upstream("0.1") / "sae.parquet")
     model, tokenizer = load_model_and_tokenizer(config.model_name, config.device, config.dtype)
     model.requires_grad_(False)
@@ -78,39 +75,54 @@ def run(phase: PhaseRun) -> Path:
                 len(set(tasks[fit])), len(test), len(sites), ", ".join(f"{l}.{p}" for l, p in sites),
                 training.loss_layer)
 
-    direction, scale = reference(model, rows[_capped(fit, REFERENCE_PAIRS, rng)], all_sides, training)
-    provenance = {"phase": "2.9", "split": "sae", "pair_kinds": list(config.adapter_pair_kinds),
-                  "n_pairs": len(fit), "rank": config.adapter_rank, "loss_layer": training.loss_layer}
-    adapters, results = [], {}
+    some_fit = _capped(fit, REFERENCE_PAIRS, np.random.default_rng(config.seed + 1))
+    direction, scale = reference(model, rows[some_fit], all_sides, training)
+    provenance = {"phase": "2.9", "split": "sae", "model_name": config.model_name,
+                  "pair_kinds": list(config.adapter_pair_kinds), "n_pairs": len(fit), "rank": config.adapter_rank,
+                  "loss_layer": training.loss_layer}
+    unadapted = held_out(model, contextlib.nullcontext(), rows[test], all_sides, direction, scale, training)
+
+    def measured(applied_at: Callable[[float], ContextManager[None]]) -> dict[str, Any]:
+        at = {c: held_out(model, applied_at(c), rows[test], all_sides, direction, scale, training) for c in (-1., 1.)}
+        return held_out_summary({0.0: unadapted, **at}, tasks[test], config.seed)
 
     svd = SVDTrainable(model, sites, config.adapter_rank, config.adapter_rotate_u, config.seed)
     log = train(model, svd, rows[fit], all_sides, direction, scale, training, "training the SVD adapter")
-    adapters.append(svd.export("adapter/svd_rotation", {**provenance, "source": "svd_rotation_adapter"}))
-    results["svd_rotation"] = _result(log, held_out_separation(model, svd.applied, rows[test], all_sides, direction,
-                                                               scale, training))
-    random = same_norm_random(adapters[0], "adapter/random_same_norm", config.seed + 1)
-    adapters.append(random)
-    results["random_same_norm"] = {"held_out": held_out_separation(
-        model, lambda c: random.at(c).prefill_applied(model), rows[test], all_sides, direction, scale, training)}
-
+    trained = svd.export("adapter/svd_rotation", {**provenance, "source": "svd_rotation_adapter"})
+    control = same_norm_random(trained, "adapter/random_same_norm", config.seed + 1)
+    results = {"svd_rotation": _result(log, measured(svd.applied)),
+               "random_same_norm": {"held_out": measured(lambda c: control.at(c).prefill_applied(model))}}
     lora = LoRATrainable(model, sites, config.adapter_rank, config.seed)
     try:
         log = train(model, lora, rows[fit], all_sides, direction, scale, training, "training the LoRA baseline")
-        adapters.append(lora.export("adapter/lora", {**provenance, "source": "low_rank_adapter"}))
-        results["lora"] = _result(log, held_out_separation(model, lora.applied, rows[test], all_sides, direction,
-                                                           scale, training))
+        baseline = lora.export("adapter/lora", {**provenance, "source": "low_rank_adapter"})
+        results["lora"] = _result(log, measured(lora.applied))
     finally:
         lora.close()
+    adapters = {"svd_rotation": trained, "random_same_norm": control, "lora": baseline}
 
-    save_interventions(adapters_path, adapters)
+    save_interventions(adapters_path, list(adapters.values()))
     plot_training(results, plot_path)
-    for name, adapter in zip(("svd_rotation", "random_same_norm", "lora"), adapters):
+    for name, adapter in adapters.items():
         results[name]["label"] = adapter.label
     save_json({"no_adapter_reason": None, "training": asdict(training), "sites": [f"{l}.{p}" for l, p in sites],
                "pairs": {"fit": len(fit), "fit_tasks": len(set(tasks[fit])), "held_out": len(test),
                          "held_out_tasks": len(set(tasks[test]))},
                "reference_separation_rms": scale, "adapters": results}, summary_path)
     return phase.finish([adapters_path, plot_path, summary_path])
+
+
+def split_pairs(every_pair: list[ContrastivePair], config: Config
+                ) -> tuple[list[ContrastivePair], np.ndarray, np.ndarray]:
+    """The pairs of `adapter_pair_kinds`, and the indices among them to train on and to hold out: phase 2.7's
+    held-out tasks, drawn over all of its pairs as 2.7 draws them, so no adapter trains on a task 2.7 held out."""
+    every_task = np.array([p.task_id for p in every_pair], dtype=object)
+    held_out = (held_out_tasks(every_task, config.seed) if len(set(every_task)) > 1
+                else np.zeros(len(every_pair), dtype=bool))
+    kept = [i for i, p in enumerate(every_pair) if p.kind in config.adapter_pair_kinds]
+    rng = np.random.default_rng(config.seed)
+    return ([every_pair[i] for i in kept], _capped(np.flatnonzero(~held_out[kept]), config.adapter_max_pairs, rng),
+            _capped(np.flatnonzero(held_out[kept]), config.adapter_held_out_pairs, rng))
 
 
 def _capped(indices: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:

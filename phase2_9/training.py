@@ -19,14 +19,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Protocol, Sequence
+from typing import Any, ContextManager, Protocol, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from common.aggregators import AGGREGATORS
+from common.classification import group_bootstrap_counts
+from common.logging import get_logger
 from common.program_pass import ProgramText, tokenize_program
+
+logger = get_logger("phase2_9")
+
+RESAMPLES = 1000  # task resamples for the held-out spread's interval
 
 
 @dataclass(frozen=True)
@@ -69,23 +75,29 @@ class Read:
     nll: list[torch.Tensor]  # per side, [program tokens]
 
 
-def read(model, batch: Sequence[Side], training: AdapterTraining) -> Read:
-    """One forward pass over right-padded sides: each side's loss-layer state and its program tokens' NLL."""
+def read(model, batch: Sequence[Side], training: AdapterTraining, with_nll: bool = True) -> Read:
+    """One forward pass over right-padded sides: each side's loss-layer state and (`with_nll`) its program tokens'
+    NLL. Logits are computed only over the span that predicts some side's program: the vocabulary projection and
+    its log-softmax are a large share of a pass, and most positions are prompt."""
     width = max(len(side.ids) for side in batch)
     ids = torch.zeros(len(batch), width, dtype=torch.long)
     mask = torch.zeros(len(batch), width, dtype=torch.long)
     for i, side in enumerate(batch):
         ids[i, :len(side.ids)], mask[i, :len(side.ids)] = torch.tensor(side.ids), 1
     device = next(model.parameters()).device
-    output = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+    first = min(int(side.program[0]) for side in batch) - 1  # the position that predicts the earliest program token
+    keep = torch.arange(first, max(int(side.program[-1]) for side in batch), device=device) if with_nll else 1
+    output = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True,
+                   logits_to_keep=keep)
     hidden = output.hidden_states[training.loss_layer + 1]  # [0] is the embeddings
-    log_probs = torch.log_softmax(output.logits.float(), dim=-1)
+    log_probs = torch.log_softmax(output.logits.float(), dim=-1) if with_nll else None
     states, nll = [], []
     for i, side in enumerate(batch):
         program = torch.as_tensor(side.program, device=device)
         states.append(hidden[i, program[-training.loss_tokens:]].float().mean(0))
-        targets = ids[i, program].to(device)
-        nll.append(-log_probs[i, program - 1].gather(-1, targets[:, None])[:, 0])
+        if log_probs is not None:
+            targets = ids[i, program].to(device)
+            nll.append(-log_probs[i, program - 1 - first].gather(-1, targets[:, None])[:, 0])
     return Read(torch.stack(states), nll)
 
 
@@ -103,7 +115,8 @@ def separations(states: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
 def reference(model, pairs: np.ndarray, all_sides: Sequence[Side], training: AdapterTraining
               ) -> tuple[torch.Tensor, float]:
     """The frozen direction (paired PCA of the unadapted model's states) and the RMS of its separations."""
-    states = torch.cat([read(model, pair_sides(pairs[i:i + training.batch_pairs], all_sides), training).states
+    states = torch.cat([read(model, pair_sides(pairs[i:i + training.batch_pairs], all_sides), training,
+                             with_nll=False).states
                         for i in tqdm(range(0, len(pairs), training.batch_pairs), desc="reference direction",
                                       unit="batch")])
     direction = AGGREGATORS["pca"](states[0::2], states[1::2])
@@ -119,8 +132,8 @@ class TrainingLog:
 
 def train(model, trainable: Trainable, pairs: np.ndarray, all_sides: Sequence[Side], direction: torch.Tensor,
           scale: float, training: AdapterTraining, description: str) -> TrainingLog:
-    """Adam on the trainable's parameters until `max_steps` or `time_budget_s`, whichever comes first; batches of
-    pairs drawn without replacement, reshuffled each pass over them."""
+    """Adam on the trainable's parameters for `max_steps` (or until the `time_budget_s` guard); batches of pairs
+    drawn without replacement, reshuffled each pass over them."""
     optimiser = torch.optim.Adam(trainable.parameters(), lr=training.lr)
     rng = np.random.default_rng(training.seed)
     order: list[int] = []
@@ -130,6 +143,9 @@ def train(model, trainable: Trainable, pairs: np.ndarray, all_sides: Sequence[Si
         for step in range(training.max_steps):
             if time.perf_counter() - started > training.time_budget_s:
                 log.stopped_by = "time_budget_s"
+                logger.warning("%s stopped by adapter_time_budget_s after %d of %d steps: its result depends on this "
+                               "machine's speed (fewer adapter_max_steps keep it reproducible)", description, step,
+                               training.max_steps)
                 break
             if len(order) < training.batch_pairs:
                 order = list(rng.permutation(len(pairs)))
@@ -164,26 +180,36 @@ def _hinge(nll: list[torch.Tensor], base: list[torch.Tensor], tau: float) -> tor
     return torch.relu(rises - tau).mean()
 
 
+@dataclass
+class HeldOut:
+    """Held-out pairs read at one coefficient: per pair its separation (in units of the reference RMS), per side the
+    mean NLL of its program tokens."""
+    separation: np.ndarray  # [n_pairs]
+    side_nll: np.ndarray  # [2 * n_pairs], in `pair_sides` order
+
+
 @torch.no_grad()
-def held_out_separation(model, applied: Callable[[float], ContextManager[None]], pairs: np.ndarray,
-                        all_sides: Sequence[Side], direction: torch.Tensor, scale: float, training: AdapterTraining,
-                        coefficients: Sequence[float] = (-1.0, 0.0, 1.0)) -> dict[str, Any]:
-    """Per coefficient, the mean separation of held-out pairs (in units of the reference RMS) and the mean rise of
-    their program tokens' NLL over the unadapted model's (nats per token): did training generalise, and at what
-    cost."""
-    by_coefficient: dict[float, tuple[list[torch.Tensor], list[torch.Tensor]]] = {c: ([], []) for c in coefficients}
-    for i in range(0, len(pairs), training.batch_pairs):
-        batch = pair_sides(pairs[i:i + training.batch_pairs], all_sides)
-        for coefficient in coefficients:
-            with applied(coefficient):
-                result = read(model, batch, training)
-            by_coefficient[coefficient][0].append(separations(result.states, direction) / scale)
-            by_coefficient[coefficient][1].append(torch.stack([side.mean() for side in result.nll]))
-    base_nll = torch.cat(by_coefficient[0.0][1]) if 0.0 in by_coefficient else None
-    out = {}
-    for coefficient, (separated, nll) in by_coefficient.items():
-        values, side_nll = torch.cat(separated), torch.cat(nll)
-        out[f"{coefficient:g}"] = {
-            "separation": float(values.mean()), "separation_sd": float(values.std()) if len(values) > 1 else None,
-            "delta_nll": None if base_nll is None else float((side_nll - base_nll).mean())}
-    return {"n_pairs": len(pairs), "by_coefficient": out}
+def held_out(model, applied: ContextManager[None], pairs: np.ndarray, all_sides: Sequence[Side],
+             direction: torch.Tensor, scale: float, training: AdapterTraining) -> HeldOut:
+    separated, nll = [], []
+    with applied:
+        for i in range(0, len(pairs), training.batch_pairs):
+            result = read(model, pair_sides(pairs[i:i + training.batch_pairs], all_sides), training)
+            separated.append(separations(result.states, direction) / scale)
+            nll += [float(side.mean()) for side in result.nll]
+    return HeldOut(torch.cat(separated).cpu().numpy(), np.array(nll))
+
+
+def held_out_summary(at: dict[float, HeldOut], tasks: np.ndarray, seed: int) -> dict[str, Any]:
+    """Per coefficient, the mean separation of held-out pairs and the mean rise of their programs' NLL over c = 0
+    (nats per token); the spread sep(+1) - sep(-1), what training pushes up, with a 95% interval resampling tasks
+    (a task's pairs share its reference or its programs)."""
+    base = at[0.0]
+    spread = at[1.0].separation - at[-1.0].separation
+    counts = group_bootstrap_counts(tasks, RESAMPLES, seed)
+    low, high = np.percentile(counts @ spread / counts.sum(1), [2.5, 97.5])
+    return {"n_pairs": len(spread), "n_tasks": len(set(tasks)),
+            "spread": {"mean": float(spread.mean()), "low": float(low), "high": float(high)},
+            "by_coefficient": {f"{c:g}": {"separation": float(read_at.separation.mean()),
+                                          "delta_nll": float((read_at.side_nll - base.side_nll).mean())}
+                               for c, read_at in sorted(at.items())}}

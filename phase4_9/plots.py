@@ -18,7 +18,7 @@ def plot_sweep(arms: dict[str, dict[str, Any]], path: Path) -> None:
         rates = [arm["by_coefficient"][c]["pass_rate"] for c in levels]
         line = passing.errorbar(xs, [r["rate"] for r in rates], capsize=2, marker="o",
                                 yerr=[[r["rate"] - r["low"] for r in rates], [r["high"] - r["rate"] for r in rates]],
-                                label=f"{name} (rho {_rho(arm)}, gain {arm['normalized_gain']:.1f})")
+                                label=f"{name} (rho {_rho(arm)}, gain {arm['normalized_gain']['value']:.1f})")
         rises = [arm["by_coefficient"][c]["delta_nll"] for c in levels]
         nll.errorbar(xs, [r["mean"] for r in rises], capsize=2, marker="o", color=line[0].get_color(),
                      yerr=[[r["mean"] - (r["low"] if r["low"] is not None else r["mean"]) for r in rises],

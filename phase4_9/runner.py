@@ -10,8 +10,9 @@ Arms, each at every c of `adapter_coefficients` (c = 0 is the unsteered greedy g
 - `prompting`: c = +1 a system prompt asking for careful, correct code, c = -1 one asking for quick code.
 Every arm runs on the same `adapter_eval_tasks` validation tasks (a seeded draw; tasks with a program the sandbox
 could not judge in any arm are left out of every arm). The NLL rise of each arm at each c is read teacher-forced on
-the unsteered programs. Statistics: phase4_9/analysis.py. The one primary endpoint, declared before the run: the SVD
-adapter's effect (pass at +1 against pass at -1, exact McNemar); every other figure is exploratory.
+the unsteered programs. Statistics: phase4_9/analysis.py. The primary endpoints, declared before any run: the SVD
+adapter's pass at c = +1 against unsteered, and at c = -1 against unsteered (exact McNemar, Holm over the two);
+every other figure, the comparisons between arms included, is exploratory.
 """
 
 from __future__ import annotations
@@ -35,13 +36,16 @@ from common.program_pass import answer_text, record_programs
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
 from common.utils import atomic_path, load_json, save_json
 from common_simplified.model_loader import load_model_and_tokenizer
-from phase4_9.analysis import arm_summary, mean_with_interval
+from common.direction_inference import holm
+from phase4_9.analysis import arm_summary, effect_difference, mean_with_interval
 from phase4_9.plots import plot_sweep
 
 logger = get_logger("phase4_9")
 
 CAREFUL = "You are a meticulous senior engineer. Think about edge cases and write careful, correct code."
 QUICK = "You are in a hurry. Write the quickest code you can, without checking it."
+PRIMARY = ("plus_vs_unsteered", "minus_vs_unsteered")  # of the SVD adapter, declared before any run; Holm over
+#                                                      both; every other figure is exploratory
 ADAPTERS = {"svd_rotation": "adapter/svd_rotation", "lora": "adapter/lora", "random_same_norm": "adapter/random_same_norm"}
 
 
@@ -91,18 +95,26 @@ def run(phase: PhaseRun) -> Path | None:
     nll = _NLLRise(model, tokenizer, builder, [(t, base.loc[t, "prompt"], base.loc[t, "raw_output"]) for t in tasks],
                    by_task, config.seed)
     summary: dict[str, Any] = {}
+    outcomes: dict[str, np.ndarray] = {}
     for name, by_c in conditions.items():
         levels = sorted(by_c)
-        passed = np.array([[bool(table.loc[(by_c[c], t), "test_passed"]) for t in tasks] for c in levels])
+        outcomes[name] = np.array([[bool(table.loc[(by_c[c], t), "test_passed"]) for t in tasks] for c in levels])
         rises = {0.0: mean_with_interval(np.zeros(len(tasks)), config.seed)}
         for c in levels:
             if c != 0.0:
-                rises[c] = (nll.under(arms[name][c]) if name != "prompting"
-                            else nll.instructed(prompts[c]))
-        summary[name] = arm_summary(levels, passed, rises, config.seed)
+                rises[c] = nll.under(arms[name][c]) if name != "prompting" else nll.instructed(prompts[c])
+        summary[name] = arm_summary(levels, outcomes[name], rises, config.seed)
         logger.info("%s: effect %+.3f (%d tasks), rho %s, delta NLL %.3f, normalized gain %.1f", name,
                     summary[name]["effect"]["value"], len(tasks), summary[name]["rho"]["value"],
-                    summary[name]["delta_nll"], summary[name]["normalized_gain"])
+                    summary[name]["delta_nll"], summary[name]["normalized_gain"]["value"])
+    three = [-1.0, 0.0, 1.0]
+    for name in summary:  # every arm against the SVD adapter, paired on tasks, over the three levels all arms have
+        if name != "svd_rotation":
+            summary[name]["effect_minus_svd_rotation"] = effect_difference(
+                three, _levels(outcomes[name], sorted(conditions[name]), three),
+                _levels(outcomes["svd_rotation"], sorted(conditions["svd_rotation"]), three), config.seed)
+    primary = {f"svd_rotation/{endpoint}": summary["svd_rotation"][endpoint]["mcnemar_p"] for endpoint in PRIMARY}
+    primary_tests = {"endpoints": list(primary), "p": primary, "holm": holm(primary)}
 
     out_dir = phase.out_dir
     rows_path, plot_path, summary_path = (out_dir / "sweep_rows.parquet", out_dir / "coefficient_sweep.png",
@@ -115,8 +127,7 @@ def run(phase: PhaseRun) -> Path | None:
     with atomic_path(rows_path) as tmp:
         rows.drop(columns=["prompt"]).to_parquet(tmp, index=False)
     plot_sweep(summary, plot_path)
-    save_json({"primary_endpoint": "svd_rotation effect (pass at c = +1 vs c = -1, exact McNemar); the rest is "
-               "exploratory", "n_tasks": len(tasks), "tasks_left_out_unjudged": len(problems) - len(tasks),
+    save_json({"primary": primary_tests, "n_tasks": len(tasks), "tasks_left_out_unjudged": len(problems) - len(tasks),
                "mean_difference_matching": {k: v for k, v in matching.items() if k != "direction"}
                | {"direction": matching["direction"].name},
                "prompts": {"careful (c = +1)": CAREFUL, "quick (c = -1)": QUICK},
@@ -153,6 +164,10 @@ class _NLLRise:
         texts = [answer_text(instructed.build(self.problems[str(t)]), raw, self.problems[str(t)])
                  for t, _, raw in self.programs]
         return self._rise(self._logprob(texts))
+
+
+def _levels(passed: np.ndarray, levels: Sequence[float], wanted: Sequence[float]) -> np.ndarray:
+    return passed[[list(levels).index(c) for c in wanted]]
 
 
 def _matched_alpha(phase: PhaseRun, model, tokenizer, builder: PromptBuilder, svd: Intervention) -> dict[str, Any]:

@@ -18,8 +18,12 @@ from common.interventions import LowRankAdapter, load_interventions, save_interv
 from common.svd_adapter import LowRankWeight, linear_at
 from common.prompt_utils import PromptBuilder
 from phase2_9.trainables import LoRATrainable, SVDTrainable, same_norm_random
-from phase2_9.training import AdapterTraining, Side, held_out_separation, reference, train
-from phase4_9.analysis import arm_summary, mean_with_interval
+from common.config import Config
+from common.contrastive_pairs import ContrastivePair, held_out_tasks
+from common.program_pass import answer_text, record_programs
+from phase2_9.runner import split_pairs
+from phase2_9.training import AdapterTraining, Side, held_out, held_out_summary, read, reference, sides, train
+from phase4_9.analysis import arm_summary, effect_difference, mean_with_interval
 from phase4_9.runner import CAREFUL, QUICK
 from tests.planted import planted_args, write_hand_made_directions, write_planted_adapters, write_tasks
 
@@ -94,29 +98,60 @@ def _planted_pairs(tokenizer, n_pairs: int, seed: int) -> tuple[np.ndarray, list
 
 
 @pytest.mark.parametrize("kind", ["svd", "lora"])
-def test_training_moves_separation_up_at_plus_one_against_minus_one_and_leaves_c_zero_alone(tiny_model, kind: str):
+def test_training_moves_separation_up_at_plus_one_against_minus_one(tiny_model, kind: str):
     """On the pairs it trains on (whether it carries to other pairs is the real model's question: phase 2.9 reports
     it on held-out tasks); a sign error anywhere in the objective would move the spread the other way."""
     model, tokenizer = tiny_model
     model.requires_grad_(False)
     pairs, sides = _planted_pairs(tokenizer, 16, seed=1)
+    tasks = np.arange(16)
     training = AdapterTraining(loss_layer=3, loss_tokens=4, coherence_nats=5.0, coherence_weight=1.0, lr=0.05,
                                batch_pairs=4, max_steps=30, time_budget_s=600, seed=0)
     direction, scale = reference(model, pairs, sides, training)
     trainable = (SVDTrainable(model, SITES, rank=8, rotate_u=False, seed=0) if kind == "svd"
                  else LoRATrainable(model, SITES, rank=8, seed=0))
+
+    def measured() -> dict:
+        return held_out_summary({c: held_out(model, trainable.applied(c), pairs, sides, direction, scale, training)
+                                 for c in (-1.0, 0.0, 1.0)}, tasks, seed=0)
+
     try:
-        before = held_out_separation(model, trainable.applied, pairs, sides, direction, scale, training)
+        before = measured()
         log = train(model, trainable, pairs, sides, direction, scale, training, "test")
-        after = held_out_separation(model, trainable.applied, pairs, sides, direction, scale, training)
+        after = measured()
     finally:
         trainable.close()
     assert log.stopped_by == "max_steps" and len(log.steps) == 30
-    spread = {name: result["by_coefficient"]["1"]["separation"] - result["by_coefficient"]["-1"]["separation"]
-              for name, result in (("before", before), ("after", after))}
-    assert abs(spread["before"]) < 0.05 and spread["after"] > 0.1
-    assert after["by_coefficient"]["0"]["delta_nll"] == 0.0
+    assert abs(before["spread"]["mean"]) < 0.05
+    assert after["spread"]["mean"] > 0.1 and after["spread"]["low"] > 0
     assert after["by_coefficient"]["0"]["separation"] == pytest.approx(before["by_coefficient"]["0"]["separation"])
+
+
+def test_the_training_read_gives_the_nll_the_program_pass_gives(tiny_model):
+    """The objective's per-token NLL (logits kept only over the programs' span, right padding) against phase 2.7's
+    teacher-forced pass over the same texts: the guard against an off-by-one in either."""
+    model, tokenizer = tiny_model
+    builder = PromptBuilder("chat", tokenizer)
+    problem = {"task_id": 1, "text": "Add one.", "test_list": ["assert f(1) == 2"]}
+    outputs = ["```python\ndef f(x):\n    return x + 1\n```", "Here:\n```python\ndef f(x):\n    return 2\n```"]
+    texts = [answer_text(builder.build(problem), output, problem) for output in outputs]
+    recorded = record_programs(model, tokenizer, texts, [1], 2, builder.adds_special_tokens)
+    training = AdapterTraining(3, 2, 0.5, 1.0, 0.01, 2, 1, 60, 0)
+    with torch.no_grad():
+        result = read(model, sides(tokenizer, texts, builder.adds_special_tokens), training)
+    assert [-float(nll.mean()) for nll in result.nll] == pytest.approx(recorded.columns["program_mean_logprob"],
+                                                                        abs=1e-4)
+
+
+def test_the_adapters_hold_out_the_tasks_phase_2_7_held_out_whatever_kinds_they_train_on():
+    pairs = [ContrastivePair(f"t{i % 30}", kind, "a", "b", "a", "b")
+             for i, kind in enumerate(["equivalent"] * 30 + ["mutant"] * 30 + ["own"] * 12)]
+    held_by_2_7 = {p.task_id for p, held in zip(pairs, held_out_tasks(np.array([p.task_id for p in pairs]), 42))
+                   if held}
+    for kinds in (["mutant", "own"], ["own"]):
+        kept, fit, test = split_pairs(pairs, Config(adapter_pair_kinds=kinds, adapter_max_pairs=1000).validate())
+        assert {kept[i].task_id for i in test} <= held_by_2_7
+        assert not {kept[i].task_id for i in fit} & held_by_2_7 and {p.kind for p in kept} == set(kinds)
 
 
 def test_the_time_budget_stops_training(tiny_model):
@@ -154,20 +189,25 @@ def test_the_sweep_statistics_on_planted_outcomes():
     rises = {c: {"mean": r} for c, r in zip(coefficients, [0.1, 0.05, 0.0, 0.1, 0.2])}
     summary = arm_summary(coefficients, passed, rises, seed=0)
     assert summary["effect"]["value"] == pytest.approx(0.5)
-    assert (summary["effect"]["tasks_gained"], summary["effect"]["tasks_lost"]) == (10, 0)
-    assert summary["effect"]["mcnemar_p"] == pytest.approx(2 * 0.5 ** 10)
     assert summary["effect"]["low"] < 0.5 < summary["effect"]["high"]
-    assert summary["rho"]["value"] == pytest.approx(1.0)
+    plus, minus = summary["plus_vs_unsteered"], summary["minus_vs_unsteered"]
+    assert (plus["difference"], plus["tasks_gained"], plus["tasks_lost"]) == (pytest.approx(0.2), 4, 0)
+    assert (minus["difference"], minus["tasks_gained"], minus["tasks_lost"]) == (pytest.approx(-0.3), 0, 6)
+    assert plus["mcnemar_p"] == pytest.approx(2 * 0.5 ** 4) and minus["mcnemar_p"] == pytest.approx(2 * 0.5 ** 6)
+    assert summary["rho"]["value"] == pytest.approx(1.0) and summary["rho"]["rho_all_levels"] == pytest.approx(1.0)
     stacked_c = np.repeat(coefficients, 20)
     assert summary["slope"]["value"] == pytest.approx(np.polyfit(stacked_c, passed.ravel().astype(float), 1)[0])
     assert summary["delta_nll"] == pytest.approx(0.2)  # the larger of the two ends
-    assert summary["normalized_gain"] == pytest.approx(100 * 0.5 * 1.0 / 1.2)
+    gain = summary["normalized_gain"]
+    assert gain["value"] == pytest.approx(100 * 0.5 * 1.0 / 1.2) and gain["low"] < gain["value"] <= gain["high"]
 
     backwards = arm_summary(coefficients, passed[::-1], rises, seed=0)
-    assert backwards["rho"]["value"] == pytest.approx(-1.0) and backwards["normalized_gain"] == 0.0
+    assert backwards["rho"]["value"] == pytest.approx(-1.0) and backwards["normalized_gain"]["value"] == 0.0
     flat = arm_summary(coefficients, np.ones_like(passed), rises, seed=0)
-    assert flat["rho"]["value"] is None and flat["normalized_gain"] == 0.0
-    assert mean_with_interval(np.array([]), 0)["mean"] is None
+    assert flat["rho"]["value"] is None and flat["normalized_gain"]["value"] == 0.0
+    three = passed[[0, 2, 4]]
+    assert effect_difference([-1, 0, 1], three, three, 0) == {"difference": 0.0, "low": 0.0, "high": 0.0}
+    assert effect_difference([-1, 0, 1], three, three[::-1], 0)["difference"] == pytest.approx(1.0)
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +233,7 @@ def test_phase_4_9_sweeps_every_arm_over_c_on_the_same_tasks_and_finds_the_plant
     for name in ("svd_rotation", "lora", "random_same_norm", "mean_difference"):
         assert sorted(rows.loc[rows["arm"] == name, "coefficient"].unique()) == [-1.0, -0.5, 0.5, 1.0]
         assert (rows[rows["arm"] == name].groupby("coefficient")["task_id"].apply(set) == tasks).all()
-        assert summary["arms"][name]["by_coefficient"]["0"]["delta_nll"]["mean"] == 0.0
+        assert "effect_minus_svd_rotation" in summary["arms"][name] or name == "svd_rotation"
     assert len(rows[rows["arm"] == "unsteered"]) == 5  # c = 0 generated once, shared
     assert sorted(rows.loc[rows["arm"] == "prompting", "coefficient"]) == [-1.0] * 5 + [1.0] * 5
 
@@ -203,13 +243,16 @@ def test_phase_4_9_sweeps_every_arm_over_c_on_the_same_tasks_and_finds_the_plant
     assert lora["by_coefficient"]["-1"]["pass_rate"]["successes"] == 0  # the planted -c breaks every passable task
     assert lora["by_coefficient"]["1"]["pass_rate"]["successes"] == passing
     assert lora["effect"]["value"] == pytest.approx(passing / 5) and lora["rho"]["value"] > 0
-    assert lora["normalized_gain"] > 0
-    assert summary["primary_endpoint"].startswith("svd_rotation effect")
+    assert lora["normalized_gain"]["value"] > 0 and lora["minus_vs_unsteered"]["tasks_lost"] == passing
+    assert lora["delta_nll"] > 1.0  # writing "x" where "1" is the program: a large NLL rise
+    assert set(summary["primary"]["holm"]) == {"svd_rotation/plus_vs_unsteered", "svd_rotation/minus_vs_unsteered"}
+    assert all(summary["arms"]["prompting"]["by_coefficient"][c]["delta_nll"]["mean"] != 0.0 for c in ("-1", "1"))
 
     matching = summary["mean_difference_matching"]
-    target, grid = matching["target_delta_nll"], list(matching["grid"].values())
-    if min(grid) <= target <= max(grid):
-        assert matching["matched_delta_nll"] == pytest.approx(target, rel=0.5)
+    rises = dict(zip(map(float, matching["grid"]), matching["grid"].values()))
+    nearest = min(rises, key=lambda alpha: abs(rises[alpha] - matching["target_delta_nll"]))
+    assert abs(matching["matched_delta_nll"] - matching["target_delta_nll"]) <= abs(
+        rises[nearest] - matching["target_delta_nll"]) + 1e-6  # no worse than the nearest grid point
     assert (out / "coefficient_sweep.png").stat().st_size > 0
 
 
@@ -225,3 +268,7 @@ def test_a_system_prompt_comes_before_the_task_and_is_a_condition_of_its_own(smo
     assert PromptBuilder("base", tokenizer, QUICK).build(problem).startswith(f"# {QUICK}\nAdd one.")
     keys = {WorkItem(problem, 0, 0.0, system_prompt=text).key for text in ("", CAREFUL, QUICK)}
     assert len(keys) == 3 and WorkItem(problem, 0, 0.0).key == "1#0"
+    steered = LowRankAdapter("test/lora", (LowRankWeight(1, "mlp.up_proj", torch.ones(64, 1), torch.ones(128, 1), 1.0),))
+    assert WorkItem(problem, 0, 0.0, steered).key == f"{steered.label}|1#0"  # as every phase before this one keyed it
+    with pytest.raises(ValueError, match="steered or prompted"):
+        WorkItem(problem, 0, 0.0, steered, system_prompt=CAREFUL)

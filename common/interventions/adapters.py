@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, ClassVar, Sequence
@@ -37,9 +38,11 @@ class _CoefficientAdapter:
 
     @cached_property
     def label(self) -> str:
-        """Name, digest of every factor, and the coefficient."""
+        """Name, digest of every factor and of where each weight sits (and a LoRA weight's scale), and the
+        coefficient."""
         digest = hashlib.sha256()
         for weight in self.weights:
+            digest.update(json.dumps(self._module_metadata(weight), sort_keys=True).encode())
             for factor in self.factors:
                 tensor = getattr(weight, factor)
                 if tensor is not None:
@@ -132,6 +135,7 @@ class RowCoefficients:
         self.groups: dict[tuple[int, str], list[tuple[Weight, torch.Tensor, torch.Tensor]]] = {}  # site ->
         #                                             (weight, its adapter's rows, their mixing matrices)
         self._handles: dict[tuple[int, str], torch.utils.hooks.RemovableHandle] = {}
+        self._moved: dict[tuple[str, str], Weight] = {}  # (adapter, weight name) -> on the model's device
 
     def __enter__(self) -> RowCoefficients:
         return self
@@ -150,14 +154,23 @@ class RowCoefficients:
                 key = row.label.rsplit("@", 1)[0]  # the adapter, whatever its coefficient
                 by_adapter.setdefault(key, (row, []))[1].append(i)
         self.groups = {}
-        for adapter, members in by_adapter.values():
+        device = next(self.model.parameters()).device
+        for key, (adapter, members) in by_adapter.items():
             coefficients = torch.tensor([rows[i].coefficient for i in members])
             for weight in adapter.weights:
                 self.groups.setdefault((weight.layer, weight.path), []).append(
-                    (weight, torch.tensor(members), weight.mixing(coefficients)))
+                    (self._on(key, weight, device), torch.tensor(members, device=device),
+                     weight.mixing(coefficients).to(device)))
         for site in self.groups:
             if site not in self._handles:
                 self._handles[site] = linear_at(self.model, *site).register_forward_hook(self._hook(site))
+
+    def _on(self, adapter: str, weight: Weight, device: torch.device) -> Weight:
+        """The weight with its factors on the model's device, moved once per adapter rather than in every step."""
+        key = (adapter, weight.name)
+        if key not in self._moved:
+            self._moved[key] = weight.to(device)
+        return self._moved[key]
 
     def _hook(self, site: tuple[int, str]):
         def hook(_module, inputs, output):
@@ -165,7 +178,6 @@ class RowCoefficients:
                 return output
             x, corrected = inputs[0], output.clone()
             for weight, members, mixing in self.groups[site]:
-                index = members.to(x.device)
-                corrected[index] += weight.correction(x[index], mixing)
+                corrected[members] += weight.correction(x[members], mixing)
             return corrected
         return hook
