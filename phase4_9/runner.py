@@ -23,7 +23,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from common.answer_formats import answer_format
 from common.directions import load_directions
@@ -44,6 +43,7 @@ logger = get_logger("phase4_9")
 
 CAREFUL = "You are a meticulous senior engineer. Think about edge cases and write careful, correct code."
 QUICK = "You are in a hurry. Write the quickest code you can, without checking it."
+BISECTIONS = 8  # halvings of the log-alpha bracket: within 2^-8 of its width
 PRIMARY = ("plus_vs_unsteered", "minus_vs_unsteered")  # of the SVD adapter, declared before any run; Holm over
 #                                                      both; every other figure is exploratory
 ADAPTERS = {"svd_rotation": "adapter/svd_rotation", "lora": "adapter/lora", "random_same_norm": "adapter/random_same_norm"}
@@ -132,7 +132,6 @@ def run(phase: PhaseRun) -> Path | None:
                | {"direction": matching["direction"].name},
                "prompts": {"careful (c = +1)": CAREFUL, "quick (c = -1)": QUICK},
                "generation": generated.report, "arms": summary}, summary_path)
-    generated.checkpoint.clear()
     return phase.finish([rows_path, plot_path, summary_path])
 
 
@@ -172,8 +171,8 @@ def _levels(passed: np.ndarray, levels: Sequence[float], wanted: Sequence[float]
 
 def _matched_alpha(phase: PhaseRun, model, tokenizer, builder: PromptBuilder, svd: Intervention) -> dict[str, Any]:
     """Phase 2.6's mean-difference direction and the alpha whose NLL rise on hyperparams programs matches the SVD
-    adapter's at c = 1: the grid point nearest, refined by interpolating log alpha between the two grid points that
-    bracket the target."""
+    adapter's at c = 1: the grid point nearest, or where two grid points bracket the target, log alpha bisected
+    between them."""
     config = phase.config
     lowest = min(w.layer for w in svd.weights)
     layer = min(config.layers, key=lambda L: (abs(L - lowest), L))
@@ -193,9 +192,12 @@ def _matched_alpha(phase: PhaseRun, model, tokenizer, builder: PromptBuilder, sv
     addition = ResidualAddition(found[0], 1.0, "all")
     rises = [nll.under(addition.at(alpha))["mean"] for alpha in alphas]
     alpha = alphas[int(np.argmin([abs(r - target) for r in rises]))]
-    for (a0, r0), (a1, r1) in zip(zip(alphas, rises), zip(alphas[1:], rises[1:])):
-        if min(r0, r1) <= target <= max(r0, r1) and r0 != r1:
-            alpha = float(np.exp(np.log(a0) + (target - r0) / (r1 - r0) * (np.log(a1) - np.log(a0))))
+    for (low, r_low), (high, r_high) in zip(zip(alphas, rises), zip(alphas[1:], rises[1:])):
+        if r_low <= target <= r_high:  # bisect log alpha inside the first bracket
+            for _ in range(BISECTIONS):
+                alpha = float(np.sqrt(low * high))
+                low, high = (alpha, high) if nll.under(addition.at(alpha))["mean"] < target else (low, alpha)
+            alpha = float(np.sqrt(low * high))
             break
     matched = nll.under(addition.at(alpha))["mean"]
     logger.info("mean difference at layer %d: alpha %.3g matches the SVD adapter's NLL rise %.3f (%.3f) on %d "

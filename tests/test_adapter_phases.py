@@ -23,7 +23,7 @@ from common.contrastive_pairs import ContrastivePair, held_out_tasks
 from common.program_pass import answer_text, record_programs
 from phase2_9.runner import split_pairs
 from phase2_9.training import AdapterTraining, Side, held_out, held_out_summary, read, reference, sides, train
-from phase4_9.analysis import arm_summary, effect_difference, mean_with_interval
+from phase4_9.analysis import arm_summary, effect_difference
 from phase4_9.runner import CAREFUL, QUICK
 from tests.planted import planted_args, write_hand_made_directions, write_planted_adapters, write_tasks
 
