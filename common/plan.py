@@ -24,7 +24,7 @@ from phase2_8s.styles import HELD_OUT_QUESTIONS, QUESTIONS, RANDOM_EDITS
 # measured beside a running pipeline (2026-12-02), so it overstates an idle machine's.
 REFERENCE_SECONDS_PER_UNIT = {
     "0": 2.0, "0.1": 0.1, "1": 1.29, "2.0": 4.17e-4, "2.5": 12.0, "2.6": 1.4, "2.7": 0.23, "2.8": 0.18, "2.8s": 7.8,
-    "2.9": 1.0, "3.5": 1.84, "3.6": 1.64,
+    "2.9": 6.4, "3.5": 1.84, "3.6": 1.64,
     "3.8": 36.0, "3.9": 183.0, "4.5": 0.50, "4.8": 0.68, "4.9": 1.0,
 }
 OWN_PAIR_TASK_SHARE = 0.34  # of sae tasks with both a passing and a failing program (84 of 250 in the default run)
@@ -99,8 +99,8 @@ def _work(config: Config, spec: PhaseSpec, sizes: dict[str, int]) -> tuple[float
         controls = len(CONTROL_TYPES) * config.controls_per_type * config.control_tasks
         return arms * sizes["validation"] + min(levels * control_sets, 2 * len(config.methods)) * controls, (
             "generations (at most)")
-    if spec.id == "2.9":  # two trainings, each stopped by its budget (or its steps, sooner)
-        return 2 * config.adapter_time_budget_s, "budget s"
+    if spec.id == "2.9":  # two trainings; the reference direction and the held-out reads are in the rate
+        return 2 * config.adapter_max_steps, "steps"
     if spec.id == "4.9":  # unsteered once, four arms at each non-zero coefficient, two prompts
         steered = sum(c != 0 for c in config.adapter_coefficients)
         return min(config.adapter_eval_tasks, sizes["validation"]) * (1 + 4 * steered + 2), "generations"
