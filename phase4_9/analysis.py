@@ -81,7 +81,7 @@ def arm_summary(coefficients: Sequence[float], passed: np.ndarray, delta_nll: di
                 "rho_all_levels": spearman(coefficients, list(rates))},
         "slope": {"value": float(slopes[0]), **_interval(slopes[1:])},
         "delta_nll": worst_nll,
-        "normalized_gain": {"value": 100 * effect * max(0.0, rho or 0.0) / (1 + max(0.0, worst_nll)),
+        "normalized_gain": {"value": 100 * effect * max(0.0, rho or 0.0) / (1 + max(0.0, worst_nll)) + 0.0,  # no -0
                             **_interval(gain_draws)},
     }
 
