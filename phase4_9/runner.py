@@ -33,6 +33,7 @@ from common.logging import get_logger
 from common.phase_run import PhaseRun
 from common.program_pass import answer_text, record_programs
 from common.prompt_utils import PromptBuilder, resolve_prompt_style
+from common.statistics import rate
 from common.utils import atomic_path, load_json, save_json
 from common_simplified.model_loader import load_model_and_tokenizer
 from common.direction_inference import holm
@@ -88,10 +89,12 @@ def run(phase: PhaseRun) -> Path | None:
                                            for c, t in prompts.items()}}
     judged = rows.groupby("task_id")["error_type"].apply(lambda e: not (e == "unsupported").any())
     tasks = [t for t in problems["task_id"] if judged.get(t, False)]
+    by_task = {str(p["task_id"]): p for p in problems.to_dict("records")}
+    rows["valid_code"] = [answer_format(by_task[str(t)]).is_attempt(code, by_task[str(t)])
+                          for t, code in zip(rows["task_id"], rows["generated_code"])]
     table = rows.set_index(["intervention", "task_id"])
 
     base = table.loc[""].loc[tasks]
-    by_task = {str(p["task_id"]): p for p in problems.to_dict("records")}
     nll = _NLLRise(model, tokenizer, builder, [(t, base.loc[t, "prompt"], base.loc[t, "raw_output"]) for t in tasks],
                    by_task, config.seed)
     summary: dict[str, Any] = {}
@@ -104,6 +107,9 @@ def run(phase: PhaseRun) -> Path | None:
             if c != 0.0:
                 rises[c] = nll.under(arms[name][c]) if name != "prompting" else nll.instructed(prompts[c])
         summary[name] = arm_summary(levels, outcomes[name], rises, config.seed)
+        for c in levels:  # whether the output still holds code at all: the NLL of unsteered programs cannot say
+            valid = [bool(table.loc[(by_c[c], t), "valid_code"]) for t in tasks]
+            summary[name]["by_coefficient"][f"{c:g}"]["valid_code_rate"] = rate(sum(valid), len(tasks)).to_dict()
         logger.info("%s: effect %+.3f (%d tasks), rho %s, delta NLL %.3f, normalized gain %.1f", name,
                     summary[name]["effect"]["value"], len(tasks), summary[name]["rho"]["value"],
                     summary[name]["delta_nll"], summary[name]["normalized_gain"]["value"])
@@ -122,8 +128,6 @@ def run(phase: PhaseRun) -> Path | None:
     arm_of = {label: (name, c) for name, by_c in conditions.items() for c, label in by_c.items() if label}
     rows["arm"] = [arm_of.get(label, ("unsteered", 0.0))[0] for label in rows["intervention"]]
     rows["coefficient"] = [arm_of.get(label, ("unsteered", 0.0))[1] for label in rows["intervention"]]
-    rows["valid_code"] = [answer_format(by_task[str(t)]).is_attempt(code, by_task[str(t)])
-                          for t, code in zip(rows["task_id"], rows["generated_code"])]
     with atomic_path(rows_path) as tmp:
         rows.drop(columns=["prompt"]).to_parquet(tmp, index=False)
     plot_sweep(summary, plot_path)

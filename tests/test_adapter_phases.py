@@ -245,6 +245,7 @@ def test_phase_4_9_sweeps_every_arm_over_c_on_the_same_tasks_and_finds_the_plant
     assert lora["effect"]["value"] == pytest.approx(passing / 5) and lora["rho"]["value"] > 0
     assert lora["normalized_gain"]["value"] > 0 and lora["minus_vs_unsteered"]["tasks_lost"] == passing
     assert lora["delta_nll"] > 1.0  # writing "x" where "1" is the program: a large NLL rise
+    assert all(lora["by_coefficient"][c]["valid_code_rate"]["trials"] == 5 for c in ("-1", "0", "1"))
     assert set(summary["primary"]["holm"]) == {"svd_rotation/plus_vs_unsteered", "svd_rotation/minus_vs_unsteered"}
     assert all(summary["arms"]["prompting"]["by_coefficient"][c]["delta_nll"]["mean"] != 0.0 for c in ("-1", "1"))
 
