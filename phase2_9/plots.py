@@ -1,6 +1,7 @@
 """Phase 2.9 figure: left, each trained adapter's separation and coherence penalty per training step; right, the
 held-out pairs' separation (in units of the reference RMS) against the coefficient c, every adapter and the random
-one of the same norm; symmetric-log axes (the legend gives each one's spread sep(+1) - sep(-1) with its 95% task-bootstrap interval)."""
+one of the same norm; symmetric-log axes (the legend gives each one's spread sep(+1) - sep(-1) with its 95%
+task-bootstrap interval)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,10 @@ def plot_training(results: dict[str, dict[str, Any]], path: Path) -> None:
                         label=f"{name} coherence penalty")
         by_coefficient = result["held_out"]["by_coefficient"]
         coefficients = sorted(by_coefficient, key=float)
-        spread = result["held_out"]["spread"]
+        spread, n_pairs = result["held_out"]["spread"], result["held_out"]["n_pairs"]
+        label = f"{name}: spread {spread['mean']:+.2f} [{spread['low']:+.2f}, {spread['high']:+.2f}] ({n_pairs} pairs)"
         held.plot([float(c) for c in coefficients], [by_coefficient[c]["separation"] for c in coefficients], marker="o",
-                  color=color, label=f"{name}: spread {spread['mean']:+.2f} [{spread['low']:+.2f}, {spread['high']:+.2f}] "
-                        f"({result['held_out']['n_pairs']} pairs)")
+                  color=color, label=label)
     for ax in (curves, held):  # symmetric log: a runaway adapter must not flatten the others
         ax.set_yscale("symlog", linthresh=0.1)
     curves.set(xlabel="training step", ylabel="batch value", title="training")

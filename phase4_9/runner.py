@@ -47,7 +47,8 @@ QUICK = "You are in a hurry. Write the quickest code you can, without checking i
 BISECTIONS = 8  # halvings of the log-alpha bracket: within 2^-8 of its width
 PRIMARY = ("plus_vs_unsteered", "minus_vs_unsteered")  # of the SVD adapter, declared before any run; Holm over
 #                                                      both; every other figure is exploratory
-ADAPTERS = {"svd_rotation": "adapter/svd_rotation", "lora": "adapter/lora", "random_same_norm": "adapter/random_same_norm"}
+ADAPTERS = {"svd_rotation": "adapter/svd_rotation", "lora": "adapter/lora",
+            "random_same_norm": "adapter/random_same_norm"}
 
 
 def run(phase: PhaseRun) -> Path | None:

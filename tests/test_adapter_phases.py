@@ -269,7 +269,8 @@ def test_a_system_prompt_comes_before_the_task_and_is_a_condition_of_its_own(smo
     assert PromptBuilder("base", tokenizer, QUICK).build(problem).startswith(f"# {QUICK}\nAdd one.")
     keys = {WorkItem(problem, 0, 0.0, system_prompt=text).key for text in ("", CAREFUL, QUICK)}
     assert len(keys) == 3 and WorkItem(problem, 0, 0.0).key == "1#0"
-    steered = LowRankAdapter("test/lora", (LowRankWeight(1, "mlp.up_proj", torch.ones(64, 1), torch.ones(128, 1), 1.0),))
+    weight = LowRankWeight(1, "mlp.up_proj", torch.ones(64, 1), torch.ones(128, 1), 1.0)
+    steered = LowRankAdapter("test/lora", (weight,))
     assert WorkItem(problem, 0, 0.0, steered).key == f"{steered.label}|1#0"  # as every phase before this one keyed it
     with pytest.raises(ValueError, match="steered or prompted"):
         WorkItem(problem, 0, 0.0, steered, system_prompt=CAREFUL)
