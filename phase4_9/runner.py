@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from common.answer_formats import answer_format
+from common.direction_inference import holm
 from common.directions import load_directions
 from common.errors import PipelineError
 from common.generation_job import WorkItem, generate_split
@@ -36,7 +37,6 @@ from common.prompt_utils import PromptBuilder, resolve_prompt_style
 from common.statistics import rate
 from common.utils import atomic_path, load_json, save_json
 from common_simplified.model_loader import load_model_and_tokenizer
-from common.direction_inference import holm
 from phase4_9.analysis import arm_summary, effect_difference, mean_with_interval
 from phase4_9.plots import plot_sweep
 
