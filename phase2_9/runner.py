@@ -70,7 +70,7 @@ def run(phase: PhaseRun) -> Path:
         save_json({"no_adapter_reason": reason, "adapters": {}}, summary_path)
         return phase.finish([adapters_path, summary_path])
     sites = adapter_sites(config, model)
-    training = training_config(config, model)
+    training = training_config(config, model, sites)
     logger.info("training on %d pairs (%d tasks), held out %d pairs; %d modules: %s; loss at layer %d", len(fit),
                 len(set(tasks[fit])), len(test), len(sites), ", ".join(f"{l}.{p}" for l, p in sites),
                 training.loss_layer)
@@ -149,10 +149,10 @@ def adapter_sites(config: Config, model: torch.nn.Module) -> list[tuple[int, str
     return sites
 
 
-def training_config(config: Config, model: torch.nn.Module) -> AdapterTraining:
+def training_config(config: Config, model: torch.nn.Module, sites: list[tuple[int, str]]) -> AdapterTraining:
     n_layers = len(decoder_layers(model))
     loss_layer = config.adapter_loss_layer if config.adapter_loss_layer is not None else (5 * n_layers) // 6
-    highest = max(config.adapter_layers or [(2 * n_layers) // 3])
+    highest = max(layer for layer, _ in sites)
     if not highest <= loss_layer < n_layers:
         raise PipelineError(f"adapter_loss_layer {loss_layer}: expected a layer from the highest adapted one "
                             f"({highest}) to {n_layers - 1}")

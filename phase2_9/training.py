@@ -60,6 +60,8 @@ class Trainable(Protocol):
 
     def applied(self, coefficient: float) -> ContextManager[None]: ...
 
+    def close(self) -> None: ...
+
 
 def sides(tokenizer, texts: Sequence[ProgramText], add_special_tokens: bool) -> list[Side]:
     out = []
