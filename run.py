@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 from common.config import Config, load_config
@@ -23,8 +22,9 @@ from common.errors import PipelineError
 from common.logging import add_phase_log_file, configure_console, get_logger
 from common.phases import PHASES, PhaseSpec, get_phase
 from common.plan import plan_lines
+from common.resources import CostMeter
 from common.phase_run import PhaseRun
-from common.utils import all_phase_statuses, phase_status
+from common.utils import all_phase_statuses, load_json, phase_status, save_json
 
 logger = get_logger("run")
 
@@ -63,11 +63,15 @@ def run_phase(config: Config, spec: PhaseSpec) -> Path | None:
     if not shard.is_main:
         return spec.runner().run(phase)
     handler = add_phase_log_file(config.data_path, spec.folder)
-    started = time.perf_counter()
+    meter = CostMeter()
     try:
         logger.info("phase %s (%s) starting", spec.id, spec.title)
         result = spec.runner().run(phase)
-        logger.info("phase %s finished in %.1f s", spec.id, time.perf_counter() - started)
+        if result is not None:  # its cost beside what it read and wrote, for phase 5's table
+            cost = meter.record()
+            save_json({**load_json(result), "cost": cost}, result)
+            logger.info("phase %s finished in %.1f s (peak resident memory %.0f MiB)", spec.id, cost["wall_s"],
+                        cost["peak_resident_mib"])
         return result
     finally:
         handler.close()

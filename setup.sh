@@ -3,12 +3,17 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-if ! command -v bwrap >/dev/null 2>&1; then
+# Debian packages: bubblewrap isolates the generated code; chromium opens report.html headless in its test.
+missing=()
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "setup: bubblewrap (bwrap) is missing; install it (e.g. 'sudo apt-get install bubblewrap') so that" \
-         "generated code runs isolated. Without it the sandbox falls back to plain subprocesses." >&2
+    echo "setup: ${missing[*]} missing; install with 'sudo apt-get install ${missing[*]}'." >&2
+    echo "setup: without bubblewrap the sandbox runs plain subprocesses." >&2
+    echo "setup: without chromium the test that opens report.html is skipped." >&2
   fi
 fi
 

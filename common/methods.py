@@ -14,7 +14,8 @@ anything else a `@method` function from the SteeringSite to a Proposal (`sae_lat
 then calibrates it at every disruption level against the controls, chooses its level by the rule, and
 phase 4.8 measures it: nothing else changes. A method whose interventions are not residual additions at the
 steering site passes `controls=`, a function making its own controls of the same kind (the KV-cache methods
-below), and is compared with those instead of the shared residual ones.
+below), and is compared with those instead of the shared residual ones. Phase 5's head-to-head table reads a
+method's `detection` (the score that reads its direction as a detector) and `made_by` (what making it cost).
 """
 
 from __future__ import annotations
@@ -67,17 +68,25 @@ class Method:
     upstream: tuple[str, ...]
     propose: Callable[[SteeringSite], Proposal]
     controls: OwnControls | None = None  # None: the shared residual controls of the steering site
+    detection: tuple[str, str] | None = None  # (phase, score) that reads its direction as a detector, for phase 5:
+    #                                           ("3.8", score family) or ("3.9", calibrated predictor); None: none
+    made_by: tuple[str, ...] = ()  # the phases whose wall time is what making it cost (phase 5); () = upstream
+
+    @property
+    def training_phases(self) -> tuple[str, ...]:
+        return self.made_by or self.upstream
 
 
 METHODS: dict[str, Method] = {}
 
 
-def method(name: str, title: str, colour: str, upstream: tuple[str, ...], controls: OwnControls | None = None):
+def method(name: str, title: str, colour: str, upstream: tuple[str, ...], controls: OwnControls | None = None,
+           detection: tuple[str, str] | None = None, made_by: tuple[str, ...] = ()):
     """Decorator: registers `propose` as a method."""
     def register(propose: Callable[[SteeringSite], Proposal]) -> Callable[[SteeringSite], Proposal]:
         if name in METHODS:
             raise ValueError(f"method {name!r} is registered twice")
-        METHODS[name] = Method(name, title, colour, upstream, propose, controls)
+        METHODS[name] = Method(name, title, colour, upstream, propose, controls, detection, made_by)
         return propose
     return register
 
@@ -89,7 +98,8 @@ def get_method(name: str) -> Method:
         raise ValueError(f"unknown method {name!r} (registered: {', '.join(sorted(METHODS))})") from None
 
 
-@method("sae_latent", "SAE latent", "#2a9d8f", upstream=("2.5",))
+@method("sae_latent", "SAE latent", "#2a9d8f", upstream=("2.5",), detection=("3.8", "sae_correct_latent"),
+        made_by=("2.0", "2.5"))
 def sae_latent(where: SteeringSite) -> Proposal:
     """Phase 2.5's best-ranked listed latent of each class at the steering layer: its decoder row."""
     listed = [d for d in load_directions(where.folder("2.5") / "latent_directions.safetensors")
@@ -120,7 +130,7 @@ def from_directions(phase_id: str, source: str, title: str) -> Callable[[Steerin
     return propose
 
 
-method("mean_difference", "mean difference", "#457b9d", upstream=("2.6",))(
+method("mean_difference", "mean difference", "#457b9d", upstream=("2.6",), detection=("3.8", "mean_difference"))(
     from_directions("2.6", "mean_difference", "passing-minus-failing mean"))
 
 
@@ -130,9 +140,9 @@ def _register_contrastive() -> None:
     for kind, palette in colours.items():
         for aggregator, colour in zip(("mean_difference", "pca", "probe"), palette):
             words = aggregator.replace("_", " ")
-            method(f"contrastive_{kind}_{aggregator}", f"contrastive ({kind} pairs) {words}", colour,
-                   upstream=("2.7",))(from_directions("2.7", f"contrastive_{kind}_{aggregator}",
-                                                      f"{words} of its {kind} contrastive pairs"))
+            name = f"contrastive_{kind}_{aggregator}"
+            method(name, f"contrastive ({kind} pairs) {words}", colour, upstream=("2.7",), detection=("3.8", name))(
+                from_directions("2.7", name, f"{words} of its {kind} contrastive pairs"))
 
 
 _register_contrastive()
@@ -155,7 +165,7 @@ def _register_kv_cache() -> None:
         propose.__doc__ = (f"Phase 2.8's KV-cache vector of the {kind} pairs at unit norm; negated for the incorrect "
                            "class.")
         method(f"kv_cache_{kind}", f"KV cache ({kind} pairs)", colour, upstream=("2.8",),
-               controls=_kv_cache_controls)(propose)
+               controls=_kv_cache_controls, made_by=("2.7", "2.8"))(propose)
 
 
 _register_kv_cache()
@@ -165,7 +175,8 @@ def _self_steering_controls(proposal: Proposal, n: int, seed: int) -> list[Contr
     return random_routing_controls(proposal.interventions["correct"], n, seed) if proposal.interventions else []
 
 
-@method("self_steering", "self-steering (dictionary)", "#6a4c93", upstream=("3.9",), controls=_self_steering_controls)
+@method("self_steering", "self-steering (dictionary)", "#6a4c93", upstream=("3.9",), controls=_self_steering_controls,
+        detection=("3.9", "dictionary_confidence"))
 def self_steering(where: SteeringSite) -> Proposal:
     """Phase 3.9's dictionary at alpha 1: each row pushed along its own routed adjustment s(h), towards passing;
     along -s(h) for the incorrect class. It steers at the dictionary's layer (phase 3.9 places it as 4.5 does)."""

@@ -30,6 +30,9 @@ _ADAPTER_KEYS = ("adapter_pair_kinds", "adapter_max_pairs", "adapter_held_out_pa
                  "adapter_coherence_weight", "adapter_lr", "adapter_batch_pairs", "adapter_max_steps",
                  "adapter_time_budget_s")
 
+# What phase 5's table and report read: every phase but 2.8s (style vectors of answers to questions, not code).
+_REPORTED = ("0", "0.1", "1", "2.0", "2.5", "2.6", "2.7", "2.8", "2.9", "3.5", "3.6", "3.8", "3.9", "4.5", "4.8", "4.9")
+
 _SAE_KEYS = ("sae_source", "sae_id_template", "sae_width", "sae_k", "sae_epochs", "sae_train_tokens", "sae_eval_tokens",
              "sae_delta_ce_tokens", "sae_context_tokens", "sae_batch_tokens", "sae_lr")
 
@@ -111,6 +114,7 @@ PHASES: tuple[PhaseSpec, ...] = (
               "mean-difference steering at matched NLL, prompting and a random adapter", ("0.1", "2.6", "2.9", "3.6"),
               _GENERATION_KEYS + ("adapter_coefficients", "adapter_eval_tasks", "calibration_alphas",
                                   "disruption_programs", "steering_direction_position")),
+    PhaseSpec("5", "phase5", "every method head to head, and the report", _REPORTED, ()),
 )
 
 _BY_ID = {spec.id: spec for spec in PHASES}

@@ -24,7 +24,7 @@ from common.config import Config
 from common.errors import PipelineError
 from common.generation_job import WorkItem, generate_split
 from common.phases import PhaseSpec
-from common.statistics import rate
+from common.statistics import mcnemar_exact, rate
 from common.interventions import Intervention
 from common.utils import atomic_path, atomic_write_text
 
@@ -88,7 +88,7 @@ def run_arms(config: Config, spec: PhaseSpec, inputs: dict[str, dict[str, str]],
                                                                                       by_task[task_id]),
                      "baseline_code": before["generated_code"], "steered_code": steered["generated_code"],
                      "prompt": steered["prompt"], "n_new_tokens": steered["n_new_tokens"],
-                     "stop_reason": steered["stop_reason"],
+                     "generation_s": steered["generation_time"], "stop_reason": steered["stop_reason"],
                      **divergence(before["generated_code"], steered["generated_code"])})
     return pd.DataFrame(rows), generated.report
 
@@ -124,6 +124,23 @@ def arm_metrics(rows: pd.DataFrame) -> dict[str, Any]:
             "mean_char_similarity": _mean(rows, "char_similarity"),
             "mean_length_ratio": _mean(rows, "length_ratio"),
             "mean_new_tokens": _mean(rows, "n_new_tokens")}
+
+
+def _rate_of(rows: pd.DataFrame, outcome: str) -> dict[str, Any]:
+    values = rows[outcome].dropna().astype(bool)
+    return rate(int(values.sum()), len(values)).to_dict()
+
+
+def endpoint_rates(rows: pd.DataFrame) -> dict[str, Any]:
+    """Correction, preservation and corruption over the whole split, with counts and Wilson intervals, and the
+    whole-split pass rate with its McNemar."""
+    fixed, broken = rows["fixed"].dropna().astype(bool), rows["broken"].dropna().astype(bool)
+    return {"correction": _rate_of(rows, "fixed"), "preservation": _rate_of(rows, "kept"),
+            "corruption": _rate_of(rows, "broken"),
+            "whole_split": {"baseline_pass_rate": rate(int(rows["baseline_passed"].sum()), len(rows)).to_dict(),
+                            "steered_pass_rate": rate(int(rows["steered_passed"].sum()), len(rows)).to_dict(),
+                            "fail_to_pass": int(fixed.sum()), "pass_to_fail": int(broken.sum()),
+                            "mcnemar_p": mcnemar_exact(int(fixed.sum()), int(broken.sum()))}}
 
 
 def outcome_matrix(rows: pd.DataFrame, arms: Sequence[str], outcome: str) -> tuple[np.ndarray, list[Any]]:

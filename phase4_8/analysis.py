@@ -29,28 +29,11 @@ from scipy.stats import hypergeom
 
 from common.direction_inference import holm, versus_controls
 from common.errors import PipelineError
-from common.statistics import mcnemar_exact, rate
-from common.steered_runs import arm_metrics, outcome_matrix, with_outcomes
+from common.statistics import rate
+from common.steered_runs import arm_metrics, endpoint_rates, outcome_matrix, with_outcomes
 
 ENDPOINT_OUTCOME = {"correction": ("correct", "fixed"), "preservation": ("correct", "kept"),
                     "corruption": ("incorrect", "broken")}
-
-
-def _rate_of(rows: pd.DataFrame, outcome: str) -> dict[str, Any]:
-    values = rows[outcome].dropna().astype(bool)
-    return rate(int(values.sum()), len(values)).to_dict()
-
-
-def endpoint_rates(rows: pd.DataFrame) -> dict[str, Any]:
-    """Correction, preservation and corruption over the whole split, with counts and Wilson intervals, and the
-    whole-split pass rate with its McNemar."""
-    fixed, broken = rows["fixed"].dropna().astype(bool), rows["broken"].dropna().astype(bool)
-    return {"correction": _rate_of(rows, "fixed"), "preservation": _rate_of(rows, "kept"),
-            "corruption": _rate_of(rows, "broken"),
-            "whole_split": {"baseline_pass_rate": rate(int(rows["baseline_passed"].sum()), len(rows)).to_dict(),
-                            "steered_pass_rate": rate(int(rows["steered_passed"].sum()), len(rows)).to_dict(),
-                            "fail_to_pass": int(fixed.sum()), "pass_to_fail": int(broken.sum()),
-                            "mcnemar_p": mcnemar_exact(int(fixed.sum()), int(broken.sum()))}}
 
 
 def arm_effects(rows: pd.DataFrame) -> dict[str, Any]:

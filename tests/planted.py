@@ -22,7 +22,7 @@ from common.interventions import KVCacheEdit, SelfSteering, save_interventions
 from common.kv_vectors import save_vector
 from common.phases import get_phase
 from common.steering_dictionary import DICTIONARY_FILE, SteeringDictionary
-from common.utils import write_manifest
+from common.utils import save_json, write_manifest
 
 K, BIAS, LAYER = 0, 10.0, 1
 LEVELS, PREREGISTERED = "0.001,0.3", 0.1  # nats per token: a nudge that changes nothing, enough to flip; between
@@ -198,4 +198,9 @@ def write_planted_adapters(data_dir: Path, model_dir: Path, lora_scale: float = 
     folder.mkdir(parents=True, exist_ok=True)
     save_interventions(folder / "adapters.safetensors",
                        [svd, same_norm_random(svd, "adapter/random_same_norm", 1), lora])
-    write_manifest(Config(data_dir=str(data_dir)).validate(), get_phase("2.9"), {}, [folder / "adapters.safetensors"])
+    trained = {"steps": 0, "stopped_by": "planted", "curve": [], "held_out": {}}
+    save_json({"no_adapter_reason": None, "adapters": {"svd_rotation": {"training_s": 2.0, **trained},
+                                                       "lora": {"training_s": 3.0, **trained}}},
+              folder / "phase_2_9_summary.json")
+    write_manifest(Config(data_dir=str(data_dir)).validate(), get_phase("2.9"), {},
+                   [folder / "adapters.safetensors", folder / "phase_2_9_summary.json"])

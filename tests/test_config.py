@@ -66,6 +66,13 @@ def test_a_profile_sits_between_the_defaults_and_the_config_file(tmp_path: Path)
         load_config(profile="slow")
 
 
+def test_the_gpu_profile_is_a_valid_config_of_gemma_with_gemmascope_in_its_own_folder():
+    gemma = load_config(profile="gemma")  # validated on load: keys exist, types and ranges hold
+    assert gemma.model_name == "google/gemma-2-2b" and gemma.sae_source == "gemma-scope-2b-pt-res-canonical"
+    assert gemma.dataset == "mbpp" and gemma.data_dir not in (Config().data_dir, load_config(profile="quick").data_dir)
+    assert max(gemma.layers) < 26  # Gemma-2-2B's depth: GemmaScope has an SAE at each of them
+
+
 def test_the_plan_counts_each_phases_work_and_totals_its_time(tmp_path: Path):
     from common.phases import PHASES
     from common.plan import estimate, plan_lines
