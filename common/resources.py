@@ -46,13 +46,13 @@ class CostMeter:
 
     def __post_init__(self):
         self.per_phase = _reset_resident_peak()
-        if torch.cuda.is_available():
+        if torch.cuda.is_initialized():  # an earlier phase of this process used CUDA; a fresh one starts at zero
             torch.cuda.reset_peak_memory_stats()
 
     def record(self) -> dict[str, Any]:
         cost: dict[str, Any] = {"wall_s": round(time.perf_counter() - self.started_s, 1),
                                 "peak_resident_mib": round(_resident_peak_mib(), 1),
                                 "peak_resident_scope": "phase" if self.per_phase else "process so far"}
-        if torch.cuda.is_available():
+        if torch.cuda.is_initialized():  # never starts CUDA for a phase that did not use it
             cost["peak_cuda_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
         return cost

@@ -12,7 +12,8 @@ Every arm runs on the same `adapter_eval_tasks` validation tasks (a seeded draw;
 could not judge in any arm are left out of every arm). The NLL rise of each arm at each c is read teacher-forced on
 the unsteered programs. Statistics: phase4_9/analysis.py. The primary endpoints, declared before any run: the SVD
 adapter's pass at c = +1 against unsteered, and at c = -1 against unsteered (exact McNemar, Holm over the two);
-every other figure, the comparisons between arms included, is exploratory.
+every other figure, the comparisons between arms included, is exploratory. When phase 2.9 trained no adapter, the
+summary alone says why (phase 5 then reports no adapter rows).
 """
 
 from __future__ import annotations
@@ -58,9 +59,12 @@ def run(phase: PhaseRun) -> Path | None:
         chosen = np.random.default_rng(config.seed).choice(len(problems), config.adapter_eval_tasks, replace=False)
         problems = problems.iloc[np.sort(chosen)].reset_index(drop=True)
     adapters = {a.name: a for a in load_interventions(phase.upstream("2.9") / "adapters.safetensors")}
+    summary_path = phase.out_dir / "phase_4_9_summary.json"
     if set(ADAPTERS.values()) - set(adapters):
         reason = load_json(phase.upstream("2.9") / "phase_2_9_summary.json").get("no_adapter_reason")
-        raise PipelineError(f"phase 4.9 has no adapter to sweep: phase 2.9 trained none ({reason})")
+        logger.warning("phase 4.9: no adapter to sweep (phase 2.9 trained none: %s)", reason)
+        save_json({"no_adapter_reason": f"phase 2.9 trained none ({reason})"}, summary_path)
+        return phase.finish([summary_path])
     svd = adapters[ADAPTERS["svd_rotation"]]
     model, tokenizer = load_model_and_tokenizer(config.model_name, config.device, config.dtype)
     builder = PromptBuilder(resolve_prompt_style(config.prompt_style, tokenizer), tokenizer)
@@ -124,15 +128,15 @@ def run(phase: PhaseRun) -> Path | None:
     primary_tests = {"endpoints": list(primary), "p": primary, "holm": holm(primary)}
 
     out_dir = phase.out_dir
-    rows_path, plot_path, summary_path = (out_dir / "sweep_rows.parquet", out_dir / "coefficient_sweep.png",
-                                          out_dir / "phase_4_9_summary.json")
+    rows_path, plot_path = out_dir / "sweep_rows.parquet", out_dir / "coefficient_sweep.png"
     arm_of = {label: (name, c) for name, by_c in conditions.items() for c, label in by_c.items() if label}
     rows["arm"] = [arm_of.get(label, ("unsteered", 0.0))[0] for label in rows["intervention"]]
     rows["coefficient"] = [arm_of.get(label, ("unsteered", 0.0))[1] for label in rows["intervention"]]
     with atomic_path(rows_path) as tmp:
         rows.drop(columns=["prompt"]).to_parquet(tmp, index=False)
     plot_sweep(summary, plot_path)
-    save_json({"primary": primary_tests, "n_tasks": len(tasks), "tasks_left_out_unjudged": len(problems) - len(tasks),
+    save_json({"no_adapter_reason": None, "adapter_arms": list(ADAPTERS), "primary": primary_tests,
+               "n_tasks": len(tasks), "tasks_left_out_unjudged": len(problems) - len(tasks),
                "mean_difference_matching": {k: v for k, v in matching.items() if k != "direction"}
                | {"direction": matching["direction"].name},
                "prompts": {"careful (c = +1)": CAREFUL, "quick (c = -1)": QUICK},

@@ -8,22 +8,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from common.utils import load_json
+from phase5.markdown import interval, proportion
 
 MAX_TEXT = 120  # longer strings are settings or lists a reader finds in the folded summary
-
-
-def _rate(value: dict[str, Any]) -> str:
-    return (f"{value['successes']}/{value['trials']} = {100 * value['rate']:.1f}% "
-            f"[{100 * value['low']:.1f}-{100 * value['high']:.1f}]")
-
-
-def _estimate(value: dict[str, Any]) -> str:
-    """'0.612 [0.550, 0.671]', or as much of it as the summary has."""
-    if value.get("value") is None:
-        return "n/a"
-    if value.get("low") is None or value.get("high") is None:
-        return f"{value['value']:.3f}"
-    return f"{value['value']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
 
 
 def _is_rate(value: Any) -> bool:
@@ -33,7 +20,7 @@ def _is_rate(value: Any) -> bool:
 def _figure(name: str, value: Any) -> str | None:
     words = name.replace("_", " ")
     if _is_rate(value):
-        return f"{words}: {_rate(value)}"
+        return f"{words}: {proportion(value)}"
     if isinstance(value, bool) or isinstance(value, int):
         return f"{words}: {value}"
     if isinstance(value, float):
@@ -49,7 +36,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     if isinstance(headline, list):
         return [str(line) for line in headline]
     if isinstance(headline, dict):
-        return [f"{name}: " + ", ".join(f"{metric} {_estimate(v)}" for metric, v in figures.items()
+        return [f"{name}: " + ", ".join(f"{metric} {interval(v)}" for metric, v in figures.items()
                                         if isinstance(v, dict) and "value" in v)
                 for name, figures in headline.items()]
     return [line for name, value in summary.items() if (line := _figure(name, value))]
@@ -64,12 +51,14 @@ def _selected_levels(folder: Path) -> list[str]:
 
 def _sweep_primary(folder: Path) -> list[str]:
     summary = load_json(folder / "phase_4_9_summary.json")
+    if summary.get("no_adapter_reason"):
+        return []  # the summary's own line says why
     primary = summary["primary"]
     lines = [f"{name}: p {primary['p'][name]:.3g}, Holm {primary['holm'][name]:.3g} (primary)"
              for name in primary["endpoints"]]
     for name, arm in summary["arms"].items():
-        lines.append(f"{name}: pass rate at +1 minus at -1 {_estimate(arm['effect'])} on {arm['n_tasks']} tasks "
-                     "(exploratory)")
+        lines.append(f"{name}: pass rate at +1 minus at -1 {interval(arm['effect'], signed=True)} on "
+                     f"{arm['n_tasks']} tasks (exploratory)")
     return lines
 
 

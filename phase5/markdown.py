@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from common.statistics import Rate
+
 CHOOSES_NOTHING = ("Phase 5 chooses nothing: every candidate, threshold, level and weight below was chosen on the "
                    "sae or hyperparams split by the phase that reports it; this table only sets their validation "
                    "figures side by side.")
@@ -20,11 +22,10 @@ def interval(result: dict[str, Any] | None, signed: bool = False) -> str:
 
 
 def proportion(result: dict[str, Any] | None) -> str:
-    """A rate as 'k/n = r% [low-high]'."""
+    """A rate as common/statistics.py writes it: 'k/n = r% [95% CI low-high%]' (Wilson)."""
     if not result or not result.get("trials"):
         return "n/a"
-    return (f"{result['successes']}/{result['trials']} = {100 * result['rate']:.0f}% "
-            f"[{100 * result['low']:.0f}-{100 * result['high']:.0f}]")
+    return str(Rate(**{k: result[k] for k in ("successes", "trials", "low", "high")}))
 
 
 def _p(value: float | None) -> str:
@@ -34,14 +35,16 @@ def _p(value: float | None) -> str:
 def _versus(result: dict[str, Any] | None) -> str:
     if not result:
         return "n/a"
-    return (f"{result['controls_at_or_above']} of {result['n_controls']} at or above (rank p "
-            f"{_p(result['rank_p'])}, prediction p {_p(result['prediction_p'])}, {result['n_tasks']} tasks)")
+    target = result["target"]
+    return (f"{target['successes']}/{target['trials']} vs controls' mean {100 * result['controls_mean_rate']:.0f}%; "
+            f"{result['controls_at_or_above']} of {result['n_controls']} controls at or above (rank p "
+            f"{_p(result['rank_p'])}, prediction p {_p(result['prediction_p'])})")
 
 
 def _disruption(steering: dict[str, Any]) -> str:
     disruption = steering["disruption"]
     if "delta_nll" in disruption:
-        return f"ΔNLL {interval(_mean(disruption['delta_nll']))}"
+        return "ΔNLL " + ", ".join(f"{c}: {interval(_mean(rise))}" for c, rise in disruption["delta_nll"].items())
     levels = [f"{kind} {r['level']:g} ({r['chosen_by']})" for kind, r in disruption.items() if isinstance(r, dict)]
     return "KL/token " + ", ".join(levels) if levels else disruption["measure"]
 
@@ -50,18 +53,37 @@ def _mean(result: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if not result else {"value": result.get("mean"), "low": result.get("low"), "high": result.get("high")}
 
 
-def _over(detection: dict[str, Any]) -> str:
-    over = detection.get("over_baseline")
-    if not over:
+def _primary(steering: dict[str, Any]) -> str:
+    primary = steering.get("primary")
+    if not primary:
+        return "exploratory"
+    return ", ".join(f"{endpoint} {_p(r['holm_p'])}" + ("" if r["ran"] else " (did not run: p = 1)")
+                     for endpoint, r in primary.items())
+
+
+def _over(gain: dict[str, Any] | None) -> str:
+    if not gain:
         return "n/a"
-    return f"{interval(over, signed=True)} over {over['baseline']} ({over['measure']})"
+    return f"{interval(gain, signed=True)} over {gain['baseline']} ({gain['measure']})"
 
 
 def _within(detection: dict[str, Any]) -> str:
     within = detection.get("within_task_auroc")
     if within:
         return interval(within) + (f" ({within['n_pairs']} pairs)" if "n_pairs" in within else "")
-    return "n/a (read before the code)" if detection.get("within_task_reason") else "n/a"
+    return "n/a (one score per task)" if detection.get("within_task_reason") else "n/a"
+
+
+def _brier(detection: dict[str, Any]) -> str:
+    if not detection.get("brier"):
+        return "n/a"
+    return f"{interval(detection['brier'])} (no skill {detection['brier_no_skill']:.3f})"
+
+
+def _memory(resident: float | None, cuda: float | None) -> str:
+    if resident is None:
+        return "n/a"
+    return f"{resident:.0f}" + (f" (CUDA {cuda:.0f})" if cuda is not None else "")
 
 
 def _seconds(cost: dict[str, Any]) -> str:
@@ -69,53 +91,57 @@ def _seconds(cost: dict[str, Any]) -> str:
     return "n/a" if not timed else f"{timed['mean']:.2f} ({timed['n_programs']})"
 
 
-def _number(value: float | None, spec: str = ".0f") -> str:
-    return "n/a" if value is None else f"{value:{spec}}"
+def _making(cost: dict[str, Any]) -> str:
+    seconds = cost.get("training_s")
+    phases = ", ".join(cost.get("training_phases") or []) or "-"
+    own = f"; its own training {cost['own_training_s']:.0f}" if cost.get("own_training_s") is not None else ""
+    return ("n/a" if seconds is None else f"{seconds:.0f}") + f" ({phases}{own})"
 
 
 def detection_lines(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| row | kind | score | AUROC [95% CI] | within-task AUROC | over a baseline | Brier | ECE | programs |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| row | kind | score | AUROC [95% CI] | within-task AUROC | over the baseline chosen on hyperparams | "
+             "over the declared baseline | Brier | ECE | programs |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         d = row["detection"]
         if d is None:
             continue
         if "reason" in d:
-            lines.append(f"| {row['title']} | {row['kind']} | n/a: {d['reason']} | | | | | | |")
+            lines.append(f"| {row['title']} | {row['kind']} | n/a: {d['reason']} | | | | | | | |")
             continue
         lines.append(f"| {row['title']} | {row['kind']} | {d['source']} (predicts {d['predicts']}) | "
-                     f"{interval(d['auroc'])} | {_within(d)} | {_over(d)} | {interval(d['brier'])} | "
-                     f"{interval(d['ece'])} | {d['n_programs']} |")
+                     f"{interval(d['auroc'])} | {_within(d)} | {_over(d['over_chosen_baseline'])} | "
+                     f"{_over(d['over_declared_baseline'])} | {_brier(d)} | {interval(d['ece'])} | "
+                     f"{d['n_programs']} |")
     return lines
 
 
 def steering_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| row | phase | tasks | disruption | correction | preservation | corruption | valid code | "
-             "correction vs its controls | corruption vs its controls | primary, Holm p |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "correction vs its controls | preservation vs its controls | corruption vs its controls | "
+             "primary, Holm p |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         s = row["steering"]
         if s is None:
             continue
-        primary = ", ".join(f"{k} {_p(v)}" for k, v in (s.get("primary_holm_p") or {}).items()) or "exploratory"
+        versus = s.get("versus_controls") or {}
         lines.append(f"| {row['title']} | {s['protocol']} | {s['n_tasks']} | {_disruption(s)} | "
                      f"{proportion(s['correction'])} | {proportion(s['preservation'])} | "
                      f"{proportion(s['corruption'])} | {proportion(s['valid_code_rate'])} | "
-                     f"{_versus(s.get('correction_vs_controls'))} | {_versus(s.get('corruption_vs_controls'))} | "
-                     f"{primary} |")
+                     + " | ".join(_versus(versus.get(e)) for e in ("correction", "preservation", "corruption"))
+                     + f" | {_primary(s)} |")
     return lines
 
 
 def cost_lines(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| row | making it, s (phases) | its peak memory, MiB | s per steered program (programs) | "
+    lines = ["| row | making it, s (phases) | their peak memory, MiB | s per steered program (programs) | "
              "steering phase's peak memory, MiB |", "|---|---|---|---|---|"]
     for row in rows:
         c = row["cost"]
         if c is None:
             continue
-        phases = ", ".join(c.get("training_phases") or []) or "-"
-        lines.append(f"| {row['title']} | {_number(c.get('training_s'))} ({phases}) | "
-                     f"{_number(c.get('training_peak_mib'))} | {_seconds(c)} | {_number(c.get('steering_peak_mib'))} |")
+        lines.append(f"| {row['title']} | {_making(c)} | "
+                     f"{_memory(c.get('training_peak_mib'), c.get('training_peak_cuda_mib'))} | {_seconds(c)} | "
+                     f"{_memory(c.get('steering_peak_mib'), c.get('steering_peak_cuda_mib'))} |")
     return lines
 
 

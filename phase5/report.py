@@ -4,7 +4,8 @@ examples as JSON, the viewer's script and style from phase5/assets/).
 Sections: the head-to-head table and figure; then each phase phase 5 reads, in pipeline order, with its headline
 numbers (phase5/headlines.py), what it cost, its figures, its markdown tables and its summary in full (folded); last,
 the steered programs of phases 4.5, 4.8 and 4.9 beside their unsteered ones, the changed lines highlighted, with
-pass/fail badges and filters by phase, method, coefficient and outcome (phase5/assets/viewer.js).
+pass/fail badges and filters by phase, method, direction (correct / incorrect class, or the sign of c),
+coefficient and outcome (phase5/assets/viewer.js).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pandas as pd
 
 from common.config import Config
 from common.phases import get_phase
+from common.steered_runs import flip_direction
 from common.utils import atomic_write_text, load_json
 from phase5.headlines import headline
 from phase5.markdown import markdown
@@ -49,7 +51,7 @@ def write_report(config: Config, inputs: dict[str, dict[str, str]], table: dict[
         "linked to.</p>",
         '<div id="filters">' + "".join(
             f'<label>{name} <select id="filter-{name}"></select></label>'
-            for name in ("phase", "method", "coefficient", "outcome")) + "</div>",
+            for name in ("phase", "method", "direction", "coefficient", "outcome")) + "</div>",
         '<p id="shown"></p><div id="cards"></div><button id="more" hidden>show more</button></section>'])
     data = json.dumps(examples, separators=(",", ":")).replace("</", "<\\/")
     atomic_write_text(path, "\n".join([
@@ -131,11 +133,6 @@ def markdown_html(text: str) -> str:
 
 # --- the steered programs -----------------------------------------------------------------------------------------
 
-def _outcome(before: bool, after: bool) -> str:
-    return {(False, True): "fixed", (True, False): "broken", (True, True): "still passing",
-            (False, False): "still failing"}[(bool(before), bool(after))]
-
-
 def _changed(before: str, after: str) -> tuple[list[int], list[int]]:
     """The line indices of each side outside the longest matching blocks (what a diff marks)."""
     a, b = before.split("\n"), after.split("\n")
@@ -151,7 +148,7 @@ def _example(phase_id: str, method: str, direction: str, coefficient: str, task:
              baseline_code: str, code: str, error: str | None) -> dict[str, Any]:
     removed, added = _changed(baseline_code, code)
     return {"phase": phase_id, "method": method, "direction": direction, "coefficient": coefficient, "task": str(task),
-            "before": bool(before), "after": bool(after), "outcome": _outcome(before, after),
+            "before": bool(before), "after": bool(after), "outcome": flip_direction(bool(before), bool(after)),
             "baseline": f"{phase_id}|{task}", "code": code, "error": error or "",
             "changed_before": removed, "changed_after": added}
 
@@ -188,9 +185,10 @@ def _sweep_examples(folder: Path) -> Iterator[tuple[dict[str, Any], str]]:
     base = rows[rows["arm"] == "unsteered"].set_index("task_id")
     for row in rows[rows["arm"] != "unsteered"].itertuples(index=False):
         before = base.loc[row.task_id]
-        yield (_example("4.9", row.arm, "", f"c = {row.coefficient:+g}", row.task_id, before["test_passed"],
-                        row.test_passed, before["generated_code"], row.generated_code, row.error_type),
-               before["generated_code"])
+        direction = "correct" if row.coefficient > 0 else "incorrect"  # +c: the push towards passing code
+        yield (_example("4.9", f"4.9/{row.arm}", direction, f"c = {row.coefficient:+g}", row.task_id,
+                        before["test_passed"], row.test_passed, before["generated_code"], row.generated_code,
+                        row.error_type), before["generated_code"])
 
 
 def steered_examples(folders: dict[str, Path]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ programs of phases 4.5, 4.8 and 4.9 beside their unsteered ones.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 import pandas as pd
 
 from common.logging import get_logger
@@ -45,7 +46,7 @@ def run(phase: PhaseRun) -> Path:
 
 def read_sources(folder, manifests: dict[str, Path]) -> Sources:
     """`folder(phase_id)`: an upstream phase's output folder; `manifests`: each upstream phase's manifest."""
-    calibration_path = folder("3.9") / "calibration_results.json"
+    calibration_path, sweep_path = folder("3.9") / "calibration_results.json", folder("4.9") / "sweep_rows.parquet"
     missing = None if calibration_path.is_file() else load_json(folder("3.9") / "phase_3_9_summary.json").get(
         "no_dictionary_reason", "no calibration_results.json")
     return Sources(
@@ -54,7 +55,7 @@ def read_sources(folder, manifests: dict[str, Path]) -> Sources:
         steering=load_json(folder("4.8") / "steering_effect_analysis.json"),
         steered_rows=pd.read_parquet(folder("4.8") / "steered_results.parquet"),
         sweep=load_json(folder("4.9") / "phase_4_9_summary.json"),
-        sweep_rows=pd.read_parquet(folder("4.9") / "sweep_rows.parquet"),
+        sweep_rows=pd.read_parquet(sweep_path) if sweep_path.is_file() else None,
         adapters=load_json(folder("2.9") / "phase_2_9_summary.json"),
         costs={p: cost for p, path in manifests.items() if (cost := load_json(path).get("cost"))})
 
@@ -67,20 +68,30 @@ def _notes(sources: Sources) -> list[str]:
         f"Detection: phase 3.8's validation split, {validation['rows']} programs of {validation['tasks']} tasks "
         f"({validation['passing']} passing), every temperature; a method's score is the one its registry entry names, "
         f"read at 4.8's steering position ({analysis['position']}); its candidate (latent or layer) was chosen on "
-        "hyperparams and may sit at another layer than the steering one. Intervals: 95% task bootstrap.",
+        "hyperparams and may sit at another layer than the steering one. Each score's gain is given over two "
+        "baselines: the one chosen on hyperparams and the one declared before any data (confidence and length). "
+        "Brier beside the no-skill Brier p(1 - p) of always saying the pass rate. Intervals: 95% task bootstrap.",
         f"Steering, phase 4.8: {analysis['baseline']['n_tasks']} validation tasks ({analysis['baseline']['n_passing']} "
         f"passing unsteered), layer {analysis['layer']}, each method at the disruption level phase 4.5 chose; "
         f"correction and preservation by the correct-class arm, corruption by the incorrect-class arm; controls of "
         f"the same disruption on {analysis['control_tasks']['n']} of those tasks. Holm over its {primary_48} declared "
         "primary endpoints (method x endpoint); every other figure is exploratory.",
-        f"Steering, phase 4.9: {sweep['n_tasks']} of the validation tasks (a seeded draw; "
-        f"{sweep['arms']['svd_rotation']['by_coefficient']['0']['pass_rate']['successes']} passing unsteered), each "
-        "arm at c = +1 "
-        "(correction, preservation, valid code) and c = -1 (corruption) against the unsteered program of the same "
-        f"task; its own Holm family of {len(sweep['primary']['p'])} (the SVD adapter at +1 and -1). The two phases' "
-        "tasks, levels and families differ: compare rows within a phase, and across phases only descriptively.",
-        "Rates: successes/trials with 95% Wilson intervals. Cost: the wall time and peak resident memory each phase's "
-        "manifest records (a phase that makes several methods at once is charged in full to each); seconds per "
-        "steered program: the mean, over the row's generated programs, of each one's prefill and its share of every "
-        "batched decode step it was in."]
+        _sweep_note(sweep),
+        "Rates: successes/trials with 95% Wilson intervals. Against controls: the arm's own rate on the control "
+        "tasks beside the controls' mean there. Cost: the wall time and peak resident memory each phase's manifest "
+        "records (a phase that makes several methods at once, such as 2.7 or 2.9, is charged in full to each; an "
+        "adapter's own training loop is given beside); seconds per steered program: the mean, over the row's "
+        "generated programs, of each one's prefill and its share of every batched decode step it was in."]
+
+
+def _sweep_note(sweep: dict[str, Any]) -> str:
+    if sweep.get("no_adapter_reason"):
+        return f"Steering, phase 4.9: no adapter rows ({sweep['no_adapter_reason']})."
+    unsteered = next(iter(sweep["arms"].values()))["by_coefficient"]["0"]["pass_rate"]["successes"]
+    return (f"Steering, phase 4.9: {sweep['n_tasks']} of the validation tasks (a seeded draw; {unsteered} passing "
+            "unsteered), each arm at c = +1 (correction, preservation, valid code) and c = -1 (corruption) against "
+            f"the unsteered program of the same task; its own Holm family of {len(sweep['primary']['p'])} (the SVD "
+            "adapter at +1 and -1); no disruption-matched controls (the random adapter is one arm). The two phases' "
+            "tasks, strengths and families differ: compare rows within a phase, and across phases only "
+            "descriptively.")
 

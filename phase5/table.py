@@ -12,7 +12,8 @@ Rows, in this order:
 - `adapter arm`: each arm of 4.9's coefficient sweep at c = +1 (correction, preservation, valid code) and c = -1
   (corruption) against the unsteered programs of the same tasks, with 4.9's own Holm family;
 - `score`: phase 3.8's score families no method claims (detection only);
-- `baseline`: phase 3.8's baselines (detection only), the best one on hyperparams marked.
+- `baseline`: phase 3.8's baselines (detection only), the one chosen on hyperparams and the declared one
+  marked.
 """
 
 from __future__ import annotations
@@ -20,17 +21,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from common.baselines import STRONGEST_DECLARED
 from common.methods import METHODS
 from common.steered_runs import endpoint_rates, with_outcomes
 
-SWEEP_ARMS = {"svd_rotation": "SVD-rotation adapter", "lora": "LoRA adapter (PEFT)",
-              "random_same_norm": "random adapter, trained norms", "mean_difference": "mean difference at matched NLL",
-              "prompting": "system prompt (careful / quick)"}
-LOGPROB = "program_mean_logprob"  # the baseline phase 3.9 sets its calibrated confidence against
-SWEEP_TRAINED = {"svd_rotation", "lora", "random_same_norm"}  # phase 2.9 made them; its summary has their time
+SWEEP_TITLES = {"svd_rotation": "SVD-rotation adapter", "lora": "LoRA adapter (PEFT)",
+                "random_same_norm": "random adapter, trained norms",
+                "mean_difference": "mean difference at matched NLL (4.9)",
+                "prompting": "system prompt (careful / quick)"}
+LOGPROB = "program_mean_logprob"  # the baseline phase 3.9 sets its calibrated confidence against first
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ class Sources:
     calibration_missing: str | None  # why not
     steering: dict[str, Any]  # 4.8 steering_effect_analysis.json
     steered_rows: pd.DataFrame  # 4.8 steered_results.parquet
-    sweep: dict[str, Any]  # 4.9 phase_4_9_summary.json
-    sweep_rows: pd.DataFrame  # 4.9 sweep_rows.parquet
+    sweep: dict[str, Any]  # 4.9 phase_4_9_summary.json (only `no_adapter_reason` when 2.9 trained none)
+    sweep_rows: pd.DataFrame | None  # 4.9 sweep_rows.parquet; None when 4.9 swept nothing
     adapters: dict[str, Any]  # 2.9 phase_2_9_summary.json
     costs: dict[str, dict[str, Any]]  # phase id -> its manifest's "cost" (absent when the phase predates it)
 
@@ -70,16 +71,23 @@ def _interval(result: dict[str, Any] | None, key: str) -> dict[str, Any] | None:
     return {"value": float(result[key]), "low": result.get("low"), "high": result.get("high"), **pairs}
 
 
+def _over(result: dict[str, Any] | None, measure: str, key: str = "difference") -> dict[str, Any] | None:
+    """A gain over a named baseline: {baseline, measure, value, low, high}, None where there is none."""
+    gain = _interval(result, key)
+    return {"baseline": result["baseline"], "measure": measure, **gain} if gain else None
+
+
 def _from_evaluation_row(row: dict[str, Any], source: str) -> dict[str, Any]:
+    """A phase 3.8 row: a score, not a probability (no Brier or ECE); its incremental AUROC over the baseline
+    chosen on hyperparams and over the one declared before any data (confidence and length)."""
     validation = row["validation"]
     within = row.get("within_task") or {}
-    over = row.get("over_best_baseline")
     return {"source": source, "predicts": row["predicts"], "auroc": _interval(validation, "auroc"),
             "n_programs": int(validation.get("n_positive", 0) + validation.get("n_negative", 0)),
             "within_task_auroc": _interval(within, "auroc"), "within_task_reason": within.get("reason"),
-            "over_baseline": ({"baseline": over["baseline"], "measure": "incremental AUROC (combined on hyperparams)",
-                               **_interval(over, "difference")} if over and _interval(over, "difference") else None),
-            "brier": None, "ece": None}
+            "over_chosen_baseline": _over(row.get("over_best_baseline"), "incremental AUROC"),
+            "over_declared_baseline": _over(row.get("over_declared"), "incremental AUROC"),
+            "brier": None, "ece": None, "brier_no_skill": None}
 
 
 def _family_row(sources: Sources, position: str, family: str) -> dict[str, Any] | None:
@@ -103,32 +111,46 @@ def _detection(sources: Sources, position: str, declared: tuple[str, str] | None
     found = sources.calibration["predictors"].get(score)
     if found is None:
         return {"reason": f"phase 3.9 reports no {score}"}
-    compared = sources.calibration.get("confidence_minus", {}).get(LOGPROB)
     where = f"{sources.calibration['position']}, layer {sources.calibration['layer']}"
-    return _calibrated(found, compared, f"3.9 {score} at {where}")
+    return _calibrated(found, sources.calibration.get("confidence_minus", {}), f"3.9 {score} at {where}")
 
 
-def _calibrated(predictor: dict[str, Any], compared: dict[str, Any] | None, source: str) -> dict[str, Any]:
-    """A phase 3.9 predictor: a probability, so Brier and ECE beside its AUROC; `compared`: its AUROC minus that of
-    the model's mean log-probability, on the same programs (3.9's comparison)."""
+def _calibrated(predictor: dict[str, Any], compared: dict[str, Any], source: str) -> dict[str, Any]:
+    """A phase 3.9 predictor: a probability, so Brier and ECE beside its AUROC, and the Brier of always saying the
+    pass rate (p(1 - p)); `compared`: 3.9's AUROC differences from baselines on the same programs, against the
+    model's mean log-probability and against the declared baseline."""
     within = predictor.get("within_task_auroc") or {}
-    difference = _interval((compared or {}).get("auroc"), "difference")
+    rate = predictor["n_passing"] / predictor["n_programs"] if predictor.get("n_programs") else None
+
+    def versus(name: str) -> dict[str, Any] | None:
+        found = compared.get(name)
+        return _over({**found["auroc"], "baseline": name}, "AUROC difference") if found else None
+
     return {"source": source, "predicts": "pass", "auroc": _interval(predictor.get("auroc"), "value"),
             "n_programs": predictor.get("n_programs"), "within_task_auroc": _interval(within, "auroc"),
-            "within_task_reason": None if within else "scored per task (the same for every program of a task)",
-            "over_baseline": ({"baseline": LOGPROB, "measure": "AUROC difference", **difference}
-                              if difference else None),
-            "brier": _interval(predictor.get("brier"), "value"), "ece": _interval(predictor.get("ece"), "value")}
+            "within_task_reason": None if within else "one score per task",
+            "over_chosen_baseline": versus(LOGPROB), "over_declared_baseline": versus(STRONGEST_DECLARED),
+            "brier": _interval(predictor.get("brier"), "value"), "ece": _interval(predictor.get("ece"), "value"),
+            "brier_no_skill": None if rate is None else rate * (1 - rate)}
 
 
 # --- steering --------------------------------------------------------------------------------------------------
 
 def _versus(result: dict[str, Any], endpoint: str) -> dict[str, Any] | None:
+    """The arm against its disruption-matched controls on the control tasks: its own rate there, the controls' mean,
+    how many controls reach it, and the rank and prediction p."""
     versus = result.get("versus_controls", {}).get(endpoint)
     if not versus or versus.get("rank_p") is None:
         return None
-    return {"controls_at_or_above": versus["controls_at_or_above_target"], "n_controls": versus["n_controls"],
+    return {"target": versus["target"], "controls_mean_rate": versus["controls_mean_rate"],
+            "controls_at_or_above": versus["controls_at_or_above_target"], "n_controls": versus["n_controls"],
             "n_tasks": versus["n_tasks"], "rank_p": versus["rank_p"], "prediction_p": versus["prediction_p"]}
+
+
+def _primary(holm_by_key: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    """Each primary endpoint of one method: its Holm-adjusted p, and whether it ran (one that did not counts as
+    p = 1 in the family)."""
+    return {key.split("/", 1)[1]: value for key, value in holm_by_key.items() if key.split("/", 1)[0] == name}
 
 
 def _seconds_per_program(rows: pd.DataFrame, column: str) -> dict[str, Any] | None:
@@ -138,19 +160,29 @@ def _seconds_per_program(rows: pd.DataFrame, column: str) -> dict[str, Any] | No
     return {"mean": float(times.mean()), "n_programs": int(len(times))} if len(times) else None
 
 
-def _peak_mib(sources: Sources, phases: tuple[str, ...]) -> float | None:
-    peaks = [sources.costs[p]["peak_resident_mib"] for p in phases if p in sources.costs]
-    return max(peaks) if peaks else None
+def _recorded(sources: Sources, phases: tuple[str, ...], key: str) -> list[float] | None:
+    """Each phase's recorded cost figure; None unless every phase recorded it."""
+    found = [sources.costs[p][key] for p in phases if key in sources.costs.get(p, {})]
+    return found if phases and len(found) == len(phases) else None
 
 
-def _training_s(sources: Sources, phases: tuple[str, ...]) -> float | None:
-    times = [sources.costs[p]["wall_s"] for p in phases if p in sources.costs]
-    return float(sum(times)) if len(times) == len(phases) else None
+def _making(sources: Sources, phases: tuple[str, ...]) -> dict[str, Any]:
+    """What the phases that made a method cost: their summed wall time and their largest peaks."""
+    wall, resident, cuda = (_recorded(sources, phases, key) for key in (
+        "wall_s", "peak_resident_mib", "peak_cuda_allocated_mib"))
+    return {"training_s": sum(wall) if wall else None, "training_phases": list(phases),
+            "training_peak_mib": max(resident) if resident else None,
+            "training_peak_cuda_mib": max(cuda) if cuda else None}
+
+
+def _steering_cost(sources: Sources, rows: pd.DataFrame, column: str, phase_id: str) -> dict[str, Any]:
+    resident, cuda = (_recorded(sources, (phase_id,), key) for key in ("peak_resident_mib", "peak_cuda_allocated_mib"))
+    return {"seconds_per_steered_program": _seconds_per_program(rows, column),
+            "steering_peak_mib": resident[0] if resident else None, "steering_peak_cuda_mib": cuda[0] if cuda else None}
 
 
 def _method_rows(sources: Sources, position: str) -> list[dict[str, Any]]:
     analysis, rows = sources.steering, sources.steered_rows
-    primary = analysis["primary"]
     out = []
     for name in [m for m in METHODS if m in analysis["methods"]]:
         by_class, method = analysis["methods"][name], METHODS[name]
@@ -163,16 +195,12 @@ def _method_rows(sources: Sources, position: str) -> list[dict[str, Any]]:
                               for kind, r in by_class.items()}},
             "correction": correct.get("correction"), "preservation": correct.get("preservation"),
             "corruption": incorrect.get("corruption"), "valid_code_rate": correct.get("valid_code_rate"),
-            "correction_vs_controls": _versus(correct, "correction"),
-            "preservation_vs_controls": _versus(correct, "preservation"),
-            "corruption_vs_controls": _versus(incorrect, "corruption"),
-            "primary_holm_p": {key.split("/", 1)[1]: value["holm_p"] for key, value in primary.items()
-                               if key.split("/", 1)[0] == name and value["ran"]}}
-        phases = method.training_phases
-        cost = {"training_s": _training_s(sources, phases), "training_phases": list(phases),
-                "training_peak_mib": _peak_mib(sources, phases),
-                "seconds_per_steered_program": _seconds_per_program(rows[rows["arm"].isin(arms)], "generation_s"),
-                "steering_peak_mib": _peak_mib(sources, ("4.8",))}
+            "versus_controls": {"correction": _versus(correct, "correction"),
+                                "preservation": _versus(correct, "preservation"),
+                                "corruption": _versus(incorrect, "corruption")},
+            "primary": _primary(analysis["primary"], name)}
+        cost = {**_making(sources, method.training_phases),
+                **_steering_cost(sources, rows[rows["arm"].isin(arms)], "generation_s", "4.8")}
         out.append(_row(name, method.title, "method", _detection(sources, position, method.detection), steering,
                         cost))
     return out
@@ -184,8 +212,8 @@ def _floor_row(sources: Sources) -> dict[str, Any]:
                 "correction": floor["correction"], "preservation": floor["preservation"],
                 "corruption": floor["corruption"], "valid_code_rate": floor["valid_code_rate"]}
     rows = sources.steered_rows
-    cost = {"seconds_per_steered_program": _seconds_per_program(rows[rows["arm"] == "alpha_0"], "generation_s")}
-    return _row("alpha_0", "alpha 0 (the steered path doing nothing)", "floor", None, steering, cost)
+    return _row("alpha_0", "alpha 0 (the steered path doing nothing)", "floor", None, steering,
+                _steering_cost(sources, rows[rows["arm"] == "alpha_0"], "generation_s", "4.8"))
 
 
 def sweep_outcomes(sweep_rows: pd.DataFrame, arm: str, coefficient: float) -> pd.DataFrame:
@@ -193,9 +221,9 @@ def sweep_outcomes(sweep_rows: pd.DataFrame, arm: str, coefficient: float) -> pd
     tasks with a program the sandbox could not judge in any arm are out, as in 4.9."""
     judged = ~sweep_rows.groupby("task_id")["error_type"].apply(lambda e: (e == "unsupported").any())
     tasks = judged[judged].index
-    base = sweep_rows[sweep_rows["arm"] == "unsteered"].set_index("task_id").loc[tasks]
+    base = sweep_rows[sweep_rows["arm"] == "unsteered"].set_index("task_id", verify_integrity=True).loc[tasks]
     steered = sweep_rows[(sweep_rows["arm"] == arm) & (sweep_rows["coefficient"] == coefficient)]
-    steered = steered.set_index("task_id").loc[tasks]
+    steered = steered.set_index("task_id", verify_integrity=True).loc[tasks]
     return with_outcomes(pd.DataFrame({
         "task_id": tasks, "baseline_passed": base["test_passed"].to_numpy(dtype=bool),
         "steered_passed": steered["test_passed"].to_numpy(dtype=bool),
@@ -205,28 +233,27 @@ def sweep_outcomes(sweep_rows: pd.DataFrame, arm: str, coefficient: float) -> pd
 
 def _sweep_rows(sources: Sources) -> list[dict[str, Any]]:
     summary, rows = sources.sweep, sources.sweep_rows
-    holm = summary["primary"]["holm"]
+    if rows is None:
+        return []
+    trained = sources.adapters.get("adapters", {})
     out = []
-    for name, title in SWEEP_ARMS.items():
-        if name not in summary["arms"]:
-            continue
-        arm = summary["arms"][name]
+    for name, arm in summary["arms"].items():
         plus, minus = sweep_outcomes(rows, name, 1.0), sweep_outcomes(rows, name, -1.0)
-        at_plus = arm["by_coefficient"]["1"]
+        at = arm["by_coefficient"]
         steering = {
             "protocol": "4.9", "n_tasks": summary["n_tasks"],
-            "disruption": {"measure": "NLL rise, nats per token (c = +1)", "delta_nll": at_plus.get("delta_nll")},
+            "disruption": {"measure": "NLL rise of the unsteered programs, nats per token",
+                           "delta_nll": {"+1": at["1"].get("delta_nll"), "-1": at["-1"].get("delta_nll")}},
             "correction": endpoint_rates(plus)["correction"], "preservation": endpoint_rates(plus)["preservation"],
-            "corruption": endpoint_rates(minus)["corruption"], "valid_code_rate": at_plus.get("valid_code_rate"),
-            "primary_holm_p": {key.split("/", 1)[1]: p for key, p in holm.items() if key.split("/", 1)[0] == name}}
-        trained = sources.adapters.get("adapters", {}).get(name, {}) if name in SWEEP_TRAINED else None
-        made_by = ("2.9",) if name in SWEEP_TRAINED else METHODS[name].training_phases if name in METHODS else ()
-        training_s = trained.get("training_s") if trained is not None else _training_s(sources, made_by)
-        cost = {"training_s": 0.0 if name == "prompting" else training_s, "training_phases": list(made_by),
-                "training_peak_mib": _peak_mib(sources, made_by),
-                "seconds_per_steered_program": _seconds_per_program(pd.concat([plus, minus]), "generation_s"),
-                "steering_peak_mib": _peak_mib(sources, ("4.9",))}
-        out.append(_row(f"4.9/{name}", title, "adapter arm", None, steering, cost))
+            "corruption": endpoint_rates(minus)["corruption"], "valid_code_rate": at["1"].get("valid_code_rate"),
+            "primary": _primary({k: {"holm_p": p, "ran": True} for k, p in summary["primary"]["holm"].items()}, name)}
+        made_by = ("2.9",) if name in summary["adapter_arms"] else (
+            METHODS[name].training_phases if name in METHODS else ())
+        cost = {**_making(sources, made_by), "own_training_s": trained.get(name, {}).get("training_s"),
+                **_steering_cost(sources, pd.concat([plus, minus]), "generation_s", "4.9")}
+        if not made_by:  # a system prompt: nothing to make
+            cost["training_s"] = 0.0
+        out.append(_row(f"4.9/{name}", SWEEP_TITLES.get(name, name), "adapter arm", None, steering, cost))
     return out
 
 
@@ -243,21 +270,13 @@ def _score_rows(sources: Sources, position: str, claimed: set[tuple[str, str]]) 
 
 
 def _baseline_rows(sources: Sources) -> list[dict[str, Any]]:
-    calibrated = (sources.calibration or {}).get("predictors", {})
+    """3.8's baselines as 3.8 reports them (3.9's Platt-scaled versions of them rank differently: not mixed in)."""
     out = []
     for row in sources.evaluation["table"]:
         if row["kind"] != "baseline":
             continue
-        detection = _from_evaluation_row(row, "3.8 baseline" + (" (best on hyperparams)" if row["is_best_baseline"]
-                                                                else ""))
-        if row["score"] in calibrated:  # phase 3.9 calibrated it into a probability: its Brier and ECE
-            detection["brier"] = _interval(calibrated[row["score"]].get("brier"), "value")
-            detection["ece"] = _interval(calibrated[row["score"]].get("ece"), "value")
-            detection["source"] += "; Brier and ECE: 3.9's Platt-scaled fit"
-        title = row["score"].replace("_", " ") + (" (best)" if row["is_best_baseline"] else "")
-        out.append(_row(f"baseline/{row['score']}", title, "baseline", detection))
+        chosen = " (chosen on hyperparams)" if row["is_best_baseline"] else ""
+        declared = " (declared)" if row["score"] == STRONGEST_DECLARED else ""
+        out.append(_row(f"baseline/{row['score']}", row["score"].replace("_", " ") + chosen + declared, "baseline",
+                        _from_evaluation_row(row, "3.8 baseline")))
     return out
-
-
-def finite(value: Any) -> bool:
-    return value is not None and bool(np.isfinite(value))

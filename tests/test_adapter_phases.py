@@ -19,6 +19,8 @@ from common.svd_adapter import LowRankWeight, linear_at
 from common.prompt_utils import PromptBuilder
 from phase2_9.trainables import LoRATrainable, SVDTrainable, same_norm_random
 from common.config import Config
+from common.phases import get_phase
+from common.utils import write_manifest
 from common.contrastive_pairs import ContrastivePair, held_out_tasks
 from common.program_pass import answer_text, record_programs
 from phase2_9.runner import split_pairs
@@ -274,3 +276,26 @@ def test_a_system_prompt_comes_before_the_task_and_is_a_condition_of_its_own(smo
     assert WorkItem(problem, 0, 0.0, steered).key == f"{steered.label}|1#0"  # as every phase before this one keyed it
     with pytest.raises(ValueError, match="steered or prompted"):
         WorkItem(problem, 0, 0.0, steered, system_prompt=CAREFUL)
+
+
+def test_phase_4_9_without_an_adapter_writes_its_summary_alone_with_the_reason(tmp_path: Path,
+                                                                               planted_model_dir: Path):
+    """2.9 trains nothing when there are too few pairs; 4.9 then says so instead of stopping the pipeline, so that
+    phase 5 can still write its table and report (without adapter rows)."""
+    args = planted_args(planted_model_dir, write_tasks(tmp_path))
+    for phase in ("0", "0.1"):
+        assert run.main(["phase", phase, "--data-dir", str(tmp_path), *args]) == 0
+    write_hand_made_directions(tmp_path)
+    config = Config(data_dir=str(tmp_path)).validate()
+    for phase_id in ("2.9", "3.6"):
+        folder = tmp_path / get_phase(phase_id).folder
+        folder.mkdir(exist_ok=True)
+        if phase_id == "2.9":
+            save_interventions(folder / "adapters.safetensors", [])
+            (folder / "phase_2_9_summary.json").write_text(json.dumps({"no_adapter_reason": "3 pairs", "adapters": {}}))
+        write_manifest(config, get_phase(phase_id), {}, [])
+    assert run.main(["phase", "4.9", "--data-dir", str(tmp_path), *args]) == 0
+    out = tmp_path / "phase4_9"
+    assert json.loads((out / "phase_4_9_summary.json").read_text()) == {
+        "no_adapter_reason": "phase 2.9 trained none (3 pairs)"}
+    assert json.loads((out / "phase_output.json").read_text())["outputs"] == ["phase_4_9_summary.json"]

@@ -21,9 +21,9 @@ import pytest
 import run
 from common.resources import CostMeter
 from common.steered_runs import endpoint_rates
-from phase5.markdown import CHOOSES_NOTHING
+from phase5.markdown import CHOOSES_NOTHING, markdown
 from phase5.report import _changed, markdown_html
-from phase5.table import sweep_outcomes
+from phase5.table import Sources, head_to_head, sweep_outcomes
 from tests.planted import planted_args, write_hand_made_directions, write_planted_adapters, write_tasks
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -35,8 +35,8 @@ def test_the_cost_meter_records_wall_time_and_the_peak_memory_of_its_own_phase()
     del before
     meter = CostMeter()
     quiet = meter.record()
-    assert quiet["peak_resident_scope"] == "phase"
-    assert quiet["peak_resident_mib"] < before_peak - 200  # the earlier peak is not charged to this phase
+    if quiet["peak_resident_scope"] == "phase":  # Linux: the high-water mark was reset (else: the process's peak)
+        assert quiet["peak_resident_mib"] < before_peak - 200  # the earlier peak is not charged to this phase
     during = np.ones(40_000_000)
     during[::512] = 2.0
     loud = meter.record()
@@ -75,6 +75,61 @@ def test_the_changed_lines_are_those_a_diff_marks_on_each_side():
     assert _changed(before, before) == ([], [])
 
 
+def _evaluation_row(kind: str, position: str, score: str, auroc: float, best: bool = False) -> dict:
+    gain = {"baseline": "program_tokens", "difference": auroc - 0.7, "low": auroc - 0.8, "high": auroc - 0.6}
+    declared = {"baseline": "confidence_and_length", "difference": auroc - 0.9, "low": auroc - 1.0, "high": auroc - 0.8}
+    return {"kind": kind, "position": position, "score": score, "predicts": "pass", "is_best_baseline": best,
+            "validation": {"auroc": auroc, "low": auroc - 0.1, "high": auroc + 0.05, "n_positive": 10,
+                           "n_negative": 30},
+            "within_task": {"auroc": 0.6, "low": 0.4, "high": 0.8, "n_pairs": 12},
+            "over_best_baseline": gain if kind == "score" else None,
+            "over_declared": declared if kind == "score" else None}
+
+
+def test_each_row_reads_its_score_at_the_steering_position_and_a_probability_gets_brier_beside_no_skill():
+    evaluation = {"best_baseline": "program_tokens", "counts": {}, "table": [
+        _evaluation_row("baseline", "-", "program_tokens", 0.70, best=True),
+        _evaluation_row("baseline", "-", "confidence_and_length", 0.90),
+        _evaluation_row("score", "last_prompt", "mean_difference: last_prompt/mean_difference/layer_5", 0.55),
+        _evaluation_row("score", "code_last", "mean_difference: code_last/mean_difference/layer_5", 0.81),
+        _evaluation_row("score", "code_last", "paired_pca: code_last/paired_pca/layer_5", 0.66),
+        _evaluation_row("score", "code_last", "contrastive_own_pca: code_last/contrastive_own_pca/layer_5", 0.62)]}
+    calibration = {"position": "code_last", "layer": 5, "predictors": {"dictionary_confidence": {
+        "n_programs": 40, "n_passing": 10, "auroc": {"value": 0.7, "low": 0.6, "high": 0.8},
+        "brier": {"value": 0.15, "low": 0.1, "high": 0.2}, "ece": {"value": 0.05, "low": 0.01, "high": 0.09},
+        "within_task_auroc": {"auroc": 0.5, "low": 0.3, "high": 0.7, "n_pairs": 12}}},
+        "confidence_minus": {"program_mean_logprob": {"auroc": {"difference": -0.1, "low": -0.2, "high": 0.0}},
+                             "confidence_and_length": {"auroc": {"difference": -0.2, "low": -0.3, "high": -0.1}}}}
+    rate = {"successes": 1, "trials": 4, "rate": 0.25, "low": 0.05, "high": 0.7}
+    arm = {"arm": "x", "minus_arm": "x/minus_alpha", "level": 0.1, "alpha": 3.0, "chosen_by": "rule",
+           "correction": rate, "preservation": rate, "corruption": rate, "valid_code_rate": rate}
+    steering = {"position": "code_last", "layer": 5, "baseline": {"n_tasks": 4, "n_passing": 2},
+                "methods": {"mean_difference": {"correct": arm}, "self_steering": {"correct": arm}},
+                "primary": {}, "alpha_0": {"n_problems": 4, "correction": rate, "preservation": rate,
+                                           "corruption": rate, "valid_code_rate": rate}}
+    sources = Sources(evaluation, calibration, None, steering,
+                      pd.DataFrame({"arm": ["x", "alpha_0"], "generation_s": [0.5, 0.25]}),
+                      {"no_adapter_reason": "too few pairs"}, None, {}, {"2.6": {"wall_s": 2.0,
+                                                                                   "peak_resident_mib": 500.0}})
+    rows = {row["name"]: row for row in head_to_head(sources)}
+    assert list(rows) == ["mean_difference", "self_steering", "alpha_0", "3.8/paired_pca", "3.8/contrastive_own_pca",
+                          "baseline/program_tokens", "baseline/confidence_and_length"]  # no 4.9 rows: none swept
+    mean_difference = rows["mean_difference"]["detection"]
+    assert mean_difference["auroc"]["value"] == 0.81  # code_last, where 4.8 steered; not last_prompt's 0.55
+    assert mean_difference["over_chosen_baseline"]["baseline"] == "program_tokens"
+    assert mean_difference["over_declared_baseline"]["value"] == pytest.approx(0.81 - 0.9)
+    assert mean_difference["brier"] is None and mean_difference["within_task_auroc"]["n_pairs"] == 12
+    confidence = rows["self_steering"]["detection"]
+    assert confidence["brier"]["value"] == 0.15 and confidence["brier_no_skill"] == pytest.approx(0.25 * 0.75)
+    assert confidence["over_declared_baseline"] == {"baseline": "confidence_and_length", "measure": "AUROC difference",
+                                                    "value": -0.2, "low": -0.3, "high": -0.1}
+    assert rows["mean_difference"]["cost"]["training_s"] == 2.0 and rows["self_steering"]["cost"]["training_s"] is None
+    assert rows["mean_difference"]["cost"]["seconds_per_steered_program"] == {"mean": 0.5, "n_programs": 1}
+    text = markdown({"notes": [], "rows": list(rows.values())})
+    assert "0.150 [0.100, 0.200] (no skill 0.188)" in text
+    assert "-0.090 [-0.190, +0.010] over confidence_and_length" in text
+
+
 @pytest.fixture(scope="module")
 def reported_run(tmp_path_factory, planted_model_dir: Path) -> Path:
     data_dir = tmp_path_factory.mktemp("reported")
@@ -106,15 +161,18 @@ def test_phase_5_sets_each_method_beside_the_baselines_with_the_figures_its_phas
     incorrect = analysis["methods"]["sae_latent"]["incorrect"]
     assert latent["steering"]["corruption"] == incorrect["corruption"]  # every passable task broken (planted)
     assert latent["steering"]["corruption"]["successes"] == latent["steering"]["corruption"]["trials"] > 0
-    versus = latent["steering"]["corruption_vs_controls"]
+    versus = latent["steering"]["versus_controls"]["corruption"]
     assert versus["controls_at_or_above"] == 0 and versus["n_controls"] == analysis["n_controls"]["0.3"]
+    assert versus["target"]["successes"] == versus["target"]["trials"] > 0 and versus["controls_mean_rate"] == 0
     assert latent["steering"]["disruption"]["incorrect"]["level"] == 0.3
     assert latent["detection"] == {"reason": "phase 3.8 has no sae_correct_latent score at code_last"}  # no SAE here
     family = next(r for r in evaluation["table"] if r["kind"] == "score" and r["score"].startswith("mean_difference"))
     detection = rows["mean_difference"]["detection"]
     assert detection["auroc"]["value"] == pytest.approx(family["validation"]["auroc"])
     assert detection["source"] == f"3.8 {family['score']} at code_last" and detection["brier"] is None
-    assert latent["steering"]["primary_holm_p"] == {}  # the correct class reached no level: no primary test ran
+    # the correct class reached no level: its primary endpoints did not run and count as p = 1 in 4.8's Holm family
+    assert latent["steering"]["primary"] == {"correction": {"p": 1.0, "holm_p": 1.0, "ran": False},
+                                             "preservation": {"p": 1.0, "holm_p": 1.0, "ran": False}}
     timed = latent["cost"]["seconds_per_steered_program"]
     steered = pd.read_parquet(data_dir / "phase4_8" / "steered_results.parquet")
     assert timed["n_programs"] == steered["arm"].str.startswith("sae_latent/").sum() and timed["mean"] > 0
@@ -124,14 +182,16 @@ def test_phase_5_sets_each_method_beside_the_baselines_with_the_figures_its_phas
     lora = rows["4.9/lora"]
     assert lora["steering"]["corruption"]["successes"] == lora["steering"]["corruption"]["trials"] > 0
     assert lora["steering"]["preservation"]["successes"] == lora["steering"]["preservation"]["trials"]
-    assert lora["cost"]["training_s"] == 3.0 and rows["4.9/prompting"]["cost"]["training_s"] == 0.0
-    assert set(rows["4.9/svd_rotation"]["steering"]["primary_holm_p"]) == {"plus_vs_unsteered", "minus_vs_unsteered"}
+    assert lora["cost"]["own_training_s"] == 3.0 and lora["cost"]["training_s"] is None  # 2.9 was hand-made
+    assert rows["4.9/prompting"]["cost"]["training_s"] == 0.0
+    assert set(rows["4.9/svd_rotation"]["steering"]["primary"]) == {"plus_vs_unsteered", "minus_vs_unsteered"}
+    assert set(lora["steering"]["disruption"]["delta_nll"]) == {"+1", "-1"}
     assert rows["alpha_0"]["steering"]["correction"]["successes"] == 0  # no flips from nothing
 
     baselines = [r for r in evaluation["table"] if r["kind"] == "baseline"]
     assert [n for n in rows if rows[n]["kind"] == "baseline"] == [f"baseline/{r['score']}" for r in baselines]
     best = rows[f"baseline/{evaluation['best_baseline']}"]
-    assert best["title"].endswith("(best)") and best["detection"]["brier"] is None  # no 3.9 calibration here
+    assert "(chosen on hyperparams)" in best["title"] and best["detection"]["brier"] is None  # a score: no Brier
     markdown = (data_dir / "phase5" / "head_to_head.md").read_text()
     assert CHOOSES_NOTHING in markdown and "## Steering (validation split)" in markdown
     assert (data_dir / "phase5" / "head_to_head.png").read_bytes().startswith(b"\x89PNG")
@@ -164,16 +224,35 @@ def test_the_report_opens_in_headless_chromium_and_its_filters_pick_the_programs
     assert everything.count('src="data:image/png;base64,') >= 4  # phase 5's figure and the phases' own
     assert len(_cards(everything)) == min(100, len(re.findall(r'"phase":"4\.[589]"', report.read_text())))
 
-    broken = _dom(report, phase="4.8", outcome="broken")
+    broken = _dom(report, phase="4.8", outcome="pass->fail")
     method_arms = steered[steered["arm"].str.startswith(("sae_latent/", "mean_difference/"))]
     n_broken = int((method_arms["baseline_passed"] & ~method_arms["steered_passed"]).sum())
-    assert n_broken > 0 and _cards(broken) == ["outcome-broken"] * n_broken
+    assert n_broken > 0 and _cards(broken) == ["outcome-pass-fail"] * n_broken
     assert re.search(r'<span class="line removed">11111111</span>', broken)  # the diff: "1"s out, "x"s in
     assert re.search(r'<span class="line added">xxxxxxxx</span>', broken)
-    assert '<span class="badge pass">pass</span><span class="arrow">→</span><span class="badge fail">fail</span>' in broken
+    badges = '<span class="badge pass">pass</span><span class="arrow">→</span><span class="badge fail">fail</span>'
+    assert badges in broken
     assert f"showing {n_broken} of {n_broken} matching programs" in broken
 
-    lora = _dom(report, phase="4.9", method="lora", coefficient="c = -1")
+    lora = _dom(report, phase="4.9", method="4.9/lora", coefficient="c = -1")
     n_lora = int(((sweep["arm"] == "lora") & (sweep["coefficient"] == -1.0)).sum())
-    assert len(_cards(lora)) == n_lora == 5 and "outcome-fixed" not in _cards(lora)
+    assert len(_cards(lora)) == n_lora == 5 and "outcome-fail-pass" not in _cards(lora)
     assert '<option value="c = -1">c = -1</option>' in lora
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (setup.sh installs it as root)")
+def test_choosing_in_the_report_filters_the_programs_and_writes_the_choice_into_the_address(reported_run, tmp_path):
+    """What a person does: pick a value in a filter. A script appended to a copy of the report picks 4.9 and the
+    incorrect direction the way a click would (a change event), then records the address it left."""
+    report = (reported_run / "phase5" / "report.html").read_text()
+    choose = ('<script>for (const [name, value] of [["phase", "4.9"], ["direction", "incorrect"]]) {'
+              'const select = document.getElementById("filter-" + name); select.value = value;'
+              'select.dispatchEvent(new Event("change")); }'
+              'document.body.setAttribute("data-address", location.hash);</script></body>')
+    copy = tmp_path / "report.html"
+    copy.write_text(report.replace("</body>", choose))
+    dom = _dom(copy)
+    sweep = pd.read_parquet(reported_run / "phase4_9" / "sweep_rows.parquet")
+    n_negative = int(((sweep["arm"] != "unsteered") & (sweep["coefficient"] < 0)).sum())
+    assert 'data-address="#phase=4.9&amp;direction=incorrect"' in dom
+    assert len(_cards(dom)) == min(100, n_negative) and f"of {n_negative} matching programs" in dom

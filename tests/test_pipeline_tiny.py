@@ -209,7 +209,7 @@ def test_pipeline_skips_current_phases_and_reruns_stale_ones(tmp_path: Path, tin
     _pipeline_until_steering([*data, *tiny_args], capsys)
     assert {p: (tmp_path / p / "phase_output.json").read_text() for p in manifests} == manifests
 
-    not_run = ["missing"] * 3  # phases 4.5, 4.8 and 4.9
+    not_run = ["missing"] * 4  # phases 4.5, 4.8, 4.9 and 5
     assert run.main(["list", *data, *tiny_args]) == 0
     assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["done"] * 14 + not_run
     assert run.main(["list", *data, *tiny_args, "--set", "seed=5"]) == 0

@@ -1,9 +1,9 @@
-// The steered-program viewer of report.html: filters by phase, method, coefficient and outcome, kept in the URL's
-// hash (#method=sae_latent&outcome=broken) so that a view can be linked to, and read back by the test.
+// The steered-program viewer of report.html: filters by phase, method, direction, coefficient and outcome, kept in the
+// URL's hash (#method=sae_latent&outcome=pass-%3Efail) so that a view can be linked to, and read back by the test.
 (function () {
   "use strict";
   const data = JSON.parse(document.getElementById("examples-data").textContent);
-  const FILTERS = ["phase", "method", "coefficient", "outcome"];
+  const FILTERS = ["phase", "method", "direction", "coefficient", "outcome"];
   const PAGE = 100;
   const state = {};
   let limit = PAGE;
@@ -63,7 +63,7 @@
   }
 
   function card(example) {
-    const article = element("article", "card outcome-" + example.outcome.replace(/ /g, "-"));
+    const article = element("article", "card outcome-" + example.outcome.replace(/[^a-z]+/g, "-"));
     const head = element("header", "card-head");
     head.appendChild(element("span", "tag", "phase " + example.phase));
     head.appendChild(element("span", "tag method", example.method));
@@ -73,7 +73,7 @@
     head.appendChild(badge(example.before));
     head.appendChild(element("span", "arrow", "→"));
     head.appendChild(badge(example.after));
-    head.appendChild(element("span", "outcome", example.outcome));
+    head.appendChild(element("span", "outcome", example.before !== example.after ? "flipped" : "unchanged"));
     article.appendChild(head);
     const sides = element("div", "sides");
     const before = element("div", "side");
