@@ -3,7 +3,7 @@ count and interval; a row appears in a section where it has figures for it."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from common.statistics import Rate
 
@@ -98,51 +98,53 @@ def _making(cost: dict[str, Any]) -> str:
     return ("n/a" if seconds is None else f"{seconds:.0f}") + f" ({phases}{own})"
 
 
-def detection_lines(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| row | kind | score | AUROC [95% CI] | within-task AUROC | over the baseline chosen on hyperparams | "
-             "over the declared baseline | Brier | ECE | programs |", "|---|---|---|---|---|---|---|---|---|---|"]
+def _table(header: list[str], rows: list[dict[str, Any]], section: str,
+           cells: Callable[[dict[str, Any], dict[str, Any]], list[str]]) -> list[str]:
+    """A markdown table of the rows that have figures for `section`, one line each."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        d = row["detection"]
-        if d is None:
-            continue
-        if "reason" in d:
-            lines.append(f"| {row['title']} | {row['kind']} | n/a: {d['reason']} | | | | | | | |")
-            continue
-        lines.append(f"| {row['title']} | {row['kind']} | {d['source']} (predicts {d['predicts']}) | "
-                     f"{interval(d['auroc'])} | {_within(d)} | {_over(d['over_chosen_baseline'])} | "
-                     f"{_over(d['over_declared_baseline'])} | {_brier(d)} | {interval(d['ece'])} | "
-                     f"{d['n_programs']} |")
+        if row[section] is not None:
+            lines.append("| " + " | ".join([row["title"], *cells(row, row[section])]) + " |")
     return lines
+
+
+def _detection_cells(row: dict[str, Any], d: dict[str, Any]) -> list[str]:
+    if "reason" in d:
+        return [row["kind"], f"n/a: {d['reason']}", *[""] * 7]
+    return [row["kind"], f"{d['source']} (predicts {d['predicts']})", interval(d["auroc"]), _within(d),
+            _over(d["over_chosen_baseline"]), _over(d["over_declared_baseline"]), _brier(d), interval(d["ece"]),
+            str(d["n_programs"])]
+
+
+def detection_lines(rows: list[dict[str, Any]]) -> list[str]:
+    header = ["row", "kind", "score", "AUROC [95% CI]", "within-task AUROC", "over the baseline chosen on hyperparams",
+              "over the declared baseline", "Brier", "ECE", "programs"]
+    return _table(header, rows, "detection", _detection_cells)
+
+
+def _steering_cells(row: dict[str, Any], s: dict[str, Any]) -> list[str]:
+    versus = s.get("versus_controls") or {}
+    return [s["protocol"], str(s["n_tasks"]), _disruption(s), proportion(s["correction"]),
+            proportion(s["preservation"]), proportion(s["corruption"]), proportion(s["valid_code_rate"]),
+            *[_versus(versus.get(e)) for e in ("correction", "preservation", "corruption")], _primary(s)]
 
 
 def steering_lines(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| row | phase | tasks | disruption | correction | preservation | corruption | valid code | "
-             "correction vs its controls | preservation vs its controls | corruption vs its controls | "
-             "primary, Holm p |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        s = row["steering"]
-        if s is None:
-            continue
-        versus = s.get("versus_controls") or {}
-        lines.append(f"| {row['title']} | {s['protocol']} | {s['n_tasks']} | {_disruption(s)} | "
-                     f"{proportion(s['correction'])} | {proportion(s['preservation'])} | "
-                     f"{proportion(s['corruption'])} | {proportion(s['valid_code_rate'])} | "
-                     + " | ".join(_versus(versus.get(e)) for e in ("correction", "preservation", "corruption"))
-                     + f" | {_primary(s)} |")
-    return lines
+    header = ["row", "phase", "tasks", "disruption", "correction", "preservation", "corruption", "valid code",
+              "correction vs its controls", "preservation vs its controls", "corruption vs its controls",
+              "primary, Holm p"]
+    return _table(header, rows, "steering", _steering_cells)
+
+
+def _cost_cells(row: dict[str, Any], c: dict[str, Any]) -> list[str]:
+    return [_making(c), _memory(c.get("training_peak_mib"), c.get("training_peak_cuda_mib")), _seconds(c),
+            _memory(c.get("steering_peak_mib"), c.get("steering_peak_cuda_mib"))]
 
 
 def cost_lines(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| row | making it, s (phases) | their peak memory, MiB | s per steered program (programs) | "
-             "steering phase's peak memory, MiB |", "|---|---|---|---|---|"]
-    for row in rows:
-        c = row["cost"]
-        if c is None:
-            continue
-        lines.append(f"| {row['title']} | {_making(c)} | "
-                     f"{_memory(c.get('training_peak_mib'), c.get('training_peak_cuda_mib'))} | {_seconds(c)} | "
-                     f"{_memory(c.get('steering_peak_mib'), c.get('steering_peak_cuda_mib'))} |")
-    return lines
+    header = ["row", "making it, s (phases)", "their peak memory, MiB", "s per steered program (programs)",
+              "steering phase's peak memory, MiB"]
+    return _table(header, rows, "cost", _cost_cells)
 
 
 def markdown(table: dict[str, Any]) -> str:
