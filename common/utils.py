@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,6 +21,15 @@ from common.errors import PipelineError
 from common.phases import PHASES, PhaseSpec, get_phase
 
 MANIFEST_NAME = "phase_output.json"
+_UMASK_LOCK = threading.Lock()
+
+
+def _current_umask() -> int:
+    """The process's umask. Reading it means setting it (to a strict mask, briefly); the lock keeps writers from reading that one."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -32,6 +42,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        tmp.chmod(0o666 & ~_current_umask())  # mkstemp makes it 0600; give it the mode a plain open would
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
