@@ -25,7 +25,8 @@ _UMASK_LOCK = threading.Lock()
 
 
 def _current_umask() -> int:
-    """The process's umask. Reading it means setting it (to a strict mask, briefly); the lock keeps writers from reading that one."""
+    """The process's umask. Reading it means setting it (briefly, to a strict one); the lock keeps writers
+    from reading that one."""
     with _UMASK_LOCK:
         mask = os.umask(0o077)
         os.umask(mask)
