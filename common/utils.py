@@ -10,8 +10,8 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
-import threading
+import shutil
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,29 +21,23 @@ from common.errors import PipelineError
 from common.phases import PHASES, PhaseSpec, get_phase
 
 MANIFEST_NAME = "phase_output.json"
-_UMASK_LOCK = threading.Lock()
-
-
-def _current_umask() -> int:
-    """The process's umask. Reading it means setting it (briefly, to a strict one); the lock keeps writers
-    from reading that one."""
-    with _UMASK_LOCK:
-        mask = os.umask(0o077)
-        os.umask(mask)
-    return mask
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block finishes."""
+    """Yield a temporary path beside `path`; it replaces `path` only if the block finishes.
+
+    The temporary file is created with mode 0666 so the kernel applies the umask, as a plain `open` would
+    (mkstemp's 0600 would make every report unreadable to a colleague); replacing a file keeps that file's mode.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
         yield tmp
-        tmp.chmod(0o666 & ~_current_umask())  # mkstemp makes it 0600; give it the mode a plain open would
+        if path.exists():
+            shutil.copymode(path, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -146,7 +140,8 @@ def _staleness(config: Config, spec: PhaseSpec, manifest: dict[str, Any],
     current = config.to_dict()
     changed = [key for key in spec.config_keys if recorded.get(key) != current.get(key)]
     if changed:
-        return "stale", "config changed: " + ", ".join(f"{k} {recorded.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        differences = ", ".join(f"{k} {recorded.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        return "stale", "config changed: " + differences
     for upstream_id in spec.upstream:
         upstream = get_phase(upstream_id)
         state, _ = phase_status(config, upstream, seen)

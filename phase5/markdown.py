@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from common.positions import SHARED_BY_TASK
 from common.statistics import Rate
 
 CHOOSES_NOTHING = ("Phase 5 chooses nothing: every candidate, threshold, level and weight below was chosen on the "
                    "sae or hyperparams split by the phase that reports it; this table only sets their validation "
                    "figures side by side.")
+MIN_TASKS_FOR_INTERVAL = 5
 
 
 def interval(result: dict[str, Any] | None, signed: bool = False) -> str:
@@ -53,12 +55,16 @@ def _mean(result: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if not result else {"value": result.get("mean"), "low": result.get("low"), "high": result.get("high")}
 
 
+ENDPOINT_WORDS = {"plus_vs_unsteered": "pass at +1 vs unsteered (McNemar)",
+                  "minus_vs_unsteered": "pass at -1 vs unsteered (McNemar)"}
+
+
 def _primary(steering: dict[str, Any]) -> str:
     primary = steering.get("primary")
     if not primary:
         return "exploratory"
-    return ", ".join(f"{endpoint} {_p(r['holm_p'])}" + ("" if r["ran"] else " (did not run: p = 1)")
-                     for endpoint, r in primary.items())
+    return ", ".join(f"{ENDPOINT_WORDS.get(endpoint, endpoint)} {_p(r['holm_p'])}"
+                     + ("" if r["ran"] else " (did not run: p = 1)") for endpoint, r in primary.items())
 
 
 def _over(gain: dict[str, Any] | None) -> str:
@@ -68,15 +74,27 @@ def _over(gain: dict[str, Any] | None) -> str:
 
 
 def _within(detection: dict[str, Any]) -> str:
+    """Within-task AUROC with its pairs and the tasks they come from; a bootstrap over fewer than
+    MIN_TASKS_FOR_INTERVAL tasks has too few distinct resamples to be an interval, so none is shown."""
     within = detection.get("within_task_auroc")
     if within:
-        return interval(within) + (f" ({within['n_pairs']} pairs)" if "n_pairs" in within else "")
-    return "n/a (one score per task)" if detection.get("within_task_reason") else "n/a"
+        n_tasks = within.get("n_tasks_with_both_classes")
+        if n_tasks is None:
+            return interval(within) + (f" ({within['n_pairs']} pairs)" if "n_pairs" in within else "")
+        if n_tasks < MIN_TASKS_FOR_INTERVAL:
+            return f"{within['value']:.3f} ({within['n_pairs']} pairs in {n_tasks} tasks: too few for an interval)"
+        return f"{interval(within)} ({within['n_pairs']} pairs in {n_tasks} tasks)"
+    reason = detection.get("within_task_reason")
+    if reason == SHARED_BY_TASK:
+        return "n/a (one score per task)"
+    return f"n/a ({reason})" if reason else "n/a"
 
 
 def _brier(detection: dict[str, Any]) -> str:
     if not detection.get("brier"):
         return "n/a"
+    if detection.get("brier_no_skill") is None:
+        return interval(detection["brier"])
     return f"{interval(detection['brier'])} (no skill {detection['brier_no_skill']:.3f})"
 
 
@@ -92,8 +110,8 @@ def _seconds(cost: dict[str, Any]) -> str:
 
 
 def _making(cost: dict[str, Any]) -> str:
-    seconds = cost.get("training_s")
-    phases = ", ".join(cost.get("training_phases") or []) or "-"
+    seconds = cost.get("making_s")
+    phases = ", ".join(cost.get("making_phases") or []) or "-"
     own = f"; its own training {cost['own_training_s']:.0f}" if cost.get("own_training_s") is not None else ""
     return ("n/a" if seconds is None else f"{seconds:.0f}") + f" ({phases}{own})"
 
@@ -112,12 +130,13 @@ def _detection_cells(row: dict[str, Any], d: dict[str, Any]) -> list[str]:
     if "reason" in d:
         return [row["kind"], f"n/a: {d['reason']}", *[""] * 7]
     return [row["kind"], f"{d['source']} (predicts {d['predicts']})", interval(d["auroc"]), _within(d),
-            _over(d["over_chosen_baseline"]), _over(d["over_declared_baseline"]), _brier(d), interval(d["ece"]),
+            _over(d["over_comparison_baseline"]), _over(d["over_declared_baseline"]), _brier(d), interval(d["ece"]),
             str(d["n_programs"])]
 
 
 def detection_lines(rows: list[dict[str, Any]]) -> list[str]:
-    header = ["row", "kind", "score", "AUROC [95% CI]", "within-task AUROC", "over the baseline chosen on hyperparams",
+    header = ["row", "kind", "score", "AUROC [95% CI]", "within-task AUROC",
+              "over its comparison baseline (3.8: chosen on hyperparams; 3.9: mean log-prob)",
               "over the declared baseline", "Brier", "ECE", "programs"]
     return _table(header, rows, "detection", _detection_cells)
 
@@ -137,7 +156,7 @@ def steering_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _cost_cells(row: dict[str, Any], c: dict[str, Any]) -> list[str]:
-    return [_making(c), _memory(c.get("training_peak_mib"), c.get("training_peak_cuda_mib")), _seconds(c),
+    return [_making(c), _memory(c.get("making_peak_mib"), c.get("making_peak_cuda_mib")), _seconds(c),
             _memory(c.get("steering_peak_mib"), c.get("steering_peak_cuda_mib"))]
 
 

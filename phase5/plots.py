@@ -1,6 +1,7 @@
 """Phase 5 figure: the head-to-head rows in three panels sharing one row axis: validation AUROC (95% task bootstrap;
 chance at 0.5, the baseline chosen on hyperparams and the declared one as lines), correction and corruption (95% Wilson
-intervals; grey crosses: the disruption-matched controls' mean rate on 4.8's control tasks) and what making each cost
+intervals over the row's tasks; on 4.8's control tasks only, the arm's own rate hollow beside the disruption-matched
+controls' mean as a grey cross, since the two are comparable only there) and what making each cost
 (seconds, log scale)."""
 
 from __future__ import annotations
@@ -46,19 +47,22 @@ def plot_head_to_head(rows: list[dict[str, Any]], chosen_baseline: str | None, p
                 steer.errorbar([r["rate"]], [y + shift], xerr=_errors(r["rate"], r["low"], r["high"]),
                                fmt=marker, color=colour, capsize=2, markersize=5)
             versus = (steering.get("versus_controls") or {}).get(endpoint)
-            if versus:
+            if versus and versus["target"].get("trials"):  # the arm and its controls on the same (control) tasks
+                target = versus["target"]
+                steer.plot([target["successes"] / target["trials"]], [y + shift], marker, color=colour,
+                           markerfacecolor="none", markersize=7)
                 steer.plot([versus["controls_mean_rate"]], [y + shift], "x", color=CONTROLS, markersize=5)
-        seconds = (row["cost"] or {}).get("training_s")
+        seconds = (row["cost"] or {}).get("making_s")
         if seconds:
             cost.barh([y], [seconds], color=colour, height=0.6)
     detect.axvline(0.5, color="#cccccc", linewidth=0.8, linestyle="--")
     _baseline_lines(detect, rows, chosen_baseline)
     detect.set(yticks=ys, yticklabels=titles, xlabel="validation AUROC (95% CI)", xlim=(-0.02, 1.02),
                title="detection")
-    steer.set(xlabel="▲ correction, ▼ corruption (95% CI); × controls' mean", xlim=(-0.02, 1.02),
-              title="steering")
+    steer.set(xlabel="▲ correction, ▼ corruption (95% CI)\non the control tasks: hollow, the arm; × its controls' mean",
+              xlim=(-0.02, 1.02), title="steering")
     cost.set(xlabel="seconds to make it (log; blank: none or unrecorded)", title="cost")
-    if any((row["cost"] or {}).get("training_s") for row in rows):
+    if any((row["cost"] or {}).get("making_s") for row in rows):
         cost.set_xscale("log")
     for kind, colour in KIND_COLOURS.items():
         detect.plot([], [], "o", color=colour, label=kind)

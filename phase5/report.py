@@ -180,7 +180,10 @@ def _effect_examples(folder: Path) -> Iterator[tuple[dict[str, Any], str]]:
 
 
 def _sweep_examples(folder: Path) -> Iterator[tuple[dict[str, Any], str]]:
-    """Phase 4.9's arms at every c other than 0, beside the unsteered program of the task."""
+    """Phase 4.9's arms at every c other than 0, beside the unsteered program of the task (none when 2.9 trained no
+    adapter: 4.9 then writes its summary alone)."""
+    if not (folder / "sweep_rows.parquet").is_file():
+        return
     rows = pd.read_parquet(folder / "sweep_rows.parquet")
     base = rows[rows["arm"] == "unsteered"].set_index("task_id")
     for row in rows[rows["arm"] != "unsteered"].itertuples(index=False):

@@ -68,20 +68,29 @@ def _notes(sources: Sources) -> list[str]:
         f"Detection: phase 3.8's validation split, {validation['rows']} programs of {validation['tasks']} tasks "
         f"({validation['passing']} passing), every temperature; a method's score is the one its registry entry names, "
         f"read at 4.8's steering position ({analysis['position']}); its candidate (latent or layer) was chosen on "
-        "hyperparams and may sit at another layer than the steering one. Each score's gain is given over two "
-        "baselines: the one chosen on hyperparams and the one declared before any data (confidence and length). "
-        "Brier beside the no-skill Brier p(1 - p) of always saying the pass rate. Intervals: 95% task bootstrap.",
+        "hyperparams and may sit at another layer than the steering one. A 3.8 score's gain is its incremental AUROC "
+        "(the score added to the baseline) over two baselines: its comparison baseline, the one chosen on "
+        "hyperparams, and the one declared before any data (confidence and length). 3.9's calibrated confidence is "
+        "compared by AUROC difference (the confidence in place of the baseline, on the same programs) with the "
+        "model's mean log-probability (seed 000's comparison) and with the declared baseline: not the same measure "
+        "as an incremental AUROC. Brier beside the no-skill Brier p(1 - p) of always saying the pass rate. "
+        "Intervals: 95% task bootstrap; a within-task AUROC from fewer than 5 tasks with both classes is given "
+        "without one.",
         f"Steering, phase 4.8: {analysis['baseline']['n_tasks']} validation tasks ({analysis['baseline']['n_passing']} "
-        f"passing unsteered), layer {analysis['layer']}, each method at the disruption level phase 4.5 chose; "
+        f"passing unsteered), layer {analysis['layer']}, each method at the disruption level phase 4.5 set for it "
+        "(preregistered, or chosen on hyperparams: each cell says which); "
         f"correction and preservation by the correct-class arm, corruption by the incorrect-class arm; controls of "
         f"the same disruption on {analysis['control_tasks']['n']} of those tasks. Holm over its {primary_48} declared "
-        "primary endpoints (method x endpoint); every other figure is exploratory.",
+        "primary endpoints (method x endpoint), each tested by its prediction p against the controls (the rank p "
+        "is shown beside it); every other figure is exploratory.",
         _sweep_note(sweep),
         "Rates: successes/trials with 95% Wilson intervals. Against controls: the arm's own rate on the control "
         "tasks beside the controls' mean there. Cost: the wall time and peak resident memory each phase's manifest "
         "records (a phase that makes several methods at once, such as 2.7 or 2.9, is charged in full to each; an "
-        "adapter's own training loop is given beside); seconds per steered program: the mean, over the row's "
-        "generated programs, of each one's prefill and its share of every batched decode step it was in."]
+        "adapter's own training loop is given beside; a phase resumed after a kill records its last run only); "
+        "seconds per steered program: the mean, over the row's generated programs, of each one's prefill and its "
+        "share of every batched decode step it was in, so it prices a method at the batch it ran in (4.8 and 4.9 "
+        "batch differently): the same order across rows, not a ranking."]
 
 
 def _sweep_note(sweep: dict[str, Any]) -> str:
@@ -91,7 +100,7 @@ def _sweep_note(sweep: dict[str, Any]) -> str:
     return (f"Steering, phase 4.9: {sweep['n_tasks']} of the validation tasks (a seeded draw; {unsteered} passing "
             "unsteered), each arm at c = +1 (correction, preservation, valid code) and c = -1 (corruption) against "
             f"the unsteered program of the same task; its own Holm family of {len(sweep['primary']['p'])} (the SVD "
-            "adapter at +1 and -1); no disruption-matched controls (the random adapter is one arm). The two phases' "
+            "adapter's pass rate at +1 and at -1 against unsteered, exact McNemar); no disruption-matched controls (the random adapter is one arm). The two phases' "
             "tasks, strengths and families differ: compare rows within a phase, and across phases only "
             "descriptively.")
 

@@ -67,7 +67,7 @@ def _interval(result: dict[str, Any] | None, key: str) -> dict[str, Any] | None:
     a class was missing)."""
     if not result or result.get(key) is None or result[key] != result[key]:
         return None
-    pairs = {"n_pairs": result["n_pairs"]} if "n_pairs" in result else {}
+    pairs = {k: result[k] for k in ("n_pairs", "n_tasks_with_both_classes") if k in result}
     return {"value": float(result[key]), "low": result.get("low"), "high": result.get("high"), **pairs}
 
 
@@ -78,14 +78,14 @@ def _over(result: dict[str, Any] | None, measure: str, key: str = "difference") 
 
 
 def _from_evaluation_row(row: dict[str, Any], source: str) -> dict[str, Any]:
-    """A phase 3.8 row: a score, not a probability (no Brier or ECE); its incremental AUROC over the baseline
-    chosen on hyperparams and over the one declared before any data (confidence and length)."""
+    """A phase 3.8 row: a score, not a probability (no Brier or ECE); its incremental AUROC over its comparison
+    baseline, the one chosen on hyperparams, and over the one declared before any data (confidence and length)."""
     validation = row["validation"]
     within = row.get("within_task") or {}
     return {"source": source, "predicts": row["predicts"], "auroc": _interval(validation, "auroc"),
             "n_programs": int(validation.get("n_positive", 0) + validation.get("n_negative", 0)),
             "within_task_auroc": _interval(within, "auroc"), "within_task_reason": within.get("reason"),
-            "over_chosen_baseline": _over(row.get("over_best_baseline"), "incremental AUROC"),
+            "over_comparison_baseline": _over(row.get("over_best_baseline"), "incremental AUROC"),
             "over_declared_baseline": _over(row.get("over_declared"), "incremental AUROC"),
             "brier": None, "ece": None, "brier_no_skill": None}
 
@@ -117,8 +117,9 @@ def _detection(sources: Sources, position: str, declared: tuple[str, str] | None
 
 def _calibrated(predictor: dict[str, Any], compared: dict[str, Any], source: str) -> dict[str, Any]:
     """A phase 3.9 predictor: a probability, so Brier and ECE beside its AUROC, and the Brier of always saying the
-    pass rate (p(1 - p)); `compared`: 3.9's AUROC differences from baselines on the same programs, against the
-    model's mean log-probability and against the declared baseline."""
+    pass rate (p(1 - p)); `compared`: 3.9's AUROC differences from baselines on the same programs (the confidence in
+    place of the baseline, not added to it), against its comparison baseline, the model's mean log-probability (seed
+    000), and against the declared baseline."""
     within = predictor.get("within_task_auroc") or {}
     rate = predictor["n_passing"] / predictor["n_programs"] if predictor.get("n_programs") else None
 
@@ -129,7 +130,7 @@ def _calibrated(predictor: dict[str, Any], compared: dict[str, Any], source: str
     return {"source": source, "predicts": "pass", "auroc": _interval(predictor.get("auroc"), "value"),
             "n_programs": predictor.get("n_programs"), "within_task_auroc": _interval(within, "auroc"),
             "within_task_reason": None if within else "one score per task",
-            "over_chosen_baseline": versus(LOGPROB), "over_declared_baseline": versus(STRONGEST_DECLARED),
+            "over_comparison_baseline": versus(LOGPROB), "over_declared_baseline": versus(STRONGEST_DECLARED),
             "brier": _interval(predictor.get("brier"), "value"), "ece": _interval(predictor.get("ece"), "value"),
             "brier_no_skill": None if rate is None else rate * (1 - rate)}
 
@@ -170,9 +171,9 @@ def _making(sources: Sources, phases: tuple[str, ...]) -> dict[str, Any]:
     """What the phases that made a method cost: their summed wall time and their largest peaks."""
     wall, resident, cuda = (_recorded(sources, phases, key) for key in (
         "wall_s", "peak_resident_mib", "peak_cuda_allocated_mib"))
-    return {"training_s": sum(wall) if wall else None, "training_phases": list(phases),
-            "training_peak_mib": max(resident) if resident else None,
-            "training_peak_cuda_mib": max(cuda) if cuda else None}
+    return {"making_s": sum(wall) if wall else None, "making_phases": list(phases),
+            "making_peak_mib": max(resident) if resident else None,
+            "making_peak_cuda_mib": max(cuda) if cuda else None}
 
 
 def _steering_cost(sources: Sources, rows: pd.DataFrame, column: str, phase_id: str) -> dict[str, Any]:
@@ -182,15 +183,19 @@ def _steering_cost(sources: Sources, rows: pd.DataFrame, column: str, phase_id: 
 
 
 def _method_rows(sources: Sources, position: str) -> list[dict[str, Any]]:
+    """A declared method 4.5 calibrated at no level it runs at has a row too: its primary endpoints count as p = 1
+    in 4.8's Holm family, and a row that vanished would hide them."""
     analysis, rows = sources.steering, sources.steered_rows
+    declared = {key.split("/", 1)[0] for key in analysis["primary"]}
     out = []
-    for name in [m for m in METHODS if m in analysis["methods"]]:
-        by_class, method = analysis["methods"][name], METHODS[name]
+    for name in [m for m in METHODS if m in analysis["methods"] or m in declared]:
+        by_class, method = analysis["methods"].get(name, {}), METHODS[name]
         correct, incorrect = by_class.get("correct", {}), by_class.get("incorrect", {})
         arms = [r[key] for r in by_class.values() for key in ("arm", "minus_arm")]
         steering = {
-            "protocol": "4.8", "n_tasks": analysis["baseline"]["n_tasks"],
-            "disruption": {"measure": "KL per token (4.5 level)",
+            "protocol": "4.8", "n_tasks": analysis["baseline"]["n_tasks"] if by_class else 0,
+            "disruption": {"measure": "KL per token (4.5 level)" if by_class else
+                           "did not run: phase 4.5 calibrated it at no level to run",
                            **{kind: {"level": r["level"], "alpha": r["alpha"], "chosen_by": r["chosen_by"]}
                               for kind, r in by_class.items()}},
             "correction": correct.get("correction"), "preservation": correct.get("preservation"),
@@ -252,7 +257,7 @@ def _sweep_rows(sources: Sources) -> list[dict[str, Any]]:
         cost = {**_making(sources, made_by), "own_training_s": trained.get(name, {}).get("training_s"),
                 **_steering_cost(sources, pd.concat([plus, minus]), "generation_s", "4.9")}
         if not made_by:  # a system prompt: nothing to make
-            cost["training_s"] = 0.0
+            cost["making_s"] = 0.0
         out.append(_row(f"4.9/{name}", SWEEP_TITLES.get(name, name), "adapter arm", None, steering, cost))
     return out
 

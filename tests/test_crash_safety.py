@@ -126,18 +126,3 @@ def test_phase_4_5_killed_at_random_moments_resumes_to_identical_outputs(tmp_pat
         assert not rows.duplicated(["arm", "task_id"]).any()
         pd.testing.assert_frame_equal(rows, expected_rows)
         assert json.loads((killed / "phase4_5" / "selected_coefficients.json").read_text()) == expected_choice
-
-
-def test_an_atomic_write_gives_the_file_the_mode_a_plain_write_would(tmp_path: Path):
-    """mkstemp creates 0600 files; a report written that way could not be read by a colleague on a shared box."""
-    from common.utils import atomic_write_text
-
-    old_mask = os.umask(0o022)
-    try:
-        atomic_write_text(tmp_path / "atomic.txt", "x")
-        (tmp_path / "plain_022.txt").write_text("x")
-    finally:
-        os.umask(old_mask)
-    assert (tmp_path / "atomic.txt").stat().st_mode & 0o777 == 0o644
-    assert (tmp_path / "plain_022.txt").stat().st_mode & 0o777 == 0o644
-    assert not list(tmp_path.glob(".*.tmp"))

@@ -8,6 +8,7 @@ breaks every passable task in 4.9, so the table's corruption cells have known va
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -27,6 +28,8 @@ from phase5.table import Sources, head_to_head, sweep_outcomes
 from tests.planted import planted_args, write_hand_made_directions, write_planted_adapters, write_tasks
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# CI sets PVA_REQUIRE_CHROMIUM, so that a missing browser fails the report's tests there instead of skipping them
+NO_BROWSER = CHROMIUM is None and not os.environ.get("PVA_REQUIRE_CHROMIUM")
 
 
 def test_the_cost_meter_records_wall_time_and_the_peak_memory_of_its_own_phase():
@@ -97,7 +100,7 @@ def test_each_row_reads_its_score_at_the_steering_position_and_a_probability_get
     calibration = {"position": "code_last", "layer": 5, "predictors": {"dictionary_confidence": {
         "n_programs": 40, "n_passing": 10, "auroc": {"value": 0.7, "low": 0.6, "high": 0.8},
         "brier": {"value": 0.15, "low": 0.1, "high": 0.2}, "ece": {"value": 0.05, "low": 0.01, "high": 0.09},
-        "within_task_auroc": {"auroc": 0.5, "low": 0.3, "high": 0.7, "n_pairs": 12}}},
+        "within_task_auroc": {"auroc": 0.5, "low": 0.3, "high": 0.7, "n_pairs": 12, "n_tasks_with_both_classes": 3}}},
         "confidence_minus": {"program_mean_logprob": {"auroc": {"difference": -0.1, "low": -0.2, "high": 0.0}},
                              "confidence_and_length": {"auroc": {"difference": -0.2, "low": -0.3, "high": -0.1}}}}
     rate = {"successes": 1, "trials": 4, "rate": 0.25, "low": 0.05, "high": 0.7}
@@ -105,28 +108,36 @@ def test_each_row_reads_its_score_at_the_steering_position_and_a_probability_get
            "correction": rate, "preservation": rate, "corruption": rate, "valid_code_rate": rate}
     steering = {"position": "code_last", "layer": 5, "baseline": {"n_tasks": 4, "n_passing": 2},
                 "methods": {"mean_difference": {"correct": arm}, "self_steering": {"correct": arm}},
-                "primary": {}, "alpha_0": {"n_problems": 4, "correction": rate, "preservation": rate,
+                "primary": {"kv_cache_mutant/correction": {"p": 1.0, "holm_p": 1.0, "ran": False}},
+                "alpha_0": {"n_problems": 4, "correction": rate, "preservation": rate,
                                            "corruption": rate, "valid_code_rate": rate}}
     sources = Sources(evaluation, calibration, None, steering,
                       pd.DataFrame({"arm": ["x", "alpha_0"], "generation_s": [0.5, 0.25]}),
                       {"no_adapter_reason": "too few pairs"}, None, {}, {"2.6": {"wall_s": 2.0,
                                                                                    "peak_resident_mib": 500.0}})
     rows = {row["name"]: row for row in head_to_head(sources)}
-    assert list(rows) == ["mean_difference", "self_steering", "alpha_0", "3.8/paired_pca", "3.8/contrastive_own_pca",
-                          "baseline/program_tokens", "baseline/confidence_and_length"]  # no 4.9 rows: none swept
+    assert list(rows) == ["mean_difference", "kv_cache_mutant", "self_steering", "alpha_0", "3.8/paired_pca",
+                          "3.8/contrastive_own_pca", "baseline/program_tokens",
+                          "baseline/confidence_and_length"]  # no 4.9 rows: none swept
     mean_difference = rows["mean_difference"]["detection"]
     assert mean_difference["auroc"]["value"] == 0.81  # code_last, where 4.8 steered; not last_prompt's 0.55
-    assert mean_difference["over_chosen_baseline"]["baseline"] == "program_tokens"
+    assert mean_difference["over_comparison_baseline"]["baseline"] == "program_tokens"
     assert mean_difference["over_declared_baseline"]["value"] == pytest.approx(0.81 - 0.9)
     assert mean_difference["brier"] is None and mean_difference["within_task_auroc"]["n_pairs"] == 12
     confidence = rows["self_steering"]["detection"]
     assert confidence["brier"]["value"] == 0.15 and confidence["brier_no_skill"] == pytest.approx(0.25 * 0.75)
     assert confidence["over_declared_baseline"] == {"baseline": "confidence_and_length", "measure": "AUROC difference",
                                                     "value": -0.2, "low": -0.3, "high": -0.1}
-    assert rows["mean_difference"]["cost"]["training_s"] == 2.0 and rows["self_steering"]["cost"]["training_s"] is None
+    assert rows["mean_difference"]["cost"]["making_s"] == 2.0 and rows["self_steering"]["cost"]["making_s"] is None
     assert rows["mean_difference"]["cost"]["seconds_per_steered_program"] == {"mean": 0.5, "n_programs": 1}
     text = markdown({"notes": [], "rows": list(rows.values())})
     assert "0.150 [0.100, 0.200] (no skill 0.188)" in text
+    assert "0.500 (12 pairs in 3 tasks: too few for an interval)" in text
+    # declared, calibrated at no level it runs at: a row that says so, its endpoint counted as p = 1
+    never_ran = rows["kv_cache_mutant"]["steering"]
+    assert never_ran["correction"] is None and never_ran["n_tasks"] == 0
+    assert "did not run: phase 4.5 calibrated it at no level to run" in text
+    assert "correction 1 (did not run: p = 1)" in text
     assert "-0.090 [-0.190, +0.010] over confidence_and_length" in text
 
 
@@ -176,14 +187,14 @@ def test_phase_5_sets_each_method_beside_the_baselines_with_the_figures_its_phas
     timed = latent["cost"]["seconds_per_steered_program"]
     steered = pd.read_parquet(data_dir / "phase4_8" / "steered_results.parquet")
     assert timed["n_programs"] == steered["arm"].str.startswith("sae_latent/").sum() and timed["mean"] > 0
-    assert latent["cost"]["training_s"] is None  # its phases were hand-made: no recorded cost, none invented
+    assert latent["cost"]["making_s"] is None  # its phases were hand-made: no recorded cost, none invented
     assert latent["cost"]["steering_peak_mib"] > 0  # phase 4.8 ran: its manifest records its peak
 
     lora = rows["4.9/lora"]
     assert lora["steering"]["corruption"]["successes"] == lora["steering"]["corruption"]["trials"] > 0
     assert lora["steering"]["preservation"]["successes"] == lora["steering"]["preservation"]["trials"]
-    assert lora["cost"]["own_training_s"] == 3.0 and lora["cost"]["training_s"] is None  # 2.9 was hand-made
-    assert rows["4.9/prompting"]["cost"]["training_s"] == 0.0
+    assert lora["cost"]["own_training_s"] == 3.0 and lora["cost"]["making_s"] is None  # 2.9 was hand-made
+    assert rows["4.9/prompting"]["cost"]["making_s"] == 0.0
     assert set(rows["4.9/svd_rotation"]["steering"]["primary"]) == {"plus_vs_unsteered", "minus_vs_unsteered"}
     assert set(lora["steering"]["disruption"]["delta_nll"]) == {"+1", "-1"}
     assert rows["alpha_0"]["steering"]["correction"]["successes"] == 0  # no flips from nothing
@@ -199,7 +210,28 @@ def test_phase_5_sets_each_method_beside_the_baselines_with_the_figures_its_phas
     assert manifest["cost"]["wall_s"] >= 0 and "report.html" in manifest["outputs"]
 
 
+def test_without_an_adapter_phase_5_still_writes_its_table_and_report_with_no_adapter_rows(reported_run, tmp_path,
+                                                                                         planted_model_dir: Path):
+    """2.9 trains nothing when there are too few pairs; 4.9 then writes its summary alone, and phase 5 must read
+    that as "no adapter rows", in the table and in the report's viewer alike."""
+    data_dir = tmp_path / "run"
+    shutil.copytree(reported_run, data_dir)
+    args = [*planted_args(planted_model_dir, reported_run / "tasks.json"), "--set", "adapter_eval_tasks=5"]
+    adapters = data_dir / "phase2_9" / "phase_2_9_summary.json"
+    adapters.write_text(json.dumps({"no_adapter_reason": "3 pairs", "adapters": {}}))
+    for phase in ("4.9", "5"):
+        assert run.main(["phase", phase, "--data-dir", str(data_dir), *args]) == 0
+    assert not (data_dir / "phase4_9" / "sweep_rows.parquet").exists()
+    rows = _rows(data_dir)
+    assert [n for n in rows if rows[n]["kind"] == "adapter arm"] == [] and "sae_latent" in rows
+    table = json.loads((data_dir / "phase5" / "head_to_head.json").read_text())
+    assert "Steering, phase 4.9: no adapter rows (phase 2.9 trained none (3 pairs))." in table["notes"]
+    report = (data_dir / "phase5" / "report.html").read_text()
+    assert '"phase":"4.8"' in report and '"phase":"4.9"' not in report
+
+
 def _dom(report: Path, **filters: str) -> str:
+    assert CHROMIUM, "Debian's chromium is not installed (setup.sh installs it as root)"
     url = report.as_uri() + ("#" + urlencode(filters) if filters else "")
     done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                            "--virtual-time-budget=5000", "--dump-dom", url], capture_output=True, text=True,
@@ -212,7 +244,7 @@ def _cards(dom: str) -> list[str]:
     return re.findall(r'<article class="card (outcome-[a-z-]+)">', dom)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (setup.sh installs it as root)")
+@pytest.mark.skipif(NO_BROWSER, reason="Debian's chromium is not installed (setup.sh installs it as root)")
 def test_the_report_opens_in_headless_chromium_and_its_filters_pick_the_programs(reported_run):
     data_dir = reported_run
     report = data_dir / "phase5" / "report.html"
@@ -240,7 +272,7 @@ def test_the_report_opens_in_headless_chromium_and_its_filters_pick_the_programs
     assert '<option value="c = -1">c = -1</option>' in lora
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (setup.sh installs it as root)")
+@pytest.mark.skipif(NO_BROWSER, reason="Debian's chromium is not installed (setup.sh installs it as root)")
 def test_choosing_in_the_report_filters_the_programs_and_writes_the_choice_into_the_address(reported_run, tmp_path):
     """What a person does: pick a value in a filter. A script appended to a copy of the report picks 4.9 and the
     incorrect direction the way a click would (a change event), then records the address it left."""
