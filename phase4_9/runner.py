@@ -63,6 +63,8 @@ def run(phase: PhaseRun) -> Path | None:
     if set(ADAPTERS.values()) - set(adapters):
         reason = load_json(phase.upstream("2.9") / "phase_2_9_summary.json").get("no_adapter_reason")
         logger.warning("phase 4.9: no adapter to sweep (phase 2.9 trained none: %s)", reason)
+        for stale in ("sweep_rows.parquet", "coefficient_sweep.png"):  # an earlier run's, with adapters
+            (phase.out_dir / stale).unlink(missing_ok=True)
         save_json({"no_adapter_reason": f"phase 2.9 trained none ({reason})"}, summary_path)
         return phase.finish([summary_path])
     svd = adapters[ADAPTERS["svd_rotation"]]

@@ -21,7 +21,7 @@ def _figure(name: str, value: Any) -> str | None:
     words = name.replace("_", " ")
     if _is_rate(value):
         return f"{words}: {proportion(value)}"
-    if isinstance(value, bool) or isinstance(value, int):
+    if isinstance(value, int):  # bool included
         return f"{words}: {value}"
     if isinstance(value, float):
         return f"{words}: {value:.4g}"

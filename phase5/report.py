@@ -182,7 +182,7 @@ def _effect_examples(folder: Path) -> Iterator[tuple[dict[str, Any], str]]:
 def _sweep_examples(folder: Path) -> Iterator[tuple[dict[str, Any], str]]:
     """Phase 4.9's arms at every c other than 0, beside the unsteered program of the task (none when 2.9 trained no
     adapter: 4.9 then writes its summary alone)."""
-    if not (folder / "sweep_rows.parquet").is_file():
+    if load_json(folder / "phase_4_9_summary.json").get("no_adapter_reason"):
         return
     rows = pd.read_parquet(folder / "sweep_rows.parquet")
     base = rows[rows["arm"] == "unsteered"].set_index("task_id")

@@ -46,7 +46,8 @@ def run(phase: PhaseRun) -> Path:
 
 def read_sources(folder, manifests: dict[str, Path]) -> Sources:
     """`folder(phase_id)`: an upstream phase's output folder; `manifests`: each upstream phase's manifest."""
-    calibration_path, sweep_path = folder("3.9") / "calibration_results.json", folder("4.9") / "sweep_rows.parquet"
+    calibration_path = folder("3.9") / "calibration_results.json"
+    sweep = load_json(folder("4.9") / "phase_4_9_summary.json")
     missing = None if calibration_path.is_file() else load_json(folder("3.9") / "phase_3_9_summary.json").get(
         "no_dictionary_reason", "no calibration_results.json")
     return Sources(
@@ -54,8 +55,8 @@ def read_sources(folder, manifests: dict[str, Path]) -> Sources:
         calibration=load_json(calibration_path) if calibration_path.is_file() else None, calibration_missing=missing,
         steering=load_json(folder("4.8") / "steering_effect_analysis.json"),
         steered_rows=pd.read_parquet(folder("4.8") / "steered_results.parquet"),
-        sweep=load_json(folder("4.9") / "phase_4_9_summary.json"),
-        sweep_rows=pd.read_parquet(sweep_path) if sweep_path.is_file() else None,
+        sweep=sweep,
+        sweep_rows=None if sweep.get("no_adapter_reason") else pd.read_parquet(folder("4.9") / "sweep_rows.parquet"),
         adapters=load_json(folder("2.9") / "phase_2_9_summary.json"),
         costs={p: cost for p, path in manifests.items() if (cost := load_json(path).get("cost"))})
 

@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 import run
+from common.interventions import save_interventions
 from common.resources import CostMeter
 from common.steered_runs import endpoint_rates
 from phase5.markdown import CHOOSES_NOTHING, markdown
@@ -217,8 +218,9 @@ def test_without_an_adapter_phase_5_still_writes_its_table_and_report_with_no_ad
     data_dir = tmp_path / "run"
     shutil.copytree(reported_run, data_dir)
     args = [*planted_args(planted_model_dir, reported_run / "tasks.json"), "--set", "adapter_eval_tasks=5"]
-    adapters = data_dir / "phase2_9" / "phase_2_9_summary.json"
-    adapters.write_text(json.dumps({"no_adapter_reason": "3 pairs", "adapters": {}}))
+    save_interventions(data_dir / "phase2_9" / "adapters.safetensors", [])  # what 2.9 writes when it trains none
+    (data_dir / "phase2_9" / "phase_2_9_summary.json").write_text(json.dumps({"no_adapter_reason": "3 pairs",
+                                                                               "adapters": {}}))
     for phase in ("4.9", "5"):
         assert run.main(["phase", phase, "--data-dir", str(data_dir), *args]) == 0
     assert not (data_dir / "phase4_9" / "sweep_rows.parquet").exists()
