@@ -32,6 +32,9 @@ SWEEP_TITLES = {"svd_rotation": "SVD-rotation adapter", "lora": "LoRA adapter (P
                 "mean_difference": "mean difference at matched NLL (4.9)",
                 "prompting": "system prompt (careful / quick)"}
 LOGPROB = "program_mean_logprob"  # the baseline phase 3.9 sets its calibrated confidence against first
+# what phase 3.9's calibrator reads (phase3_9/runner.py `_features`): not the program's activations, so its
+# within-task ranking is the margin's alone (a task's programs share their last-prompt routing)
+DICTIONARY_READS = "the routing of the last-prompt activation and the program's mean margin"
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,8 @@ def _detection(sources: Sources, position: str, declared: tuple[str, str] | None
     found = sources.calibration["predictors"].get(score)
     if found is None:
         return {"reason": f"phase 3.9 reports no {score}"}
-    where = f"{sources.calibration['position']}, layer {sources.calibration['layer']}"
-    return _calibrated(found, sources.calibration.get("confidence_minus", {}), f"3.9 {score} at {where}")
+    where = f"layer {sources.calibration['layer']}: {DICTIONARY_READS}"
+    return _calibrated(found, sources.calibration.get("confidence_minus", {}), f"3.9 {score}, {where}")
 
 
 def _calibrated(predictor: dict[str, Any], compared: dict[str, Any], source: str) -> dict[str, Any]:
@@ -204,8 +207,8 @@ def _method_rows(sources: Sources, position: str) -> list[dict[str, Any]]:
                                 "preservation": _versus(correct, "preservation"),
                                 "corruption": _versus(incorrect, "corruption")},
             "primary": _primary(analysis["primary"], name)}
-        cost = {**_making(sources, method.training_phases),
-                **_steering_cost(sources, rows[rows["arm"].isin(arms)], "generation_s", "4.8")}
+        steered = _steering_cost(sources, rows[rows["arm"].isin(arms)], "generation_s", "4.8") if by_class else {}
+        cost = {**_making(sources, method.training_phases), **steered}
         out.append(_row(name, method.title, "method", _detection(sources, position, method.detection), steering,
                         cost))
     return out
