@@ -48,9 +48,8 @@ def plot_head_to_head(rows: list[dict[str, Any]], chosen_baseline: str | None, p
                                fmt=marker, color=colour, capsize=2, markersize=5)
             versus = (steering.get("versus_controls") or {}).get(endpoint)
             if versus and versus["target"].get("trials"):  # the arm and its controls on the same (control) tasks
-                target = versus["target"]
-                steer.plot([target["successes"] / target["trials"]], [y + shift], marker, color=colour,
-                           markerfacecolor="none", markersize=7)
+                steer.plot([versus["target"]["rate"]], [y + shift], marker, color=colour, markerfacecolor="none",
+                           markersize=7)
                 steer.plot([versus["controls_mean_rate"]], [y + shift], "x", color=CONTROLS, markersize=5)
         seconds = (row["cost"] or {}).get("making_s")
         if seconds:

@@ -103,7 +103,7 @@ def _sweep_note(sweep: dict[str, Any]) -> str:
     return (f"Steering, phase 4.9: {sweep['n_tasks']} of the validation tasks (a seeded draw; {unsteered} passing "
             "unsteered), each arm at c = +1 (correction, preservation, valid code) and c = -1 (corruption) against "
             f"the unsteered program of the same task; its own Holm family of {len(sweep['primary']['p'])} (the SVD "
-            "adapter's pass rate at +1 and at -1 against unsteered, exact McNemar); no disruption-matched controls (the random adapter is one arm). The two phases' "
-            "tasks, strengths and families differ: compare rows within a phase, and across phases only "
-            "descriptively.")
+            "adapter's pass rate at +1 and at -1 against unsteered, exact McNemar); no disruption-matched controls "
+            "(the random adapter is one arm). The two phases' tasks, strengths and families differ: compare rows "
+            "within a phase, and across phases only descriptively.")
 
